@@ -1,0 +1,1 @@
+"""leadrouter core: pure scoring, routing, cadence and message logic (no I/O)."""

@@ -1,0 +1,62 @@
+"""Cadence planning: when each alert of an assignment is due, pure and clock-free.
+
+An assignment's cadence is a fixed list of steps computed once, when the
+assignment is made: step 0 (the first alert) at ``first_at``; one retry per
+offset in ``alerts.retries``; and a final ``reassign`` step once
+``first_contact_sla`` has passed after the last retry. The worker stores the
+steps as rows and a scheduler tick fires whichever are due.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from routing.config import Alerts
+
+FIRST, RETRY, REASSIGN = "first", "retry", "reassign"
+MIN_VALIDITY, MAX_VALIDITY = 5, 36000  # Twilio's ValidityPeriod bounds (seconds); 5 is its advised floor
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedStep:
+    step: int           # 0 = first alert, 1..n = retries, n+1 = reassignment
+    kind: str           # first | retry | reassign
+    due_at: datetime
+    escalate: bool      # the rep's manager is alerted too
+
+
+def plan_cadence(first_at: datetime, alerts: Alerts) -> list[PlannedStep]:
+    steps = [PlannedStep(0, FIRST, first_at, False)]
+    for i, offset in enumerate(alerts.retries, start=1):
+        steps.append(PlannedStep(i, RETRY, first_at + offset, i >= alerts.escalate_from_retry))
+    last = alerts.retries[-1] if alerts.retries else timedelta(0)
+    steps.append(PlannedStep(len(alerts.retries) + 1, REASSIGN, first_at + last + alerts.first_contact_sla, False))
+    return steps
+
+
+def escalates(step: int, alerts: Alerts) -> bool:
+    """Whether cadence step ``step`` also alerts the manager (retries from ``escalate_from_retry`` on)."""
+    return 1 <= step <= len(alerts.retries) and step >= alerts.escalate_from_retry
+
+
+def validity_seconds(step: int, first_at: datetime, alerts: Alerts, now: datetime) -> int:
+    """How long an SMS sent for ``step`` may wait in the provider's queue: no longer than the gap to
+    the next step, so a stale reminder is never delivered after its successor."""
+    plan = plan_cadence(first_at, alerts)
+    later = [p.due_at for p in plan if p.step > step and p.kind != REASSIGN] or [p.due_at for p in plan if p.step > step]
+    if not later:
+        return MAX_VALIDITY
+    gap = int((later[0] - now).total_seconds())
+    return max(MIN_VALIDITY, min(MAX_VALIDITY, gap))
+
+
+def collapse_overdue(due: list[tuple[int, datetime]], now: datetime) -> tuple[list[int], list[int]]:
+    """Given one assignment's due retry steps ``(step, due_at)``, return (fire, skip).
+
+    After an outage a cadence's overdue steps collapse into its latest one: one reminder, not a
+    burst. The steps skipped are recorded as such, never sent."""
+    overdue = sorted(s for s, at in due if at <= now)
+    if len(overdue) <= 1:
+        return overdue, []
+    return [overdue[-1]], overdue[:-1]

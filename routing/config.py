@@ -1,0 +1,437 @@
+"""The rules file, parsed once into typed models.
+
+Everything an operator tunes lives here: scoring, page mapping, reps, teams,
+accounts, routing policy, alert cadence and outbound integrations. Loading a
+file returns either a :class:`Rules` or a list of :class:`ConfigError`, each
+naming the key path and the line it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError
+
+from routing.durations import parse_duration
+
+Duration = timedelta
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _duration(v: Any) -> timedelta:
+    return parse_duration(v)
+
+
+# ---------------------------------------------------------------- conditions
+
+
+class Condition(_Model):
+    """A test on one trait, read by dotted path: ``equals``, ``in``, ``min``/``max``."""
+
+    trait: str
+    equals: Any = None
+    in_: list[Any] | None = Field(default=None, alias="in")
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _one_test(self) -> Condition:
+        if self.equals is None and self.in_ is None and self.min is None and self.max is None:
+            raise ValueError("a condition needs one of equals, in, min, max")
+        return self
+
+
+class RedHotRule(_Model):
+    all: list[Condition] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- scoring
+
+
+class EventRule(_Model):
+    points: float
+    max_count: int = Field(default=1, ge=1)
+
+
+class DecayStep(_Model):
+    """From ``from`` age on, behaviour points count ``factor`` times."""
+
+    from_age: Duration = Field(alias="from")
+    factor: float = Field(ge=0)
+
+    _v = field_validator("from_age", mode="before")(_duration)
+
+
+class FitRule(_Model):
+    """Points from one trait; scores at most once.
+
+    ``in`` / ``min``-``max`` / ``equals`` award ``points``; ``map`` awards per value.
+    """
+
+    name: str
+    trait: str
+    points: float | None = None
+    in_: list[Any] | None = Field(default=None, alias="in")
+    min: float | None = None
+    max: float | None = None
+    equals: Any = None
+    map: dict[str, float] | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> FitRule:
+        if self.map is not None:
+            if self.points is not None or self.in_ is not None or self.min is not None or self.max is not None:
+                raise ValueError("a fit rule with map takes no points, in, min or max")
+        else:
+            if self.points is None:
+                raise ValueError("a fit rule needs points (or a map of value: points)")
+            if self.in_ is None and self.min is None and self.max is None and self.equals is None:
+                raise ValueError("a fit rule needs one of in, min, max, equals, map")
+        return self
+
+
+class Thresholds(_Model):
+    warm: float = 40
+    hot: float = 75
+
+    @model_validator(mode="after")
+    def _order(self) -> Thresholds:
+        if self.warm > self.hot:
+            raise ValueError("warm must not be above hot")
+        return self
+
+
+class Scoring(_Model):
+    thresholds: Thresholds = Thresholds()
+    red_hot: RedHotRule = RedHotRule()
+    decay: list[DecayStep] = Field(default_factory=list)
+    events: dict[str, EventRule] = Field(default_factory=dict)
+    fit: list[FitRule] = Field(default_factory=list)
+    rehot_after_days: float = Field(default=30, ge=0)
+
+    @field_validator("decay")
+    @classmethod
+    def _sorted(cls, v: list[DecayStep]) -> list[DecayStep]:
+        ages = [s.from_age for s in v]
+        if ages != sorted(ages):
+            raise ValueError("decay steps must be in increasing age order")
+        return v
+
+    @field_validator("fit")
+    @classmethod
+    def _unique_names(cls, v: list[FitRule]) -> list[FitRule]:
+        names = [r.name for r in v]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"fit rule names must be unique: {sorted(dup)}")
+        return v
+
+
+class PageRule(_Model):
+    """A ``page`` call becomes the track event ``event`` when its path or name matches."""
+
+    event: str
+    path: str | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> PageRule:
+        if self.path is None and self.name is None:
+            raise ValueError("a page rule needs path or name")
+        return self
+
+
+# ---------------------------------------------------------------- people
+
+
+class Rep(_Model):
+    id: str
+    name: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    timezone: str = "UTC"
+    hours: str = "Mon-Sun 00:00-24:00"
+    channels: list[Literal["sms", "email", "console"]] = Field(default_factory=lambda: ["sms", "email"])
+    weight: float = Field(default=1, gt=0)
+    max_open: int | None = Field(default=None, ge=1)
+    skills: list[str] = Field(default_factory=list)
+    manager: str | None = None
+    holidays: list[str] = Field(default_factory=list)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as America/New_York)") from None
+        return v
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, v: str) -> str:
+        from routing.hours import parse_hours
+
+        parse_hours(v)
+        return v
+
+    @field_validator("holidays")
+    @classmethod
+    def _dates(cls, v: list[Any]) -> list[str]:
+        from datetime import date
+
+        out = []
+        for d in v:
+            out.append(date.fromisoformat(str(d)).isoformat())
+        return out
+
+    @property
+    def display(self) -> str:
+        return self.name or self.id
+
+
+class Team(_Model):
+    id: str
+    match: dict[str, Any] = Field(default_factory=dict)
+    reps: list[str]
+
+    @field_validator("match")
+    @classmethod
+    def _match(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, test in v.items():
+            if isinstance(test, dict):
+                extra = set(test) - {"min", "max"}
+                if extra or not test:
+                    raise ValueError(f"match {key}: a range is {{min, max}}")
+                if any(not isinstance(x, int | float) or isinstance(x, bool) for x in test.values()):
+                    raise ValueError(f"match {key}: min and max are numbers")
+        return v
+
+    @field_validator("reps")
+    @classmethod
+    def _unique_reps(cls, v: list[str]) -> list[str]:
+        dup = sorted({r for r in v if v.count(r) > 1})
+        if dup:
+            raise ValueError(f"a rep is listed twice in the team: {', '.join(dup)}")
+        return v
+
+
+class RoutingPolicy(_Model):
+    after_hours: Literal["queue", "on_call"] = "queue"
+    on_call: str | None = None
+    unrouted_notify: list[str] = Field(default_factory=list)
+    open_window: Duration = timedelta(hours=24)
+
+    _v = field_validator("open_window", mode="before")(_duration)
+
+    @model_validator(mode="after")
+    def _on_call_needed(self) -> RoutingPolicy:
+        # after_hours: on_call with nobody on call would make every night lead unrouted
+        if self.after_hours == "on_call" and self.on_call is None:
+            raise ValueError("after_hours: on_call needs routing.on_call (a rep id)")
+        return self
+
+
+# ---------------------------------------------------------------- alerts, outbound
+
+
+class Alerts(_Model):
+    first_contact_sla: Duration = timedelta(seconds=90)
+    retries: list[Duration] = Field(
+        default_factory=lambda: [parse_duration(x) for x in ("90s", "3m", "5m", "10m", "20m", "40m", "60m")]
+    )
+    escalate_from_retry: int = Field(default=3, ge=1)
+    max_reassignments: int = Field(default=2, ge=0)
+    max_event_age: Duration = timedelta(hours=24)
+    hourly_cap: int = Field(default=30, ge=1)
+    fast_lane_min_points: float = 15
+    claim_token_ttl: Duration = timedelta(hours=24)
+
+    _v1 = field_validator("first_contact_sla", "max_event_age", "claim_token_ttl", mode="before")(_duration)
+
+    @field_validator("retries", mode="before")
+    @classmethod
+    def _retries(cls, v: Any) -> list[timedelta]:
+        if not isinstance(v, list):
+            raise ValueError("retries is a list of offsets such as [90s, 3m]")
+        out = [parse_duration(x) for x in v]
+        if any(b <= a for a, b in zip(out, out[1:], strict=False)):
+            raise ValueError("retries must be strictly increasing offsets from the first alert")
+        if out and out[0] <= timedelta(0):
+            raise ValueError("retry offsets must be positive")
+        return out
+
+
+class Webhook(_Model):
+    url: str
+    events: list[
+        Literal["lead.hot", "lead.assigned", "lead.claimed", "lead.reassigned", "lead.contacted", "lead.unrouted"]
+    ] | None = None
+
+
+class Outbound(_Model):
+    webhooks: list[Webhook] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- the whole file
+
+
+class Rules(_Model):
+    scoring: Scoring = Scoring()
+    pages: list[PageRule] = Field(default_factory=list)
+    reps: list[Rep] = Field(default_factory=list)
+    teams: list[Team] = Field(default_factory=list)
+    accounts: dict[str, str] = Field(default_factory=dict)
+    routing: RoutingPolicy = RoutingPolicy()
+    alerts: Alerts = Alerts()
+    outbound: Outbound = Outbound()
+    free_mail_domains: list[str] = Field(
+        default_factory=lambda: [
+            "gmail.com", "googlemail.com", "yahoo.com", "outlook.com", "hotmail.com", "icloud.com",
+            "aol.com", "live.com", "msn.com", "proton.me", "protonmail.com", "gmx.com", "mail.com",
+            "yandex.com", "zoho.com", "me.com",
+        ]
+    )
+    hash: str = ""
+
+    @model_validator(mode="after")
+    def _references(self) -> Rules:
+        ids = [r.id for r in self.reps]
+        known = set(ids)
+        problems = []
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            problems.append(f"reps: duplicate rep id {', '.join(dup)}")
+        for i, rep in enumerate(self.reps):
+            if rep.manager is not None and rep.manager not in known:
+                problems.append(f"reps.{i}.manager: unknown rep {rep.manager!r}")
+        team_ids = [t.id for t in self.teams]
+        for i, team in enumerate(self.teams):
+            if team_ids.count(team.id) > 1:
+                problems.append(f"teams.{i}.id: duplicate team id {team.id!r}")
+            for j, rid in enumerate(team.reps):
+                if rid not in known:
+                    problems.append(f"teams.{i}.reps.{j}: unknown rep {rid!r}")
+        for domain, rid in self.accounts.items():
+            if rid not in known:
+                problems.append(f"accounts.{domain}: unknown rep {rid!r}")
+        if self.routing.on_call is not None and self.routing.on_call not in known:
+            problems.append(f"routing.on_call: unknown rep {self.routing.on_call!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def rep(self, rep_id: str) -> Rep | None:
+        for r in self.reps:
+            if r.id == rep_id:
+                return r
+        return None
+
+
+# ---------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class ConfigError:
+    path: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        return f"{where}{self.path or '(top)'}: {self.message}"
+
+
+class RulesError(Exception):
+    def __init__(self, errors: list[ConfigError]):
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+def _line_of(doc: Any, path: list[str | int]) -> int | None:
+    """Walk the ruamel document along ``path``; the line of the deepest key found (1-based)."""
+    node, line = doc, None
+    for part in path:
+        try:
+            if hasattr(node, "lc") and isinstance(node, dict) and part in node:
+                line = node.lc.key(part)[0] + 1
+                node = node[part]
+            elif hasattr(node, "lc") and isinstance(node, list) and isinstance(part, int) and part < len(node):
+                line = node.lc.item(part)[0] + 1
+                node = node[part]
+            else:
+                break
+        except Exception:
+            break
+    if line is None and hasattr(doc, "lc"):
+        line = (doc.lc.line or 0) + 1
+    return line
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def parse_rules(text: str, source: str = "<rules>") -> Rules:
+    """Parse and validate rules text; raise :class:`RulesError` listing every problem."""
+    yaml = YAML(typ="rt")
+    try:
+        doc = yaml.load(io.StringIO(text))
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise RulesError([ConfigError("", (mark.line + 1) if mark else None, f"invalid YAML: {exc.problem}")]) from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise RulesError([ConfigError("", 1, "the rules file must be a mapping of blocks (scoring, reps, …)")])
+    data = _plain(doc)
+    data.pop("hash", None)
+    try:
+        rules = Rules.model_validate(data)
+    except ValidationError as exc:
+        errors = []
+        for err in exc.errors():
+            loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "list[", "dict[")))]
+            msg = err["msg"].removeprefix("Value error, ")
+            if not loc and "; " in msg and msg.split(": ")[0].count(".") >= 1:
+                # cross-reference problems carry their own paths
+                for piece in msg.split("; "):
+                    p, _, m = piece.partition(": ")
+                    parts: list[str | int] = [int(x) if x.isdigit() else x for x in p.split(".")]
+                    errors.append(ConfigError(p, _line_of(doc, parts), m))
+                continue
+            if not loc and ": " in msg and msg.split(": ")[0].split(".")[0] in {"reps", "teams", "accounts", "routing"}:
+                p, _, m = msg.partition(": ")
+                parts = [int(x) if x.isdigit() else x for x in p.split(".")]
+                errors.append(ConfigError(p, _line_of(doc, parts), m))
+                continue
+            loc = ["in" if p == "in_" else "from" if p == "from_age" else p for p in loc]
+            errors.append(ConfigError(".".join(str(p) for p in loc), _line_of(doc, loc), msg))
+        raise RulesError(errors) from None
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return rules.model_copy(update={"hash": digest})
+
+
+def load_rules(path: str | Path) -> Rules:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise RulesError([ConfigError("", None, f"cannot read {p}: {exc.strerror}")]) from None
+    return parse_rules(text, str(p))

@@ -1,0 +1,230 @@
+"""Segment-spec events: validation and normalisation, pure.
+
+An incoming event is a JSON object as Segment's tracking API defines it. It is
+checked here (types, ids, size, nesting) and turned into an :class:`Event`
+whose timestamp is an aware UTC datetime and whose lead id is known.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from routing.config import PageRule
+
+MAX_EVENT_BYTES = 32 * 1024
+MAX_BATCH_BYTES = 500 * 1024
+MAX_DEPTH = 32
+TYPES = {"track", "identify", "page", "alias"}
+UTC = UTC
+
+
+class EventError(ValueError):
+    """A problem with one event: ``field`` names the offending key."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str                        # track | identify | alias | other (ignored)
+    message_id: str
+    source: str
+    timestamp: datetime              # aware UTC, skew-corrected
+    received_at: datetime
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    previous_id: str | None = None   # alias
+    name: str | None = None          # track event name (pages mapped)
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    traits: Mapping[str, Any] = field(default_factory=dict)
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def lead_id(self) -> str | None:
+        if self.user_id:
+            return self.user_id
+        if self.anonymous_id:
+            return anon_lead_id(self.anonymous_id)
+        return None
+
+    @property
+    def link(self) -> tuple[str, str] | None:
+        """(anonymous lead id, user lead id) when this event ties the two together."""
+        if self.type == "alias" and self.previous_id and self.user_id:
+            prev = self.previous_id
+            return (prev if prev.startswith("anon:") else anon_lead_id(prev), self.user_id)
+        if self.user_id and self.anonymous_id:
+            return (anon_lead_id(self.anonymous_id), self.user_id)
+        return None
+
+
+def anon_lead_id(anonymous_id: str) -> str:
+    return f"anon:{anonymous_id}"
+
+
+def parse_time(value: Any, field: str) -> datetime:
+    if not isinstance(value, str) or not value.strip():
+        raise EventError(field, "must be an ISO 8601 timestamp string")
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        ts = datetime.fromisoformat(text)
+    except ValueError:
+        raise EventError(field, f"not an ISO 8601 timestamp: {value!r}") from None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)  # no offset means UTC
+    return ts.astimezone(UTC)
+
+
+def iso(ts: datetime | None) -> str | None:
+    if ts is None:
+        return None
+    ts = ts.astimezone(UTC)
+    text = ts.isoformat(timespec="milliseconds" if ts.microsecond else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth, stopping early once past ``limit`` (hostile input can be deep)."""
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        node, d = stack.pop()
+        if d > deepest:
+            deepest = d
+            if deepest > limit:
+                return deepest
+        if isinstance(node, dict):
+            stack.extend((v, d + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, d + 1) for v in node)
+    return deepest
+
+
+def _opt_id(raw: Mapping[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise EventError(key, "must be a string")
+    text = str(value)
+    if len(text) > 200:
+        raise EventError(key, "is longer than 200 characters")
+    return text
+
+
+def map_page(raw: Mapping[str, Any], pages: list[PageRule]) -> str:
+    """The track event name a ``page`` call stands for (first matching rule, else ``Page Viewed``)."""
+    props = raw.get("properties") if isinstance(raw.get("properties"), dict) else {}
+    name = raw.get("name") if isinstance(raw.get("name"), str) else None
+    path = props.get("path") if isinstance(props.get("path"), str) else None
+    for rule in pages:
+        if rule.name is not None and name is not None and name.strip().lower() == rule.name.strip().lower():
+            return rule.event
+        if rule.path is not None:
+            prefix = rule.path.rstrip("/") or "/"
+            for candidate in (path, name):
+                if candidate is None:
+                    continue
+                c = candidate.split("?", 1)[0].split("#", 1)[0]
+                if c == prefix or c.startswith(prefix + "/"):
+                    return rule.event
+    return "Page Viewed"
+
+
+def encoded_size(raw: Any) -> int:
+    return len(json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def check_envelope(raw: Any) -> None:
+    """The checks that need no rules: shape, size, depth, ids. Raises :class:`EventError`."""
+    if not isinstance(raw, dict):
+        raise EventError("", "an event must be a JSON object")
+    if _depth(raw, MAX_DEPTH) > MAX_DEPTH:
+        raise EventError("", f"nesting deeper than {MAX_DEPTH} levels")
+    if encoded_size(raw) > MAX_EVENT_BYTES:
+        raise EventError("", f"event larger than {MAX_EVENT_BYTES // 1024} KB")
+    etype = raw.get("type")
+    if not isinstance(etype, str) or not etype:
+        raise EventError("type", "is required (track, identify, page or alias)")
+    mid = _opt_id(raw, "messageId")
+    if mid is None:
+        raise EventError("messageId", "is required (it is the idempotency key)")
+    if etype in TYPES:
+        if etype == "alias":
+            if _opt_id(raw, "userId") is None or _opt_id(raw, "previousId") is None:
+                raise EventError("previousId" if raw.get("userId") else "userId", "alias needs userId and previousId")
+        elif _opt_id(raw, "userId") is None and _opt_id(raw, "anonymousId") is None:
+            raise EventError("userId", "userId or anonymousId is required")
+        if etype == "track":
+            ev = raw.get("event")
+            if not isinstance(ev, str) or not ev.strip():
+                raise EventError("event", "track needs an event name (string)")
+            if len(ev) > 200:
+                raise EventError("event", "is longer than 200 characters")
+        for key in ("properties", "traits", "context"):
+            if key in raw and raw[key] is not None and not isinstance(raw[key], dict):
+                raise EventError(key, "must be an object")
+        if etype == "page" and "name" in raw and raw["name"] is not None and not isinstance(raw["name"], str):
+            raise EventError("name", "must be a string")
+    for key in ("timestamp", "sentAt"):
+        if raw.get(key) is not None:
+            parse_time(raw[key], key)
+
+
+def normalize(
+    raw: Mapping[str, Any],
+    *,
+    source: str,
+    received_at: datetime,
+    pages: list[PageRule],
+) -> Event:
+    """Validate ``raw`` and return the :class:`Event` it describes.
+
+    ``received_at`` is when ingestion accepted it (or the envelope's ``receivedAt``).
+    Segment's skew correction: with ``sentAt``, timestamp += receivedAt − sentAt;
+    a timestamp still in the future is clamped to ``received_at``.
+    """
+    check_envelope(raw)
+    etype = str(raw["type"])
+    ts = parse_time(raw["timestamp"], "timestamp") if raw.get("timestamp") is not None else received_at
+    if raw.get("sentAt") is not None:
+        ts = ts + (received_at - parse_time(raw["sentAt"], "sentAt"))
+    if ts > received_at:
+        ts = received_at
+    props = raw.get("properties") or {}
+    traits = raw.get("traits") or {}
+    if etype == "track":
+        kind, name = "track", str(raw["event"]).strip()
+    elif etype == "page":
+        kind, name = "track", map_page(raw, pages)
+    elif etype in ("identify", "alias"):
+        kind, name = etype, None
+    else:
+        kind, name = "other", None
+    if etype == "page" and not traits:
+        ctx = raw.get("context")
+        if isinstance(ctx, dict) and isinstance(ctx.get("traits"), dict):
+            traits = ctx["traits"]
+    return Event(
+        type=kind,
+        message_id=str(_opt_id(raw, "messageId")),
+        source=source,
+        timestamp=ts,
+        received_at=received_at,
+        user_id=_opt_id(raw, "userId"),
+        anonymous_id=_opt_id(raw, "anonymousId"),
+        previous_id=_opt_id(raw, "previousId"),
+        name=name,
+        properties=props if isinstance(props, dict) else {},
+        traits=traits if isinstance(traits, dict) else {},
+        raw=raw,
+    )

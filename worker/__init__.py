@@ -1,0 +1,1 @@
+"""leadrouter shell: Celery app and tasks, database, channels, HTTP API, CLI."""

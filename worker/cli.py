@@ -1,0 +1,481 @@
+"""The ``leadrouter`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from routing.config import Rules, RulesError, load_rules
+from routing.durations import parse_duration
+from routing.events import EventError, iso, parse_time
+
+
+class CliError(Exception):
+    """A user-facing error: printed without a traceback, exit 1."""
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _rules(path: str | None) -> Rules:
+    from worker.settings import get_settings
+
+    p = Path(path) if path else get_settings().config_path
+    try:
+        return load_rules(p)
+    except RulesError as exc:
+        raise CliError(f"{p}: invalid rules\n" + "\n".join(f"  {e}" for e in exc.errors)) from None
+
+
+def read_events(path: str) -> Iterator[Any]:
+    """JSON (an object, a list, or a Segment batch ``{"batch": [...]}``) or JSON lines, from a file or ``-``."""
+    if path == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    stripped = text.strip()
+    if not stripped:
+        return iter(())
+    if stripped[0] in "[{":
+        try:
+            doc = json.loads(stripped)
+        except ValueError:
+            doc = None
+        if isinstance(doc, list):
+            return iter(doc)
+        if isinstance(doc, dict):
+            return iter(doc["batch"] if isinstance(doc.get("batch"), list) else [doc])
+    return _json_lines(stripped, path)
+
+
+def _json_lines(text: str, path: str) -> Iterator[Any]:
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except ValueError as exc:
+            yield _BadLine(n, f"{path}:{n}: malformed JSON: {exc.msg} at column {exc.colno}")
+
+
+class _BadLine(dict):  # type: ignore[type-arg]
+    """A line that is not JSON: carried through so it is reported in order, never silently dropped."""
+
+    def __init__(self, line: int, message: str):
+        super().__init__()
+        self.line, self.message = line, message
+
+
+def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    out = []
+    for i, r in enumerate(cells):
+        out.append("  ".join(c.ljust(widths[j]) for j, c in enumerate(r)).rstrip())
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _parse_ts(text: str) -> datetime:
+    try:
+        return parse_time(text, "--as-of")
+    except EventError as exc:
+        raise CliError(str(exc)) from None
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from worker.settings import get_settings
+
+    path = Path(args.path) if args.path else get_settings().config_path
+    try:
+        rules = load_rules(path)
+    except RulesError as exc:
+        print(f"{path}: {len(exc.errors)} error(s)", file=sys.stderr)
+        for e in exc.errors:
+            print(f"  {path}:{e.line or '?'}: {e.path or '(top)'}: {e.message}", file=sys.stderr)
+        return 1
+    print(f"{path}: ok (rules {rules.hash}: {len(rules.scoring.events)} events, {len(rules.scoring.fit)} fit rules, "
+          f"{len(rules.reps)} reps, {len(rules.teams)} teams)")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from routing.simulate import simulate
+
+    rules = _rules(args.config)
+    events = list(read_events(args.events))
+    bad = [e for e in events if isinstance(e, _BadLine)]
+    good = [e for e in events if not isinstance(e, _BadLine)]
+    as_of = _parse_ts(args.as_of) if args.as_of else None
+    replay = simulate(good, rules, as_of=as_of)
+    errors = [{"line": b.line, "error": b.message} for b in bad] + replay.errors
+    other = simulate(good, _rules(args.compare), as_of=as_of) if args.compare else None
+    if args.json:
+        out = replay.to_json()
+        out["errors"] = errors
+        if other is not None:
+            out["compare"] = compare(replay, other)
+        json.dump(out, sys.stdout, indent=1)
+        print()
+    else:
+        _print_replay(replay)
+        if other is not None:
+            _print_compare(compare(replay, other), args.compare)
+        for e in errors:
+            print(f"error: {e}", file=sys.stderr)
+    return 0
+
+
+def compare(a: Any, b: Any) -> dict[str, Any]:
+    changed = []
+    ids = sorted({r.lead_id for r in a.leads} | {r.lead_id for r in b.leads})
+    for lead_id in ids:
+        x, y = a.lead(lead_id), b.lead(lead_id)
+        rep_x, rep_y = (x.rep if x else None), (y.rep if y else None)
+        tier_x, tier_y = (x.tier if x else None), (y.tier if y else None)
+        if rep_x != rep_y or tier_x != tier_y:
+            changed.append({"lead_id": lead_id, "rep": [rep_x, rep_y], "tier": [tier_x, tier_y],
+                            "score": [x.score if x else None, y.score if y else None]})
+    reps = sorted(set(a.summary["per_rep"]) | set(b.summary["per_rep"]))
+    split = {rep: {"before": a.summary["per_rep"].get(rep, {}).get("leads", 0),
+                   "after": b.summary["per_rep"].get(rep, {}).get("leads", 0)} for rep in reps}
+    for s in split.values():
+        s["change"] = s["after"] - s["before"]
+    return {"changed": changed, "per_rep": split,
+            "unrouted": [a.summary["unrouted"], b.summary["unrouted"]],
+            "after_hours": [a.summary["after_hours"], b.summary["after_hours"]]}
+
+
+def _print_replay(replay: Any) -> None:
+    rows = [(r.lead_id, _num(r.score), _num(r.behavior), _num(r.fit), r.tier, iso(r.hot_at) or "-",
+             iso(r.red_hot_at) or "-", r.rep or "-", r.route or "-") for r in replay.leads]
+    print(_table(rows, ["lead", "score", "behavior", "fit", "tier", "hot_at", "red_hot_at", "rep", "route"]))
+    s = replay.summary
+    print()
+    print(f"{s['leads']} leads as of {s['as_of']}: " + ", ".join(f"{k} {v}" for k, v in s["tiers"].items())
+          + f"; {s['hot_crossings']} went hot, {s['routed']} routed, {s['after_hours']} queued after hours, "
+          f"{s['on_call']} to on-call, {s['unrouted']} unrouted")
+    if s["per_rep"]:
+        print(_table([(rep, v["leads"], f"{v['share']:.0%}") for rep, v in s["per_rep"].items()],
+                     ["rep", "leads", "share"]))
+
+
+def _print_compare(cmp: dict[str, Any], path: str) -> None:
+    print(f"\ncompared with {path}: {len(cmp['changed'])} lead(s) change")
+    if cmp["changed"]:
+        rows = [(c["lead_id"], f"{c['rep'][0] or '-'} -> {c['rep'][1] or '-'}",
+                 f"{c['tier'][0] or '-'} -> {c['tier'][1] or '-'}") for c in cmp["changed"]]
+        print(_table(rows, ["lead", "rep", "tier"]))
+    rows = [(rep, v["before"], v["after"], f"{v['change']:+d}") for rep, v in cmp["per_rep"].items()]
+    if rows:
+        print(_table(rows, ["rep", "before", "after", "change"]))
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from worker.publish import publish
+    from worker.runtime import get_runtime
+
+    rt = get_runtime()
+    items = list(read_events(args.file))
+    bad = [e for e in items if isinstance(e, _BadLine)]
+    good = [e for e in items if not isinstance(e, _BadLine)]
+    result = publish(rt.redis, good, rt.rules)
+    for b in bad:
+        print(f"error: {b.message}", file=sys.stderr)
+    for e in result.errors:
+        print(f"error: event {e['index']} ({e['messageId'] or 'no messageId'}): {e['field'] or 'event'}: {e['error']}",
+              file=sys.stderr)
+    print(f"queued {result.accepted} event(s)" + (f", {result.fast} in the fast lane" if result.fast else "")
+          + (f"; {len(result.errors) + len(bad)} rejected" if result.errors or bad else ""))
+    return 1 if (result.errors or bad) else 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from worker.migrate import upgrade
+    from worker.settings import get_settings
+
+    url = get_settings().database_url
+    upgrade(url)
+    print("database schema is up to date")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from worker.explain import explain, render_explain
+    from worker.runtime import get_runtime
+
+    rt = get_runtime()
+    with rt.sessions() as session:
+        data = explain(session, args.lead_id, rt.rules)
+    if data is None:
+        raise CliError(f"no lead {args.lead_id!r}")
+    if args.json:
+        json.dump(data, sys.stdout, indent=1, default=str)
+        print()
+    else:
+        print(render_explain(data))
+    return 0
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from worker import ops
+    from worker.runtime import get_runtime
+
+    rt = get_runtime()
+    if args.action == "retry":
+        if args.id is None:
+            raise CliError("dead-letters retry needs an ID (see dead-letters list)")
+        n = ops.retry_dead_letter(rt, args.id)
+        print(f"requeued dead letter {args.id}" if n else "")
+        return 0
+    rows = ops.list_dead_letters(rt)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=1, default=str)
+        print()
+    elif not rows:
+        print("no dead letters")
+    else:
+        print(_table([(r["id"], r["created_at"], r["source"], r["message_id"] or "-", r["error"][:80],
+                       r["retried_at"] or "-") for r in rows],
+                     ["id", "when", "source", "messageId", "error", "retried"]))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.service import run_worker
+
+    return run_worker(concurrency=args.concurrency, alert_concurrency=args.alert_concurrency)
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    from worker.scheduler import run_forever
+
+    run_forever()
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from worker.logs import setup_logging
+
+    setup_logging()
+    uvicorn.run("worker.api:create_app", factory=True, host=args.host, port=args.port, log_config=None,
+                access_log=False)
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from worker.dev import run_dev
+
+    return run_dev(demo=args.demo, port=args.port)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from worker import ops
+    from worker.runtime import get_runtime
+
+    data = ops.status(get_runtime())
+    if args.json:
+        json.dump(data, sys.stdout, indent=1, default=str)
+        print()
+    else:
+        print(ops.render_status(data))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from worker import ops
+    from worker.runtime import get_runtime
+
+    since = _duration_arg(args.since)
+    data = ops.report(get_runtime(), since)
+    if args.json:
+        json.dump(data, sys.stdout, indent=1, default=str)
+        print()
+    else:
+        print(ops.render_report(data))
+    return 0
+
+
+def _duration_arg(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_rep(args: argparse.Namespace) -> int:
+    from worker import ops
+    from worker.db import now_utc
+    from worker.runtime import get_runtime
+
+    rt = get_runtime()
+    if rt.rules.rep(args.rep) is None:
+        raise CliError(f"unknown rep {args.rep!r} (reps: {', '.join(r.id for r in rt.rules.reps)})")
+    if args.action == "away":
+        until = None
+        if args.until:
+            until = _parse_ts(args.until)
+        elif args.for_:
+            until = now_utc() + _duration_arg(args.for_)
+        ops.set_away(rt, args.rep, until, actor=_actor())
+        print(f"{args.rep} is away" + (f" until {iso(until)}" if until else " until `leadrouter rep back`"))
+    else:
+        ops.set_back(rt, args.rep, actor=_actor())
+        print(f"{args.rep} is back")
+    return 0
+
+
+def _actor() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:
+        return os.environ.get("USER", "operator")
+
+
+def cmd_lead(args: argparse.Namespace) -> int:
+    from worker import ops
+    from worker.runtime import get_runtime
+
+    rt = get_runtime()
+    msg = ops.lead_command(rt, args.action, args.lead_id, getattr(args, "rep", None), actor=_actor(),
+                           reason=args.reason)
+    print(msg)
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    from worker import ops
+    from worker.runtime import get_runtime
+
+    ops.set_paused(get_runtime(), args.command == "pause", actor=_actor())
+    print("alerting paused: events are still scored" if args.command == "pause" else "alerting resumed")
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from worker import ops
+    from worker.runtime import get_runtime
+
+    print(ops.forget(get_runtime(), args.lead_id, actor=_actor()))
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="leadrouter", description="Speed-to-lead routing worker.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("dev", help="run the whole stack locally (Redis, SQLite, worker, scheduler, API)")
+    s.add_argument("--demo", action="store_true", help="replay a demo stream so a lead goes hot")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_dev)
+    s = sub.add_parser("worker", help="run the Celery workers (events, fast lane, alerts)")
+    s.add_argument("--concurrency", type=int, default=2, help="event worker processes")
+    s.add_argument("--alert-concurrency", type=int, default=2, help="fast-lane and alert worker processes")
+    s.set_defaults(func=cmd_worker)
+    s = sub.add_parser("beat", help="run the scheduler tick (alert timers, drains, rule reloads)")
+    s.set_defaults(func=cmd_beat)
+    s = sub.add_parser("api", help="run the HTTP API")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_api)
+    s = sub.add_parser("migrate", help="bring the database schema up to date")
+    s.set_defaults(func=cmd_migrate)
+    s = sub.add_parser("check-config", help="validate a rules file")
+    s.add_argument("path", nargs="?")
+    s.set_defaults(func=cmd_check_config)
+    s = sub.add_parser("send", help="publish JSON or JSON-lines events")
+    s.add_argument("file", nargs="?", default="-")
+    s.set_defaults(func=cmd_send)
+    s = sub.add_parser("simulate", help="replay events through the scoring and routing core")
+    s.add_argument("--events", required=True)
+    s.add_argument("--config")
+    s.add_argument("--compare")
+    s.add_argument("--as-of", dest="as_of")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_simulate)
+    s = sub.add_parser("explain", help="a lead's whole trace")
+    s.add_argument("lead_id")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_explain)
+    s = sub.add_parser("status", help="queues, hot leads, alerts due, reps")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+    s = sub.add_parser("report", help="speed-to-lead and per-rep report")
+    s.add_argument("--since", default="7d")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_report)
+    s = sub.add_parser("rep", help="rep availability")
+    rs = s.add_subparsers(dest="action", required=True)
+    a = rs.add_parser("away")
+    a.add_argument("rep")
+    g = a.add_mutually_exclusive_group()
+    g.add_argument("--until")
+    g.add_argument("--for", dest="for_")
+    b = rs.add_parser("back")
+    b.add_argument("rep")
+    s.set_defaults(func=cmd_rep)
+    s = sub.add_parser("lead", help="assign, release or close a lead by hand")
+    ls = s.add_subparsers(dest="action", required=True)
+    la = ls.add_parser("assign")
+    la.add_argument("lead_id")
+    la.add_argument("rep")
+    la.add_argument("--reason")
+    for name in ("release", "close"):
+        x = ls.add_parser(name)
+        x.add_argument("lead_id")
+        x.add_argument("--reason")
+    s.set_defaults(func=cmd_lead)
+    for name in ("pause", "resume"):
+        s = sub.add_parser(name, help=f"{name} all alerting")
+        s.set_defaults(func=cmd_pause)
+    s = sub.add_parser("forget", help="erase a lead's personal data")
+    s.add_argument("lead_id")
+    s.set_defaults(func=cmd_forget)
+    s = sub.add_parser("dead-letters", help="inspect and replay failed events")
+    s.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
+    s.add_argument("id", nargs="?", type=int)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_dead_letters)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"leadrouter: {exc}", file=sys.stderr)
+        return 1
+    except RulesError as exc:
+        print("leadrouter: invalid rules\n" + "\n".join(f"  {e}" for e in exc.errors), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

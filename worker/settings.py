@@ -1,0 +1,78 @@
+"""Settings from the environment (and a ``.env`` file), validated once at start."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", alias="REDIS_URL")
+    database_url: str = Field(default="sqlite:///var/leadrouter.db", alias="DATABASE_URL")
+    config_path: Path = Field(default=Path("config/routing.yaml"), alias="LEADROUTER_CONFIG")
+    write_key: str | None = Field(default=None, alias="LEADROUTER_WRITE_KEY")
+    write_keys: str | None = Field(default=None, alias="LEADROUTER_WRITE_KEYS")
+    cors_origins: str = Field(default="", alias="LEADROUTER_CORS_ORIGINS")
+    secret_key: str = Field(default="dev-insecure-secret-change-me", alias="LEADROUTER_SECRET_KEY")
+    public_url: str = Field(default="http://127.0.0.1:8000", alias="LEADROUTER_PUBLIC_URL")
+    twilio_account_sid: str | None = Field(default=None, alias="TWILIO_ACCOUNT_SID")
+    twilio_auth_token: str | None = Field(default=None, alias="TWILIO_AUTH_TOKEN")
+    twilio_from_number: str | None = Field(default=None, alias="TWILIO_FROM_NUMBER")
+    twilio_messaging_service_sid: str | None = Field(default=None, alias="TWILIO_MESSAGING_SERVICE_SID")
+    twilio_api_base_url: str | None = Field(default=None, alias="TWILIO_API_BASE_URL")
+    sendgrid_api_key: str | None = Field(default=None, alias="SENDGRID_API_KEY")
+    sendgrid_from_email: str | None = Field(default=None, alias="SENDGRID_FROM_EMAIL")
+    sendgrid_api_base_url: str | None = Field(default=None, alias="SENDGRID_API_BASE_URL")
+    sendgrid_webhook_public_key: str | None = Field(default=None, alias="SENDGRID_WEBHOOK_PUBLIC_KEY")
+    slack_webhook_url: str | None = Field(default=None, alias="SLACK_WEBHOOK_URL")
+    batch_size: int = Field(default=500, alias="LEADROUTER_BATCH_SIZE", ge=1, le=10000)
+    tick_seconds: float = Field(default=0.25, alias="LEADROUTER_TICK_SECONDS", gt=0)
+    reclaim_idle_seconds: float = Field(default=60, alias="LEADROUTER_RECLAIM_IDLE_SECONDS", gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _db(cls, v: str) -> str:
+        if not v.startswith(("sqlite", "postgresql")):
+            raise ValueError("DATABASE_URL must be sqlite:///PATH or postgresql+psycopg://…")
+        if v.startswith("postgresql://"):
+            v = "postgresql+psycopg://" + v.removeprefix("postgresql://")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("REDIS_URL must start with redis://")
+        return v
+
+    def sources(self) -> dict[str, str]:
+        """Write key → source name. One key is the source ``default``."""
+        out: dict[str, str] = {}
+        if self.write_key:
+            out[self.write_key] = "default"
+        if self.write_keys:
+            for part in self.write_keys.split(","):
+                name, sep, key = part.strip().partition(":")
+                if not sep or not name or not key:
+                    raise ValueError("LEADROUTER_WRITE_KEYS is name:key,name:key")
+                out[key] = name
+        return out
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    get_settings.cache_clear()
+
+
+def project_root() -> Path:
+    return Path(os.environ.get("LEADROUTER_HOME", Path.cwd()))
