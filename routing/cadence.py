@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from routing.config import Alerts
 
 FIRST, RETRY, REASSIGN = "first", "retry", "reassign"
-MIN_VALIDITY, MAX_VALIDITY = 5, 36000  # Twilio's ValidityPeriod bounds (seconds); 5 is its advised floor
+MIN_VALIDITY, MAX_VALIDITY = 1, 36000  # Twilio's ValidityPeriod bounds (seconds)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
@@ -285,6 +286,70 @@ class Outbound(_Model):
     webhooks: list[Webhook] = Field(default_factory=list)
 
 
+# ---------------------------------------------------------------- cross-references
+
+_REFERENCES = "rule_references"
+KeyPath = tuple[str | int, ...]
+
+
+def _dotted(path: KeyPath) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def reference_problems(data: Any) -> list[tuple[KeyPath, str]]:
+    """Rep and team ids that point nowhere or repeat, read from plain (possibly invalid) data.
+
+    It reads the raw mapping rather than the typed model so that an unknown rep in
+    ``teams`` is still reported when, say, a time zone elsewhere in the file is wrong:
+    an operator fixing a file wants every problem in one pass.
+    """
+    if not isinstance(data, dict):
+        return []
+    reps = data.get("reps", [])
+    # without a readable list of reps every reference would look unknown: that noise helps nobody
+    readable = isinstance(reps, list)
+    reps = reps if readable else []
+    ids = [r.get("id") for r in reps if isinstance(r, dict) and isinstance(r.get("id"), str)]
+    known = set(ids)
+    problems: list[tuple[KeyPath, str]] = []
+    seen: set[str] = set()
+    for i, rep in enumerate(reps):
+        rep_id = rep.get("id") if isinstance(rep, dict) else None
+        if not isinstance(rep_id, str):
+            continue
+        if rep_id in seen:
+            problems.append((("reps", i, "id"), f"duplicate rep id {rep_id!r}"))
+        seen.add(rep_id)
+
+    def check(path: KeyPath, rid: Any) -> None:
+        if readable and isinstance(rid, str) and rid not in known:
+            problems.append((path, f"unknown rep {rid!r}"))
+
+    for i, rep in enumerate(reps):
+        if isinstance(rep, dict) and rep.get("manager") is not None:
+            check(("reps", i, "manager"), rep["manager"])
+    teams = data.get("teams")
+    teams = teams if isinstance(teams, list) else []
+    team_ids: set[Any] = set()
+    for i, team in enumerate(teams):
+        if not isinstance(team, dict):
+            continue
+        team_id = team.get("id")
+        if isinstance(team_id, str) and team_id in team_ids:
+            problems.append((("teams", i, "id"), f"duplicate team id {team_id!r}"))
+        team_ids.add(team_id)
+        members = team.get("reps")
+        for j, rid in enumerate(members if isinstance(members, list) else []):
+            check(("teams", i, "reps", j), rid)
+    accounts = data.get("accounts")
+    for domain, rid in (accounts.items() if isinstance(accounts, dict) else ()):
+        check(("accounts", str(domain)), rid)
+    routing = data.get("routing")
+    if isinstance(routing, dict) and routing.get("on_call") is not None:
+        check(("routing", "on_call"), routing["on_call"])
+    return problems
+
+
 # ---------------------------------------------------------------- the whole file
 
 
@@ -308,29 +373,11 @@ class Rules(_Model):
 
     @model_validator(mode="after")
     def _references(self) -> Rules:
-        ids = [r.id for r in self.reps]
-        known = set(ids)
-        problems = []
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        if dup:
-            problems.append(f"reps: duplicate rep id {', '.join(dup)}")
-        for i, rep in enumerate(self.reps):
-            if rep.manager is not None and rep.manager not in known:
-                problems.append(f"reps.{i}.manager: unknown rep {rep.manager!r}")
-        team_ids = [t.id for t in self.teams]
-        for i, team in enumerate(self.teams):
-            if team_ids.count(team.id) > 1:
-                problems.append(f"teams.{i}.id: duplicate team id {team.id!r}")
-            for j, rid in enumerate(team.reps):
-                if rid not in known:
-                    problems.append(f"teams.{i}.reps.{j}: unknown rep {rid!r}")
-        for domain, rid in self.accounts.items():
-            if rid not in known:
-                problems.append(f"accounts.{domain}: unknown rep {rid!r}")
-        if self.routing.on_call is not None and self.routing.on_call not in known:
-            problems.append(f"routing.on_call: unknown rep {self.routing.on_call!r}")
+        problems = reference_problems(self.model_dump(include={"reps", "teams", "accounts", "routing"}))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise PydanticCustomError(
+                _REFERENCES, "{problems}", {"problems": "; ".join(f"{_dotted(p)}: {m}" for p, m in problems)}
+            )
         return self
 
     def rep(self, rep_id: str) -> Rep | None:
@@ -407,22 +454,14 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
     except ValidationError as exc:
         errors = []
         for err in exc.errors():
+            if err["type"] == _REFERENCES:
+                continue  # reported below from the raw data, whether or not the rest parsed
             loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "list[", "dict[")))]
             msg = err["msg"].removeprefix("Value error, ")
-            if not loc and "; " in msg and msg.split(": ")[0].count(".") >= 1:
-                # cross-reference problems carry their own paths
-                for piece in msg.split("; "):
-                    p, _, m = piece.partition(": ")
-                    parts: list[str | int] = [int(x) if x.isdigit() else x for x in p.split(".")]
-                    errors.append(ConfigError(p, _line_of(doc, parts), m))
-                continue
-            if not loc and ": " in msg and msg.split(": ")[0].split(".")[0] in {"reps", "teams", "accounts", "routing"}:
-                p, _, m = msg.partition(": ")
-                parts = [int(x) if x.isdigit() else x for x in p.split(".")]
-                errors.append(ConfigError(p, _line_of(doc, parts), m))
-                continue
             loc = ["in" if p == "in_" else "from" if p == "from_age" else p for p in loc]
             errors.append(ConfigError(".".join(str(p) for p in loc), _line_of(doc, loc), msg))
+        errors += [ConfigError(_dotted(p), _line_of(doc, list(p)), m) for p, m in reference_problems(data)]
+        errors.sort(key=lambda e: e.line or 0)
         raise RulesError(errors) from None
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     return rules.model_copy(update={"hash": digest})

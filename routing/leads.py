@@ -50,6 +50,13 @@ def apply_event(lead: Lead, event: Event, rules: Rules, *, now: datetime, seq: i
     """Score ``lead`` at the event's timestamp without and with ``event`` and decide what it opens."""
     after = add_to_history(lead.history, event, seq)
     tr = transition(lead.history, after, rules.scoring, event.timestamp)
+    latest = _latest(lead.history)
+    if latest is not None and latest > event.timestamp and not (tr.crossed_hot or tr.crossed_red_hot):
+        # A late event (say an identify overtaken by a demo request in the fast lane) may not cross at
+        # its own instant but still lift the lead over the threshold as of the newest event: that counts.
+        late = transition(lead.history, after, rules.scoring, latest)
+        if late.crossed_hot or late.crossed_red_hot:
+            tr = late
     outcome = decide(
         lead.episode,
         tr,
@@ -60,6 +67,11 @@ def apply_event(lead: Lead, event: Event, rules: Rules, *, now: datetime, seq: i
     )
     contacted = event.type == "track" and (event.name or "").casefold() == CONTACTED.casefold()
     return Applied(Lead(lead.lead_id, after, outcome.state), tr, outcome, contacted)
+
+
+def _latest(history: LeadHistory) -> datetime | None:
+    stamps = [s.timestamp for s in history.signals] + [u.timestamp for u in history.trait_updates]
+    return max(stamps) if stamps else None
 
 
 def merge_leads(user: Lead, anon: Lead) -> Lead:

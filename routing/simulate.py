@@ -180,3 +180,34 @@ def summarize(results: list[LeadResult], at: datetime | None) -> dict[str, Any]:
         "on_call": routes.get("on_call", 0),
         "unrouted": routes.get("unrouted", 0),
     }
+
+
+def compare(before: Replay, after: Replay) -> dict[str, Any]:
+    """What changes when the same events are replayed under other rules.
+
+    ``changed``: every lead whose rep or tier differs, with both sides (None where a
+    lead is absent from one replay). ``per_rep``: each rep's routed leads and share
+    on both sides. Counts for the other outcomes sit beside them as ``[before, after]``.
+    """
+    changed = []
+    for lead_id in sorted({r.lead_id for r in before.leads} | {r.lead_id for r in after.leads}):
+        sides = (before.lead(lead_id), after.lead(lead_id))
+        rep, tier = _pair(sides, "rep"), _pair(sides, "tier")
+        if rep[0] != rep[1] or tier[0] != tier[1]:
+            changed.append({"lead_id": lead_id, "rep": rep, "tier": tier, "score": _pair(sides, "score"),
+                            "route": _pair(sides, "route")})
+    a, b = before.summary["per_rep"], after.summary["per_rep"]
+    per_rep = {}
+    for rep_id in sorted(set(a) | set(b)):
+        was, now = a.get(rep_id, {"leads": 0, "share": 0.0}), b.get(rep_id, {"leads": 0, "share": 0.0})
+        per_rep[rep_id] = {"before": was["leads"], "after": now["leads"], "change": now["leads"] - was["leads"],
+                           "share_before": was["share"], "share_after": now["share"],
+                           "share_change": round(now["share"] - was["share"], 4)}
+    keys = ("leads", "routed", "hot_crossings", "red_hot_crossings", "after_hours", "on_call", "unrouted")
+    return {"changed": changed, "per_rep": per_rep,
+            **{k: [before.summary[k], after.summary[k]] for k in keys},
+            "tiers": {t: [before.summary["tiers"][t], after.summary["tiers"][t]] for t in before.summary["tiers"]}}
+
+
+def _pair(sides: tuple[LeadResult | None, LeadResult | None], attr: str) -> list[Any]:
+    return [getattr(r, attr) if r is not None else None for r in sides]

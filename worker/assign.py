@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from routing.cadence import plan_cadence
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
+from routing.cadence import plan_cadence
 from routing.config import Rules
 from routing.events import Event
 from routing.leads import Applied

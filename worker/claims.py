@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from routing.config import Rules
-from worker import db
+from worker import db, metrics
 from worker.assign import Router
 
 
@@ -85,6 +85,12 @@ def claim(session: Session, rules: Rules, lead_id: str, who: str, now: datetime,
                                                     db.HotEpisode.status == "open")
                         .values(status="claimed", closed_at=now))
     session.add(db.Trace(lead_id=lead_id, at=now, kind="claimed", actor=who, detail={"via": via}))
+    first_sent = session.scalar(select(func.min(db.Delivery.sent_at))
+                                .join(db.AlertStep, db.AlertStep.id == db.Delivery.step_id)
+                                .join(db.Assignment, db.Assignment.id == db.AlertStep.assignment_id)
+                                .where(db.Assignment.episode_id == a.episode_id))
+    if first_sent is not None:
+        metrics.observe("time_to_claim_seconds", max(0.0, (now - first_sent).total_seconds()))
     name = (rules.rep(who).display if rules.rep(who) else who)
     return AckResult(True, f"Claimed: {_lead_name(lead)} is yours, {name}.", owner=who)
 

@@ -75,12 +75,15 @@ class _BadLine(dict):  # type: ignore[type-arg]
         self.line, self.message = line, message
 
 
-def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str], align: str = "") -> str:
+    """Columns padded to their widest cell; ``align`` holds one ``l``/``r`` per column (default left)."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    right = [j < len(align) and align[j] == "r" for j in range(len(headers))]
     out = []
     for i, r in enumerate(cells):
-        out.append("  ".join(c.ljust(widths[j]) for j, c in enumerate(r)).rstrip())
+        out.append("  ".join(c.rjust(widths[j]) if right[j] else c.ljust(widths[j])
+                             for j, c in enumerate(r)).rstrip())
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
@@ -117,75 +120,101 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from routing.simulate import simulate
+    from routing.simulate import compare, simulate
 
     rules = _rules(args.config)
+    # load both rule sets before replaying anything: a bad --compare file fails at once
+    other_rules = _rules(args.compare) if args.compare else None
     events = list(read_events(args.events))
     bad = [e for e in events if isinstance(e, _BadLine)]
     good = [e for e in events if not isinstance(e, _BadLine)]
     as_of = _parse_ts(args.as_of) if args.as_of else None
     replay = simulate(good, rules, as_of=as_of)
     errors = [{"line": b.line, "error": b.message} for b in bad] + replay.errors
-    other = simulate(good, _rules(args.compare), as_of=as_of) if args.compare else None
+    other = simulate(good, other_rules, as_of=as_of) if other_rules is not None else None
     if args.json:
         out = replay.to_json()
         out["errors"] = errors
-        if other is not None:
-            out["compare"] = compare(replay, other)
+        if other is not None and other_rules is not None:
+            out["compare"] = {"config": args.compare, "rules": [rules.hash, other_rules.hash],
+                              **compare(replay, other)}
         json.dump(out, sys.stdout, indent=1)
         print()
     else:
-        _print_replay(replay)
-        if other is not None:
-            _print_compare(compare(replay, other), args.compare)
+        print(_render_replay(replay, len(good), rules.hash))
+        if other is not None and other_rules is not None:
+            print()
+            print(_render_compare(compare(replay, other), args.compare, rules.hash, other_rules.hash))
         for e in errors:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {_describe_event_error(e)}", file=sys.stderr)
     return 0
 
 
-def compare(a: Any, b: Any) -> dict[str, Any]:
-    changed = []
-    ids = sorted({r.lead_id for r in a.leads} | {r.lead_id for r in b.leads})
-    for lead_id in ids:
-        x, y = a.lead(lead_id), b.lead(lead_id)
-        rep_x, rep_y = (x.rep if x else None), (y.rep if y else None)
-        tier_x, tier_y = (x.tier if x else None), (y.tier if y else None)
-        if rep_x != rep_y or tier_x != tier_y:
-            changed.append({"lead_id": lead_id, "rep": [rep_x, rep_y], "tier": [tier_x, tier_y],
-                            "score": [x.score if x else None, y.score if y else None]})
-    reps = sorted(set(a.summary["per_rep"]) | set(b.summary["per_rep"]))
-    split = {rep: {"before": a.summary["per_rep"].get(rep, {}).get("leads", 0),
-                   "after": b.summary["per_rep"].get(rep, {}).get("leads", 0)} for rep in reps}
-    for s in split.values():
-        s["change"] = s["after"] - s["before"]
-    return {"changed": changed, "per_rep": split,
-            "unrouted": [a.summary["unrouted"], b.summary["unrouted"]],
-            "after_hours": [a.summary["after_hours"], b.summary["after_hours"]]}
+def _describe_event_error(e: dict[str, Any]) -> str:
+    if "index" in e:
+        field = f"{e['field']}: " if e.get("field") else ""
+        return f"event #{e['index'] + 1}: {field}{e['error']}"
+    return str(e["error"])
 
 
-def _print_replay(replay: Any) -> None:
-    rows = [(r.lead_id, _num(r.score), _num(r.behavior), _num(r.fit), r.tier, iso(r.hot_at) or "-",
-             iso(r.red_hot_at) or "-", r.rep or "-", r.route or "-") for r in replay.leads]
-    print(_table(rows, ["lead", "score", "behavior", "fit", "tier", "hot_at", "red_hot_at", "rep", "route"]))
+def _share(x: float) -> str:
+    return f"{x:.0%}"
+
+
+def _arrows(pairs: Sequence[tuple[Any, Any]]) -> list[str]:
+    """``before -> after`` with the arrows lined up down the column; None shows as ``-``."""
+    shown = [("-" if a is None else str(a), "-" if b is None else str(b)) for a, b in pairs]
+    width = max((len(a) for a, _ in shown), default=0)
+    return [f"{a.ljust(width)} -> {b}" for a, b in shown]
+
+
+def _render_replay(replay: Any, n_events: int, rules_hash: str) -> str:
     s = replay.summary
-    print()
-    print(f"{s['leads']} leads as of {s['as_of']}: " + ", ".join(f"{k} {v}" for k, v in s["tiers"].items())
-          + f"; {s['hot_crossings']} went hot, {s['routed']} routed, {s['after_hours']} queued after hours, "
-          f"{s['on_call']} to on-call, {s['unrouted']} unrouted")
-    if s["per_rep"]:
-        print(_table([(rep, v["leads"], f"{v['share']:.0%}") for rep, v in s["per_rep"].items()],
-                     ["rep", "leads", "share"]))
-
-
-def _print_compare(cmp: dict[str, Any], path: str) -> None:
-    print(f"\ncompared with {path}: {len(cmp['changed'])} lead(s) change")
-    if cmp["changed"]:
-        rows = [(c["lead_id"], f"{c['rep'][0] or '-'} -> {c['rep'][1] or '-'}",
-                 f"{c['tier'][0] or '-'} -> {c['tier'][1] or '-'}") for c in cmp["changed"]]
-        print(_table(rows, ["lead", "rep", "tier"]))
-    rows = [(rep, v["before"], v["after"], f"{v['change']:+d}") for rep, v in cmp["per_rep"].items()]
+    lines = [f"replayed {n_events} event(s) under rules {rules_hash}, scores as of {s['as_of'] or '-'}", ""]
+    rows = [(r.lead_id, _num(r.score), _num(r.behavior), _num(r.fit), r.tier.replace("_", "-"),
+             iso(r.hot_at) or "-", iso(r.red_hot_at) or "-", r.rep or "-", (r.route or "-").replace("_", "-"))
+            for r in replay.leads]
     if rows:
-        print(_table(rows, ["rep", "before", "after", "change"]))
+        lines += [_table(rows, ["lead", "score", "behavior", "fit", "tier", "hot at", "red-hot at", "rep", "route"],
+                         align="lrrrl"), ""]
+    tiers = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in s["tiers"].items())
+    summary = [
+        ("leads", s["leads"], tiers),
+        ("went hot", s["hot_crossings"], f"{s['red_hot_crossings']} red-hot"),
+        ("routed", s["routed"], "assigned a rep (after-hours and on-call included)"),
+        ("after hours", s["after_hours"], "queued for the rep's next shift"),
+        ("on-call", s["on_call"], "sent to the on-call rep"),
+        ("unrouted", s["unrouted"], "nobody to route to: unrouted_notify alerted"),
+    ]
+    lines.append("summary")
+    lines += [f"  {name.ljust(11)} {str(n).rjust(5)}  {note}".rstrip() for name, n, note in summary]
+    if s["per_rep"]:
+        lines += ["", _table([(rep, v["leads"], _share(v["share"])) for rep, v in s["per_rep"].items()],
+                             ["rep", "leads", "share"], align="lrr")]
+    return "\n".join(lines)
+
+
+def _render_compare(cmp: dict[str, Any], path: str, before_hash: str, after_hash: str) -> str:
+    changed = cmp["changed"]
+    lines = [f"compared with {path} (rules {before_hash} -> {after_hash}): "
+             f"{len(changed)} of {cmp['leads'][0]} lead(s) change rep or tier"]
+    if changed:
+        tiers = _arrows([tuple(t.replace("_", "-") if t else t for t in c["tier"]) for c in changed])
+        reps = _arrows([tuple(c["rep"]) for c in changed])
+        scores = _arrows([tuple(_num(x) if x is not None else None for x in c["score"]) for c in changed])
+        rows = [(c["lead_id"], t, r, sc) for c, t, r, sc in zip(changed, tiers, reps, scores, strict=True)]
+        lines += ["", _table(rows, ["lead", "tier before -> after", "rep before -> after", "score"])]
+    if cmp["per_rep"]:
+        rows = [(rep, v["before"], v["after"], f"{v['change']:+d}", _share(v["share_before"]),
+                 _share(v["share_after"]), f"{v['share_change'] * 100:+.0f} pts")
+                for rep, v in cmp["per_rep"].items()]
+        lines += ["", _table(rows, ["rep", "leads before", "leads after", "change", "share before", "share after", "shift"],
+                             align="lrrrrrr")]
+    outcomes = [("went hot", "hot_crossings"), ("red-hot", "red_hot_crossings"), ("routed", "routed"),
+                ("after hours", "after_hours"), ("on-call", "on_call"), ("unrouted", "unrouted")]
+    rows = [(name, cmp[key][0], cmp[key][1], f"{cmp[key][1] - cmp[key][0]:+d}") for name, key in outcomes]
+    lines += ["", _table(rows, ["outcome", "before", "after", "change"], align="lrrr")]
+    return "\n".join(lines)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -242,10 +271,15 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     if args.action == "retry":
         if args.id is None:
             raise CliError("dead-letters retry needs an ID (see dead-letters list)")
-        n = ops.retry_dead_letter(rt, args.id)
-        print(f"requeued dead letter {args.id}" if n else "")
+        try:
+            with rt.sessions.begin() as session:
+                msg = ops.retry_dead_letter(session, rt.redis, rt.rules, args.id)
+        except ops.OpsError as exc:
+            raise CliError(str(exc)) from None
+        print(msg)
         return 0
-    rows = ops.list_dead_letters(rt)
+    with rt.sessions() as session:
+        rows = ops.list_dead_letters(session)
     if args.json:
         json.dump(rows, sys.stdout, indent=1, default=str)
         print()
@@ -253,8 +287,8 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         print("no dead letters")
     else:
         print(_table([(r["id"], r["created_at"], r["source"], r["message_id"] or "-", r["error"][:80],
-                       r["retried_at"] or "-") for r in rows],
-                     ["id", "when", "source", "messageId", "error", "retried"]))
+                       r["attempts"], r["retried_at"] or "-") for r in rows],
+                     ["id", "when", "source", "messageId", "error", "attempts", "retried"]))
     return 0
 
 
@@ -292,7 +326,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from worker import ops
     from worker.runtime import get_runtime
 
-    data = ops.status(get_runtime())
+    rt = get_runtime()
+    with rt.sessions() as session:
+        data = ops.status(session, rt.redis, rt.rules)
     if args.json:
         json.dump(data, sys.stdout, indent=1, default=str)
         print()
@@ -306,7 +342,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from worker.runtime import get_runtime
 
     since = _duration_arg(args.since)
-    data = ops.report(get_runtime(), since)
+    rt = get_runtime()
+    with rt.sessions() as session:
+        data = ops.report(session, rt.rules, since)
     if args.json:
         json.dump(data, sys.stdout, indent=1, default=str)
         print()
@@ -330,17 +368,22 @@ def cmd_rep(args: argparse.Namespace) -> int:
     rt = get_runtime()
     if rt.rules.rep(args.rep) is None:
         raise CliError(f"unknown rep {args.rep!r} (reps: {', '.join(r.id for r in rt.rules.reps)})")
-    if args.action == "away":
-        until = None
-        if args.until:
-            until = _parse_ts(args.until)
-        elif args.for_:
-            until = now_utc() + _duration_arg(args.for_)
-        ops.set_away(rt, args.rep, until, actor=_actor())
-        print(f"{args.rep} is away" + (f" until {iso(until)}" if until else " until `leadrouter rep back`"))
-    else:
-        ops.set_back(rt, args.rep, actor=_actor())
-        print(f"{args.rep} is back")
+    try:
+        with rt.sessions.begin() as session:
+            if args.action == "away":
+                until = None
+                if args.until:
+                    until = _parse_ts(args.until)
+                elif args.for_:
+                    until = now_utc() + _duration_arg(args.for_)
+                end = ops.set_away(session, rt.rules, args.rep, until, actor=_actor(),
+                                   reason=getattr(args, "reason", None))
+                print(f"{args.rep} is away" + (f" until {iso(end)}" if until else " until `leadrouter rep back`"))
+            else:
+                ops.set_back(session, rt.rules, args.rep, actor=_actor())
+                print(f"{args.rep} is back")
+    except ops.OpsError as exc:
+        raise CliError(str(exc)) from None
     return 0
 
 
@@ -356,11 +399,17 @@ def _actor() -> str:
 def cmd_lead(args: argparse.Namespace) -> int:
     from worker import ops
     from worker.runtime import get_runtime
+    from worker.tasks import dispatch_steps
 
     rt = get_runtime()
-    msg = ops.lead_command(rt, args.action, args.lead_id, getattr(args, "rep", None), actor=_actor(),
-                           reason=args.reason)
-    print(msg)
+    try:
+        with rt.sessions.begin() as session:
+            result = ops.lead_command(session, rt.rules, args.action, args.lead_id, getattr(args, "rep", None),
+                                      actor=_actor(), reason=args.reason)
+    except ops.OpsError as exc:
+        raise CliError(str(exc)) from None
+    dispatch_steps(result.due_steps)  # after the commit, as the pipeline does
+    print(result.message)
     return 0
 
 
@@ -368,8 +417,10 @@ def cmd_pause(args: argparse.Namespace) -> int:
     from worker import ops
     from worker.runtime import get_runtime
 
-    ops.set_paused(get_runtime(), args.command == "pause", actor=_actor())
-    print("alerting paused: events are still scored" if args.command == "pause" else "alerting resumed")
+    paused = args.command == "pause"
+    with get_runtime().sessions.begin() as session:
+        ops.set_paused(session, paused, actor=_actor(), reason=getattr(args, "reason", None))
+    print("alerting paused: events are still scored" if paused else "alerting resumed")
     return 0
 
 
@@ -377,7 +428,12 @@ def cmd_forget(args: argparse.Namespace) -> int:
     from worker import ops
     from worker.runtime import get_runtime
 
-    print(ops.forget(get_runtime(), args.lead_id, actor=_actor()))
+    try:
+        with get_runtime().sessions.begin() as session:
+            msg = ops.forget(session, args.lead_id, actor=_actor())
+    except ops.OpsError as exc:
+        raise CliError(str(exc)) from None
+    print(msg)
     return 0
 
 
@@ -435,8 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = a.add_mutually_exclusive_group()
     g.add_argument("--until")
     g.add_argument("--for", dest="for_")
+    a.add_argument("--reason")
     b = rs.add_parser("back")
     b.add_argument("rep")
+    b.add_argument("--reason")
     s.set_defaults(func=cmd_rep)
     s = sub.add_parser("lead", help="assign, release or close a lead by hand")
     ls = s.add_subparsers(dest="action", required=True)
@@ -451,9 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_lead)
     for name in ("pause", "resume"):
         s = sub.add_parser(name, help=f"{name} all alerting")
+        s.add_argument("--reason")
         s.set_defaults(func=cmd_pause)
     s = sub.add_parser("forget", help="erase a lead's personal data")
     s.add_argument("lead_id")
+    s.add_argument("--reason")
     s.set_defaults(func=cmd_forget)
     s = sub.add_parser("dead-letters", help="inspect and replay failed events")
     s.add_argument("action", nargs="?", choices=["list", "retry"], default="list")

@@ -48,9 +48,10 @@ def setup_logging(level: int = logging.INFO) -> None:
     if _done:
         return
     _done = True
-    handler = logging.StreamHandler(sys.stderr)
+    stream = sys.__stderr__ or sys.stderr   # not a wrapper a framework put in its place
+    handler = logging.StreamHandler(stream)
     handler.addFilter(MaskingFilter())
-    if sys.stderr.isatty():
+    if stream.isatty():
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     else:
         handler.setFormatter(JsonFormatter())

@@ -169,6 +169,7 @@ def process_batch(session: Session, entries: list[Entry], rules: Rules, now: dat
         lead_id = ev.user_id or links.get(ev.lead_id, ev.lead_id)
         row = rows.get(lead_id) or lock_leads(session, [lead_id], now)[lead_id]
         rows[lead_id] = row
+        before = history(lead_id)   # read before the insert: the event must not count in its own "before"
         new_id = insert_ignore(session, db.Event, _event_values(ev, lead_id, now), ["source", "message_id"])
         if new_id is None:
             result.duplicates += 1
@@ -176,7 +177,7 @@ def process_batch(session: Session, entries: list[Entry], rules: Rules, now: dat
         if ev.type == "other":
             result.processed += 1
             continue
-        applied = apply_event(core_lead(row, history(lead_id)), ev, rules, now=now, seq=new_id)
+        applied = apply_event(core_lead(row, before), ev, rules, now=now, seq=new_id)
         histories[lead_id] = applied.lead.history
         _persist(session, row, applied, ev, new_id, rules, now)
         result.processed += 1

@@ -30,6 +30,10 @@ def kick_key(lane: str) -> str:
     return f"{PREFIX}:kick:{lane}"
 
 
+def sweep_key(lane: str) -> str:
+    return f"{PREFIX}:sweep:{lane}"
+
+
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -79,6 +83,18 @@ def _decode(raw: list[Any]) -> list[Entry]:
 
 def read_batch(r: redis.Redis, lane: str, consumer: str, count: int, *, reclaim_idle_ms: int) -> list[Entry]:
     """This consumer's own unacknowledged entries first, then a dead consumer's, then new ones."""
+    try:
+        return _read_batch(r, lane, consumer, count, reclaim_idle_ms)
+    except redis.ResponseError as exc:
+        if "NOGROUP" not in str(exc):
+            raise
+    # First read on this Redis (or its data was lost): the group starts at 0, so every
+    # entry already appended is still delivered.
+    ensure_groups(r)
+    return _read_batch(r, lane, consumer, count, reclaim_idle_ms)
+
+
+def _read_batch(r: redis.Redis, lane: str, consumer: str, count: int, reclaim_idle_ms: int) -> list[Entry]:
     key = stream_key(lane)
     mine = r.xreadgroup(GROUP, consumer, {key: "0"}, count=count)
     entries = _decode(mine[0][1]) if mine else []
@@ -100,6 +116,14 @@ def ack(r: redis.Redis, lane: str, ids: list[str]) -> None:
     pipe.xack(stream_key(lane), GROUP, *ids)
     pipe.xdel(stream_key(lane), *ids)
     pipe.execute()
+
+
+def pending_count(r: redis.Redis, lane: str) -> int:
+    """Entries read by some consumer and not yet acknowledged."""
+    try:
+        return int(r.xpending(stream_key(lane), GROUP)["pending"])
+    except redis.ResponseError:  # no group yet: nothing was read
+        return 0
 
 
 def backlog(r: redis.Redis, lane: str) -> dict[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from celery.signals import worker_ready
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from worker import stream
@@ -104,20 +105,55 @@ def drain(lane: str = stream.NORMAL) -> int:
     from worker.publish import kick_drain
 
     total = 0
-    for _ in range(4):
-        n, _result = drain_once(lane)
-        total += n
-        if n < get_runtime().settings.batch_size:
-            return total
+    try:
+        for _ in range(4):
+            n, _result = drain_once(lane)
+            total += n
+            if n < get_runtime().settings.batch_size:
+                sweep_later(lane)
+                return total
+    except BaseException:
+        sweep_later(lane)
+        raise
     kick_drain(get_runtime().redis, lane)
     return total
+
+
+def sweep_later(lane: str) -> None:
+    """Come back for entries other consumers still hold, once a dead one's are old enough to claim.
+
+    No new event may ever arrive to kick a drain, so entries held by a worker that
+    died would otherwise wait forever. At most one such follow-up per lane is on
+    its way at a time.
+    """
+    from worker.publish import queue_for
+
+    rt = get_runtime()
+    r = rt.redis
+    try:
+        if stream.pending_count(r, lane) == 0:
+            return
+        delay = rt.settings.reclaim_idle_seconds
+        if r.set(stream.sweep_key(lane), "1", nx=True, px=max(1, int(delay * 1000))):
+            drain.apply_async(args=(lane,), queue=queue_for(lane), countdown=delay)
+    except Exception:  # Redis down: the next kick or a restarted worker's startup drain covers it
+        log.warning("could not schedule a follow-up drain of %s", lane, exc_info=True)
+
+
+@worker_ready.connect
+def _drain_at_start(**_: object) -> None:
+    """A worker (re)starting drains what it finds: entries left by a dead worker may have no kick coming."""
+    from worker.publish import queue_for
+
+    for lane in stream.LANES:
+        drain.apply_async(args=(lane,), queue=queue_for(lane))
 
 
 @app.task(name="leadrouter.fire_step", ignore_result=True)
 def fire_step(step_id: int) -> None:
     from worker.alerts import fire
 
-    fire(step_id)
+    dispatch_steps(fire(step_id))
 
 
 @app.task(name="leadrouter.tick", ignore_result=True)

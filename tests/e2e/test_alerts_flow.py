@@ -1,0 +1,253 @@
+"""Alerts end to end: real Celery workers and scheduler processes, the real Twilio and SendGrid
+SDKs against the local provider server, webhooks and the claim page through the HTTP app."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+from ruamel.yaml import YAML
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
+
+from tests.conftest import CONFIG, wait_until
+from tests.fakes.providers import FakeProviderServer
+
+TOKEN = "twilio-test-token"
+PUBLIC = "https://leads.example.test"
+REPLY = "Reply 1 to claim, 2 to pass"
+
+
+def fast_rules(path: Path, **alerts: object) -> None:
+    yaml = YAML()
+    doc = yaml.load(CONFIG.read_text())
+    for rep in doc["reps"]:
+        rep["hours"] = "Mon-Sun 00:00-24:00"
+        rep["holidays"] = []
+    doc["alerts"].update({"retries": ["2s", "4s", "6s"], "first_contact_sla": "2s", "escalate_from_retry": 2,
+                          **alerts})
+    with path.open("w") as fh:
+        yaml.dump(doc, fh)
+
+
+@pytest.fixture
+def providers():
+    server = FakeProviderServer(validation="background")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def alert_env(service_env, providers, tmp_path, monkeypatch):
+    rules = Path(service_env["LEADROUTER_CONFIG"])
+    fast_rules(rules)
+    extra = {
+        "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_FROM_NUMBER": "+15005550006",
+        "TWILIO_API_BASE_URL": providers.url, "SENDGRID_API_KEY": "SG.test-key",
+        "SENDGRID_FROM_EMAIL": "alerts@example.com", "SENDGRID_API_BASE_URL": providers.url,
+        "LEADROUTER_PUBLIC_URL": PUBLIC, "LEADROUTER_TICK_SECONDS": "0.1",
+    }
+    for k, v in extra.items():
+        monkeypatch.setenv(k, v)
+    from worker.alerts import reset_channels
+    from worker.runtime import reset_runtime
+    from worker.settings import reset_settings
+
+    reset_settings()
+    reset_runtime()
+    reset_channels()
+    service_env.update(extra)
+    return service_env
+
+
+@pytest.fixture
+def stack(alert_env, processes):
+    processes.env.update(alert_env)
+    processes.celery_worker(queues="events,fast,alerts", concurrency=2)
+    processes.leadrouter("beat", name="beat")
+    return processes
+
+
+@pytest.fixture
+def client(alert_env):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from worker.webhooks import router
+
+    app = FastAPI()
+    app.include_router(router)
+    return TestClient(app)
+
+
+def hot_lead(lead: str, country: str = "US") -> list[dict]:
+    traits = {"name": "Jane Doe", "email": f"{lead}@acme.com", "title": "VP Engineering", "phone": "+14155550100",
+              "role": "decision_maker", "company": {"name": "Acme", "industry": "software", "employee_count": 1200},
+              "address": {"country": country}}
+    return [
+        {"type": "identify", "messageId": f"{lead}-1", "userId": lead, "traits": traits},
+        {"type": "track", "messageId": f"{lead}-2", "userId": lead, "event": "Pricing Page Viewed"},
+        {"type": "track", "messageId": f"{lead}-3", "userId": lead, "event": "Demo Requested"},
+    ]
+
+
+def send(events: list[dict]) -> None:
+    from worker.publish import publish
+    from worker.runtime import get_runtime
+
+    rt = get_runtime()
+    assert publish(rt.redis, events, rt.rules).accepted == len(events)
+
+
+def db(env) -> Session:
+    return Session(create_engine(env["DATABASE_URL"]))
+
+
+def sms_to(server: FakeProviderServer, number: str) -> list[dict]:
+    return [m for m in server.sms() if m.get("To") == number]
+
+
+def signed_sms(client, sender: str, body: str, sid: str):
+    from twilio.request_validator import RequestValidator
+
+    params = {"MessageSid": sid, "From": sender, "To": "+15005550006", "Body": body, "AccountSid": "AC" + "0" * 32}
+    signature = RequestValidator(TOKEN).compute_signature(f"{PUBLIC}/webhooks/twilio/sms", params)
+    return client.post("/webhooks/twilio/sms", content=urlencode(params),
+                       headers={"X-Twilio-Signature": signature,
+                                "Content-Type": "application/x-www-form-urlencoded"})
+
+
+def test_hot_lead_is_alerted_reminded_escalated_and_claimed_by_sms(stack, providers, client, alert_env):
+    from worker import db as models
+
+    send(hot_lead("u-1"))
+    first = providers.wait_for(lambda s: sms_to(s, "+14155550102"), timeout=15)[0]   # bob: na team, skill software
+    body = first["Body"]
+    assert REPLY in body and "Jane Doe" in body and "+14155550100" in body and f"{PUBLIC}/claim/" in body
+    assert len(body) <= 306 and body.isascii()
+    assert 1 <= int(first["ValidityPeriod"]) <= 2          # no longer than the gap to the first reminder
+    assert first["StatusCallback"].startswith(f"{PUBLIC}/webhooks/twilio/status")
+    providers.wait_for(lambda s: any(e["personalizations"][0]["to"][0]["email"] == "bob@example.com"
+                                     for e in s.emails()), timeout=10)
+    # reminders at 2 s and 4 s; from the 2nd the manager (maria) is alerted too
+    providers.wait_for(lambda s: len(sms_to(s, "+14155550102")) >= 3, timeout=15)
+    providers.wait_for(lambda s: sms_to(s, "+14155550104"), timeout=5)
+    reply = signed_sms(client, "+14155550102", "1", "SM" + "1" * 32)
+    assert reply.status_code == 200 and "Claimed" in reply.text and "<Response>" in reply.text
+    with db(alert_env) as s:
+        a = s.scalar(select(models.Assignment).where(models.Assignment.lead_id == "u-1",
+                                                     models.Assignment.current.is_(True)))
+        assert a.rep_id == "bob" and a.claimed_by == "bob"
+    count = len(sms_to(providers, "+14155550102"))
+    time.sleep(6)   # the remaining reminder and the reassignment would be due by now
+    assert len(sms_to(providers, "+14155550102")) == count
+    # the same reply again (a replayed webhook) changes nothing and is answered with nothing
+    again = signed_sms(client, "+14155550102", "1", "SM" + "1" * 32)
+    assert again.status_code == 200 and "<Message>" not in again.text
+    assert providers.violations == []
+
+
+def test_unclaimed_lead_is_reassigned_to_the_next_best_rep(stack, providers, alert_env):
+    from worker import db as models
+
+    send(hot_lead("u-2"))
+    providers.wait_for(lambda s: sms_to(s, "+14155550101"), timeout=25)    # alice after bob's cadence ran out
+    with db(alert_env) as s:
+        reps = [a.rep_id for a in s.scalars(select(models.Assignment).where(models.Assignment.lead_id == "u-2")
+                                            .order_by(models.Assignment.id))]
+        steps = Counter((st.assignment_id, st.step) for st in s.scalars(select(models.AlertStep)))
+    assert reps[:2] == ["bob", "alice"]
+    assert all(n == 1 for n in steps.values())
+    assert providers.violations == []
+
+
+def test_each_step_fires_once_with_two_schedulers(alert_env, processes, providers):
+    from worker import db as models
+
+    processes.env.update(alert_env)
+    processes.celery_worker(queues="events,fast,alerts", concurrency=2)
+    processes.leadrouter("beat", name="beat-a")
+    processes.leadrouter("beat", name="beat-b")
+    for i in range(5):
+        send(hot_lead(f"two-{i}"))
+    wait_until(lambda: len(providers.sms()) >= 5 * 4, timeout=30, message="first alerts and reminders")
+    time.sleep(1)
+    with db(alert_env) as s:
+        per = s.execute(select(models.Delivery.step_id, models.Delivery.recipient, models.Delivery.channel, func.count())
+                        .group_by(models.Delivery.step_id, models.Delivery.recipient, models.Delivery.channel)).all()
+    assert per and all(n == 1 for *_, n in per)
+    sids = Counter((m["To"], m["Body"]) for m in providers.sms())
+    assert all(n == 1 for n in sids.values()), "an SMS went out twice"
+
+
+def test_claim_page_shows_on_get_and_claims_on_post(stack, providers, client, alert_env):
+    send(hot_lead("u-3"))
+    first = providers.wait_for(lambda s: sms_to(s, "+14155550102"), timeout=15)[0]
+    url = next(w for w in first["Body"].split() if w.startswith(f"{PUBLIC}/claim/"))
+    path = url.removeprefix(PUBLIC)
+    page = client.get(path)
+    assert page.status_code == 200 and "Claim" in page.text and "Jane Doe" in page.text
+    assert page.headers["cache-control"] == "no-store"
+    assert client.get(path).status_code == 200           # showing it twice claims nothing
+    done = client.post(path, data={"action": "claim"})
+    assert done.status_code == 200 and "Claimed" in done.text
+    assert client.get(path).status_code == 410           # the link stops working once claimed
+    tampered = path[:-3] + ("AAA" if not path.endswith("AAA") else "BBB")
+    assert client.post(tampered, data={"action": "claim"}).status_code == 403
+
+
+def test_forged_twilio_signature_is_refused(client, alert_env):
+    resp = client.post("/webhooks/twilio/sms", content="MessageSid=SMx&From=%2B14155550102&Body=1",
+                       headers={"X-Twilio-Signature": "forged", "Content-Type": "application/x-www-form-urlencoded"})
+    assert resp.status_code == 403
+
+
+def test_invalid_number_disables_sms_and_email_carries_on(stack, providers, alert_env):
+    from worker import db as models
+
+    providers.fail_next("twilio", [("twilio_error", 21211)])
+    send(hot_lead("u-4"))
+    providers.wait_for(lambda s: any(e["personalizations"][0]["to"][0]["email"] == "bob@example.com"
+                                     for e in s.emails()), timeout=15)
+    with db(alert_env) as s:
+        wait_until(lambda: (s.expire_all(), s.get(models.RepState, "bob"))[1] is not None, timeout=10,
+                   message="bob's state")
+        state = s.get(models.RepState, "bob")
+        assert "sms" in state.disabled_channels
+    # later reminders go by email only
+    providers.wait_for(lambda s: len([e for e in s.emails()
+                                      if e["personalizations"][0]["to"][0]["email"] == "bob@example.com"]) >= 2,
+                       timeout=10)
+    assert sms_to(providers, "+14155550102") == []
+
+
+def test_sendgrid_events_are_verified_and_stale_or_forged_ones_refused(client, alert_env, monkeypatch):
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    monkeypatch.setenv("SENDGRID_WEBHOOK_PUBLIC_KEY", base64.b64encode(public).decode())
+    from worker.runtime import reset_runtime
+    from worker.settings import reset_settings
+
+    reset_settings()
+    reset_runtime()
+    body = json.dumps([{"event": "delivered", "sg_event_id": "e1", "sg_message_id": "nope.1"}]).encode()
+    stamp = str(int(time.time()))
+    sig = base64.b64encode(key.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))).decode()
+    headers = {"X-Twilio-Email-Event-Webhook-Signature": sig, "X-Twilio-Email-Event-Webhook-Timestamp": stamp,
+               "Content-Type": "application/json"}
+    assert client.post("/webhooks/sendgrid/events", content=body, headers=headers).status_code == 204
+    assert client.post("/webhooks/sendgrid/events", content=body + b" ", headers=headers).status_code == 403
+    old = str(int(time.time()) - 3600)
+    old_sig = base64.b64encode(key.sign(old.encode() + body, ec.ECDSA(hashes.SHA256()))).decode()
+    assert client.post("/webhooks/sendgrid/events", content=body,
+                       headers={**headers, "X-Twilio-Email-Event-Webhook-Signature": old_sig,
+                                "X-Twilio-Email-Event-Webhook-Timestamp": old}).status_code == 403

@@ -1,0 +1,413 @@
+"""The HTTP API as a producer drives it: uvicorn serving ``worker.api:create_app``, Segment's own SDK sending.
+
+Events are checked where the API promises to put them: the durable Redis stream,
+each entry carrying the source its write key names.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import segment.analytics as analytics
+from prometheus_client.parser import text_string_to_metric_families
+from segment.analytics.request import APIError
+
+from tests.conftest import CONFIG, Processes, free_port, wait_until
+from worker import stream
+
+KEYS = {"web": "wk-web-1f9a", "crm": "wk-crm-77c2"}
+ORIGIN = "https://www.example.com"
+BASE_ENV = {
+    "LEADROUTER_WRITE_KEYS": ",".join(f"{name}:{key}" for name, key in KEYS.items()),
+    "LEADROUTER_CORS_ORIGINS": f"{ORIGIN}, https://app.example.com",
+}
+
+
+@dataclass
+class Api:
+    url: str
+    redis: redis.Redis
+    database_url: str
+
+    def post(self, path: str, body: Any = None, *, key: str | None = KEYS["web"], content: bytes | None = None,
+             headers: dict[str, str] | None = None) -> httpx.Response:
+        h = dict(headers or {})
+        if key is not None:
+            h["Authorization"] = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+        if content is None:
+            content = json.dumps(body).encode()
+            h.setdefault("Content-Type", "application/json")
+        return httpx.post(self.url + path, content=content, headers=h, timeout=10)
+
+    def queued(self) -> list[dict[str, Any]]:
+        """Every entry in both lanes: {"lane", "source", "received_at", "payload"}."""
+        out = []
+        for lane in stream.LANES:
+            for _id, fields in self.redis.xrange(stream.stream_key(lane)):
+                out.append({"lane": lane, "source": fields[b"s"].decode(), "received_at": fields[b"r"].decode(),
+                            "payload": json.loads(fields[b"p"])})
+        return out
+
+
+def start_api(processes: Processes, env: dict[str, str], **extra: str) -> Api:
+    port = free_port()
+    processes.start(sys.executable, "-m", "uvicorn", "worker.api:create_app", "--factory", "--host", "127.0.0.1",
+                    "--port", str(port), "--log-level", "warning", name="api", extra_env={**BASE_ENV, **extra})
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            httpx.get(url + "/openapi.json", timeout=1)
+            return True
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(up, timeout=20, message="the API to listen")
+    except AssertionError:
+        raise AssertionError("API did not start:\n" + processes.logs()) from None
+    return Api(url, redis.Redis.from_url(extra.get("REDIS_URL", env["REDIS_URL"])), env.get("DATABASE_URL", ""))
+
+
+@pytest.fixture(scope="module")
+def shared_api(redis_server: Any, _migrated_pg: str | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """One API process for the tests that need no special settings (starting one takes seconds)."""
+    from worker.migrate import upgrade
+
+    home = tmp_path_factory.mktemp("api")
+    database = _migrated_pg or f"sqlite:///{home / 'leadrouter.db'}"
+    if _migrated_pg is None:
+        upgrade(database)
+    rules = home / "routing.yaml"
+    rules.write_text(CONFIG.read_text())
+    env = {"REDIS_URL": redis_server.url, "DATABASE_URL": database, "LEADROUTER_CONFIG": str(rules),
+           "LEADROUTER_SECRET_KEY": "test-secret"}
+    (home / "logs").mkdir()
+    procs = Processes(env, home / "logs")
+    try:
+        yield start_api(procs, env)
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture
+def api(shared_api: Api) -> Api:
+    """The shared API with an empty Redis: no queued events, full rate buckets, zeroed counters."""
+    shared_api.redis.flushall()
+    return shared_api
+
+
+def track(mid: str | None = None, **kw: Any) -> dict[str, Any]:
+    return {"type": "track", "messageId": mid or uuid.uuid4().hex, "userId": "u-1", "event": "Email Clicked", **kw}
+
+
+# ---------------------------------------------------------------- Segment's SDK
+
+
+def test_segment_sdk_events_are_queued_with_their_source(api: Api) -> None:
+    analytics.write_key = KEYS["web"]
+    analytics.host = api.url
+    analytics.sync_mode = True
+    analytics.default_client = None
+    try:
+        analytics.identify("u-42", {"email": "jane@acme.com", "role": "decision_maker"}, message_id="m-id")
+        analytics.track("u-42", "Demo Requested", {"page": "/demo"}, message_id="m-demo")
+        analytics.page("u-42", name="Pricing", properties={"path": "/pricing"}, message_id="m-page")
+        analytics.alias("anon-9", "u-42", message_id="m-alias")
+    finally:
+        analytics.default_client = None
+    entries = {e["payload"]["messageId"]: e for e in api.queued()}
+    assert set(entries) == {"m-id", "m-demo", "m-page", "m-alias"}
+    assert {e["source"] for e in entries.values()} == {"web"}
+    assert entries["m-demo"]["lane"] == stream.FAST           # a high-value event skips the page-view queue
+    assert entries["m-id"]["payload"]["traits"]["role"] == "decision_maker"
+    assert entries["m-alias"]["payload"]["previousId"] == "anon-9"
+    for e in entries.values():
+        assert e["payload"]["sentAt"], "sentAt must reach the pipeline for skew correction"
+        assert e["received_at"].endswith("Z")
+        assert e["payload"]["context"]["library"]["name"] == "analytics-python"
+        assert "writeKey" not in e["payload"]
+
+
+def test_segment_sdk_gzip_batches_reach_the_stream(api: Api) -> None:
+    errors: list[Exception] = []
+    client = analytics.Client(KEYS["crm"], host=api.url, gzip=True, on_error=lambda e, _batch: errors.append(e),
+                              max_retries=1)
+    try:
+        for i in range(25):
+            client.track(f"u-{i}", "Webinar Attended", {"n": i}, message_id=f"g-{i}")
+        client.flush()
+    finally:
+        client.shutdown()
+    assert errors == []
+    queued = api.queued()
+    assert sorted(e["payload"]["messageId"] for e in queued) == sorted(f"g-{i}" for i in range(25))
+    assert {e["source"] for e in queued} == {"crm"}
+
+
+def test_unknown_write_key_is_refused_and_nothing_is_queued(api: Api) -> None:
+    client = analytics.Client("not-a-key", host=api.url, sync_mode=True)
+    with pytest.raises(APIError) as caught:
+        client.track("u-1", "Demo Requested", message_id="x-1")
+    assert caught.value.status == 401 and caught.value.code == "unauthorized"
+    assert api.post("/v1/track", track(), key="wrong").status_code == 401
+    body = {**track(), "writeKey": "wrong"}
+    assert api.post("/v1/track", body, key=None).status_code == 401
+    r = api.post("/v1/batch", {"batch": [track()]}, key=None)
+    assert r.status_code == 401 and "write key" in r.json()["message"]
+    r = api.post("/v1/t", track(), key=None, headers={"Authorization": "Basic %%%not-base64"})
+    assert r.status_code == 401
+    assert api.queued() == []
+
+
+def test_write_key_in_the_body_names_the_source(api: Api) -> None:
+    r = api.post("/v1/t", {"writeKey": KEYS["crm"], "messageId": "b-1", "userId": "u-7", "event": "Trial Started"},
+                 key=None, headers={"Content-Type": "text/plain"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"success": True, "accepted": 1, "errors": []}
+    [entry] = api.queued()
+    assert entry["source"] == "crm"
+    assert entry["payload"]["type"] == "track" and "writeKey" not in entry["payload"]
+
+
+# ---------------------------------------------------------------- hostile and broken input
+
+
+def test_malformed_json_is_a_400_with_the_parse_error(api: Api) -> None:
+    r = api.post("/v1/batch", content=b'{"batch": [{"type": "track",')
+    assert r.status_code == 400
+    assert r.json()["code"] == "invalid_json" and "line 1 column" in r.json()["message"]
+    for bad in (b"", b"[1, 2]", b'{"messageId": NaN}', b'{"messageId": 1e999}', b"\xff\xfe{}", b"[" * 200_000 + b"]" * 200_000):
+        r = api.post("/v1/track", content=bad)
+        assert r.status_code in (400, 413), (bad[:20], r.status_code)
+        assert r.json()["success"] is False
+    r = api.post("/v1/batch", {"batch": {"not": "a list"}})
+    assert r.status_code == 400 and "batch" in r.json()["message"]
+    r = api.post("/v1/track", {"messageId": "t-1", "userId": "u-1"})   # no event name
+    assert r.status_code == 400 and "event" in r.json()["message"]
+    assert api.post("/v1/track", content=b"{}", headers={"Content-Encoding": "br"}).status_code == 415
+    assert api.queued() == []
+
+
+def test_oversized_requests_and_events(api: Api) -> None:
+    big = {"batch": [track(f"s-{i}", properties={"pad": "x" * 20_000}) for i in range(30)]}   # ~600 KB
+    r = api.post("/v1/batch", big)
+    assert r.status_code == 413 and "500 KB" in r.json()["message"]
+    # no Content-Length (chunked upload): the limit still holds while reading
+    chunks = (json.dumps(big).encode()[i:i + 65536] for i in range(0, 700_000, 65536))
+    r = httpx.post(api.url + "/v1/batch", content=chunks, timeout=10,
+                   headers={"Authorization": "Basic " + base64.b64encode(f"{KEYS['web']}:".encode()).decode()})
+    assert r.status_code == 413
+    r = api.post("/v1/track", track("huge", properties={"pad": "x" * 40_000}))
+    assert r.status_code == 413 and "32 KB" in r.json()["message"]
+    r = api.post("/v1/batch", {"batch": [track("ok-1"), track("huge", properties={"pad": "x" * 40_000}), track("ok-2")]})
+    assert r.status_code == 200
+    assert r.json()["accepted"] == 2
+    assert [(e["index"], "32 KB" in e["error"]) for e in r.json()["errors"]] == [(1, True)]
+    assert sorted(e["payload"]["messageId"] for e in api.queued()) == ["ok-1", "ok-2"]
+
+
+def test_gzip_bomb_is_refused_without_inflating_it(api: Api) -> None:
+    bomb = gzip.compress(b'{"batch": [' + b" " * (64 * 1024 * 1024), compresslevel=6)   # 64 MB inflated
+    assert len(bomb) < 100_000
+    started = time.monotonic()
+    r = api.post("/v1/batch", content=bomb, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 413 and "after decompression" in r.json()["message"]
+    assert time.monotonic() - started < 3
+    r = api.post("/v1/batch", content=b"\x1f\x8b\x08\x00garbage", headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 400 and "gzip" in r.json()["message"]
+    ok = gzip.compress(json.dumps({"batch": [track("gz-1")]}).encode())
+    r = api.post("/v1/batch", content=ok, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    assert [e["payload"]["messageId"] for e in api.queued()] == ["gz-1"]
+
+
+def test_batch_reports_bad_events_by_index_and_queues_the_rest(api: Api) -> None:
+    batch = [
+        track("k-0", timestamp="2026-11-22T10:00:00Z"),
+        {"type": "track", "userId": "u-1", "event": "Demo Requested"},            # no messageId
+        "not an object",
+        {"type": "identify", "messageId": "k-3", "anonymousId": "a-1", "traits": {"email": "x@y.com"}},
+        track("k-4", timestamp="yesterday"),
+    ]
+    r = api.post("/v1/batch", {"batch": batch, "sentAt": "2026-11-22T10:00:05Z", "context": {"ip": "10.0.0.1"}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["success"] is True and body["accepted"] == 2
+    assert [e["index"] for e in body["errors"]] == [1, 2, 4]
+    assert "messageId" in body["errors"][0]["error"] and "timestamp" in body["errors"][2]["error"]
+    queued = {e["payload"]["messageId"]: e["payload"] for e in api.queued()}
+    assert set(queued) == {"k-0", "k-3"}
+    assert queued["k-0"]["sentAt"] == "2026-11-22T10:00:05Z"      # the batch's sentAt travels with each event
+    assert queued["k-3"]["context"]["ip"] == "10.0.0.1"
+
+
+def test_cors_preflight_and_response_headers(api: Api) -> None:
+    pre = httpx.options(api.url + "/v1/batch", timeout=5, headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type, content-encoding"})
+    assert pre.status_code == 200
+    assert pre.headers["access-control-allow-origin"] == ORIGIN
+    assert "POST" in pre.headers["access-control-allow-methods"]
+    assert "authorization" in pre.headers["access-control-allow-headers"].lower()
+    other = httpx.options(api.url + "/v1/batch", timeout=5, headers={
+        "Origin": "https://evil.example.net", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in other.headers
+    r = api.post("/v1/t", {"writeKey": KEYS["web"], **track("c-1")}, key=None,
+                 headers={"Origin": "https://app.example.com", "Content-Type": "text/plain"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example.com"
+
+
+def test_rate_limit_per_source(processes: Processes, service_env: dict[str, str]) -> None:
+    api = start_api(processes, service_env, LEADROUTER_RATE_LIMIT="0.5", LEADROUTER_RATE_BURST="5")
+    r = api.post("/v1/batch", {"batch": [track(f"r-{i}") for i in range(5)]})
+    assert r.status_code == 200 and r.json()["accepted"] == 5
+    r = api.post("/v1/track", track("r-over"))
+    assert r.status_code == 429
+    assert int(r.headers["Retry-After"]) >= 1
+    assert r.json()["code"] == "rate_limited"
+    r = api.post("/v1/track", track("r-other"), key=KEYS["crm"])          # another key has its own bucket
+    assert r.status_code == 200
+    assert sorted(e["payload"]["messageId"] for e in api.queued()) == sorted([f"r-{i}" for i in range(5)] + ["r-other"])
+
+
+# ---------------------------------------------------------------- operations
+
+
+def test_healthz_names_what_is_unreachable(api: Api, processes: Processes, service_env: dict[str, str],
+                                           tmp_path: Path) -> None:
+    r = httpx.get(api.url + "/healthz", timeout=10)
+    assert r.status_code == 200 and r.json() == {"redis": "ok", "database": "ok"}
+    down = start_api(processes, service_env, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+                     DATABASE_URL=f"sqlite:///{tmp_path}")       # a directory: the database cannot open
+    r = httpx.get(down.url + "/healthz", timeout=20)
+    assert r.status_code == 503
+    assert r.json()["redis"] != "ok" and r.json()["database"] != "ok"
+    r = down.post("/v1/track", track())
+    assert r.status_code == 503 and r.json()["success"] is False
+    assert httpx.get(down.url + "/metrics", timeout=20).status_code == 200
+
+
+@pytest.fixture
+def fresh_settings() -> Iterator[None]:
+    """Settings read anew from the (patched) environment, and forgotten after the test."""
+    from worker.settings import reset_settings
+
+    reset_settings()
+    yield
+    reset_settings()
+
+
+def _families(text: str) -> dict[str, Any]:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def _value(families: dict[str, Any], sample: str, **labels: str) -> float:
+    for fam in families.values():
+        for s in fam.samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    raise AssertionError(f"no sample {sample} {labels}")
+
+
+def test_metrics_parse_and_count(api: Api, redis_server: Any, monkeypatch: pytest.MonkeyPatch,
+                                 fresh_settings: None) -> None:
+    from sqlalchemy import delete
+
+    from worker import metrics
+    from worker.db import DeadLetter, make_engine, make_sessionmaker, now_utc
+    from worker.settings import reset_settings
+
+    monkeypatch.setenv("REDIS_URL", redis_server.url)    # this process records metrics as a worker would
+    reset_settings()
+
+    assert api.post("/v1/batch", {"batch": [track("mx-1"), track("mx-2"), {"type": "track"}]}).status_code == 200
+    assert api.post("/v1/track", track(), key="nope").status_code == 401
+    metrics.observe("speed_to_lead_seconds", 0.7)
+    metrics.observe("leadrouter_speed_to_lead_seconds", 4000)
+    metrics.inc("deliveries_total", channel="sms", outcome="sent")
+    engine = make_engine(api.database_url)
+    with make_sessionmaker(engine)() as s:
+        s.execute(delete(DeadLetter))
+        s.add(DeadLetter(source="web", message_id="d-1", payload={}, error="boom", created_at=now_utc()))
+        s.commit()
+    engine.dispose()
+    time.sleep(0.02)     # the oldest queued event is now measurably old
+    r = httpx.get(api.url + "/metrics", timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    fams = _families(r.text)
+    for name in ("leadrouter_events_ingested", "leadrouter_events_rejected", "leadrouter_events_processed",
+                 "leadrouter_processing_lag_seconds", "leadrouter_fast_lane_depth", "leadrouter_hot_crossings",
+                 "leadrouter_speed_to_lead_seconds", "leadrouter_time_to_claim_seconds", "leadrouter_deliveries",
+                 "leadrouter_scheduler_lateness_seconds", "leadrouter_dead_letters"):
+        assert name in fams, name
+    assert _value(fams, "leadrouter_events_ingested_total") == 2
+    assert _value(fams, "leadrouter_events_rejected_total", reason="invalid") == 1
+    assert _value(fams, "leadrouter_events_rejected_total", reason="unauthorized") == 1
+    assert _value(fams, "leadrouter_deliveries_total", channel="sms", outcome="sent") == 1
+    assert _value(fams, "leadrouter_speed_to_lead_seconds_bucket", le="1.0") == 1
+    assert _value(fams, "leadrouter_speed_to_lead_seconds_bucket", le="+Inf") == 2
+    assert _value(fams, "leadrouter_speed_to_lead_seconds_count") == 2
+    assert _value(fams, "leadrouter_speed_to_lead_seconds_sum") == pytest.approx(4000.7)
+    assert _value(fams, "leadrouter_dead_letters") == 1
+    assert _value(fams, "leadrouter_processing_lag_seconds") > 0
+    assert _value(fams, "leadrouter_fast_lane_depth") == 0
+
+
+def test_metrics_never_raise_when_redis_is_down(monkeypatch: pytest.MonkeyPatch, fresh_settings: None) -> None:
+    from worker import metrics
+    from worker.settings import reset_settings
+
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    reset_settings()
+    metrics.inc("events_processed_total", 3)
+    metrics.observe("time_to_claim_seconds", 12.5)
+    text = metrics.render(redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0"), None)
+    assert "# TYPE leadrouter_events_processed_total counter" in text
+    assert "leadrouter_events_processed_total 0" not in text     # unknown is not shown as zero
+    assert list(text_string_to_metric_families(text))
+
+
+def test_openapi_describes_every_route(api: Api) -> None:
+    from openapi_spec_validator import validate
+
+    doc = httpx.get(api.url + "/openapi.json", timeout=10).json()
+    validate(doc)
+    ingest = ["/v1/track", "/v1/identify", "/v1/page", "/v1/alias", "/v1/batch", "/v1/t", "/v1/i", "/v1/p", "/v1/a"]
+    for path in ingest:
+        op = doc["paths"][path]["post"]
+        assert op["requestBody"]["content"]["application/json"]["schema"]["type"] == "object"
+        assert {"200", "400", "401", "413", "429"} <= set(op["responses"]), path
+    assert "writeKey" in doc["components"]["securitySchemes"]
+    assert set(doc["paths"]["/healthz"]["get"]["responses"]) >= {"200", "503"}
+    assert "text/plain" in doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    from worker.api import create_app
+
+    served = {(route.path, m) for route in _walk(create_app().routes) for m in route.methods
+              if route.include_in_schema and m not in ("HEAD", "OPTIONS")}
+    documented = {(p, m.upper()) for p, ops in doc["paths"].items() for m in ops}
+    assert served <= documented and len(served) >= len(ingest) + 2
+
+
+def _walk(routes: Any) -> Iterator[Any]:
+    """Every API route of the app, inside included routers too."""
+    from fastapi.routing import APIRoute
+
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        inner = getattr(route, "original_router", None) or getattr(route, "router", None)
+        if inner is not None and inner is not route and hasattr(inner, "routes"):
+            yield from _walk(inner.routes)

@@ -1,0 +1,153 @@
+"""The HTTP API: event ingestion, provider webhooks, the claim page, health and metrics.
+
+Run with ``leadrouter api`` or ``uvicorn worker.api:create_app --factory``.
+Every refusal is a JSON ``{"success": false, "code", "message"}`` with a 4xx
+status; an unreachable Redis or database is a 503, never a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from worker import api_ingest, metrics, webhooks
+from worker.api_ingest import error_response
+from worker.runtime import get_runtime
+from worker.settings import get_settings
+
+log = logging.getLogger("leadrouter.api")
+
+METRICS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Health(BaseModel):
+    redis: str = Field(description='"ok", or what went wrong reaching Redis.')
+    database: str = Field(description='"ok", or what went wrong reaching the database.')
+
+
+def _problem(exc: BaseException) -> str:
+    # The class name only: driver messages can carry host names or credentials.
+    return f"unreachable ({type(exc).__name__})"
+
+
+def check_health() -> dict[str, str]:
+    rt = get_runtime()
+    out = {"redis": "ok", "database": "ok"}
+    try:
+        if not rt.redis.ping():
+            out["redis"] = "unreachable (no PONG)"
+    except Exception as exc:
+        out["redis"] = _problem(exc)
+    try:
+        with rt.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        out["database"] = _problem(exc)
+    return out
+
+
+def render_metrics() -> str:
+    rt = get_runtime()
+    try:
+        session = rt.sessions()
+    except Exception as exc:   # the database is reported missing by the gauge; the rest still renders
+        log.warning("metrics: no database session: %s", exc)
+        session = None
+    try:
+        return metrics.render(rt.redis, session)
+    finally:
+        if session is not None:
+            session.close()
+
+
+def _cors_origins() -> list[str]:
+    return [o.strip().rstrip("/") for o in get_settings().cors_origins.split(",") if o.strip()]
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        response = error_response(exc.status_code, f"http_{exc.status_code}", detail, dict(exc.headers or {}))
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Only location, message and type: the offending input may be anything (bytes, huge, not UTF-8).
+        problems = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+                    for e in exc.errors()]
+        summary = "; ".join(f"{'.'.join(p['loc'])}: {p['msg']}" for p in problems[:5]) or "invalid request"
+        return JSONResponse({"success": False, "code": "invalid_request", "message": summary, "detail": problems},
+                            status_code=422)
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
+        log.error("redis error on %s: %s", request.url.path, exc)
+        return error_response(503, "unavailable", "the event queue is unavailable; retry later", {"Retry-After": "5"})
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    async def database_down(request: Request, exc: Exception) -> JSONResponse:
+        log.error("database error on %s: %s", request.url.path, type(exc).__name__)
+        return error_response(503, "unavailable", "the database is unavailable; retry later", {"Retry-After": "5"})
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})["writeKey"] = {
+        "type": "http", "scheme": "basic",
+        "description": "The source's write key as the user name, with an empty password (as Segment's SDKs send it).",
+    }
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    sources = settings.sources()   # a malformed LEADROUTER_WRITE_KEYS fails here, at start, loudly
+    if not sources:
+        log.warning("no write key configured (LEADROUTER_WRITE_KEY or LEADROUTER_WRITE_KEYS): "
+                    "every tracking request will be refused")
+    app = FastAPI(title="leadrouter", version="0.1.0",
+                  description="Speed-to-lead routing: Segment-compatible event ingestion, provider webhooks, "
+                              "the claim page, health and metrics.")
+    _install_handlers(app)
+    origins = _cors_origins()
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["POST", "GET", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
+                           expose_headers=["Retry-After"], max_age=600)
+    app.include_router(api_ingest.router)
+    app.include_router(webhooks.router)
+
+    @app.get("/healthz", tags=["operations"], summary="Redis and database reachable", response_model=Health,
+             responses={200: {"model": Health, "description": "Both reachable."},
+                        503: {"model": Health, "description": "Redis or the database (named) is unreachable."}})
+    async def healthz() -> JSONResponse:
+        status = await run_in_threadpool(check_health)
+        ok = all(v == "ok" for v in status.values())
+        return JSONResponse(status, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text exposition format 0.0.4.",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}})
+    async def prometheus_metrics() -> PlainTextResponse:
+        body = await run_in_threadpool(render_metrics)
+        return PlainTextResponse(body, media_type=METRICS_MEDIA_TYPE)
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app

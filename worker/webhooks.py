@@ -1,0 +1,406 @@
+"""Provider webhooks and the claim page.
+
+- ``POST /webhooks/twilio/sms``: a rep's reply (claim, pass, away, back, help), answered with TwiML.
+- ``POST /webhooks/twilio/status``: delivery status of a sent SMS.
+- ``POST /webhooks/sendgrid/events``: signed email events.
+- ``GET``/``POST /claim/<token>``: the claim page; only ``POST`` acts.
+
+Every request is verified before anything is read from it; a bad signature
+answers 403 and changes nothing. Inbound messages and events are deduplicated
+by the provider's id, so a replayed webhook has no second effect.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import html
+import json
+import logging
+import re
+import time
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from routing.durations import parse_duration
+from routing.messages import short_code
+from worker import db
+from worker.claims import AckResult, claim, current_assignment, pass_lead
+from worker.db import now_utc
+from worker.runtime import get_runtime
+from worker.tokens import TokenError, verify
+
+log = logging.getLogger("leadrouter.webhooks")
+router = APIRouter()
+
+MAX_BODY = 64 * 1024
+SENDGRID_MAX_AGE = 600           # seconds: older signed timestamps are refused (replays)
+FAILED = {"failed", "undelivered"}
+TWILIO_RECIPIENT_CODES = {"21211", "21610", "21614", "30003", "30005", "30006"}
+CLAIM_WORDS = {"1", "Y", "YES", "CLAIM"}
+PASS_WORDS = {"2", "PASS"}
+HELP_TEXT = ("leadrouter: reply 1 (or YES, CLAIM) to claim your newest lead, 2 (or PASS) to pass it on; "
+             "add the code to pick a lead (1 K7Q). AWAY, AWAY 2h, BACK set your availability.")
+
+
+def _forbidden() -> Response:
+    return Response("forbidden", status_code=403, media_type="text/plain")
+
+
+async def _body(request: Request) -> bytes | None:
+    body = await request.body()
+    return None if len(body) > MAX_BODY else body
+
+
+def _remember(session: Session, key: str, now: datetime) -> bool:
+    """True the first time ``key`` is seen; a replay finds it already there."""
+    if session.get(db.InboundMessage, key) is not None:
+        return False
+    try:
+        with session.begin_nested():
+            session.add(db.InboundMessage(key=key, received_at=now))
+    except IntegrityError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- Twilio
+
+
+def _twilio_ok(request: Request, path: str, params: dict[str, str]) -> bool:
+    from twilio.request_validator import RequestValidator
+
+    settings = get_runtime().settings
+    signature = request.headers.get("X-Twilio-Signature", "")
+    if not settings.twilio_auth_token or not signature:
+        return False
+    url = settings.public_url.rstrip("/") + path
+    if request.url.query:   # the status callback URL carries the delivery id; Twilio signs the whole URL
+        url += "?" + request.url.query
+    return bool(RequestValidator(settings.twilio_auth_token).validate(url, params, signature))
+
+
+def _form(body: bytes) -> dict[str, str] | None:
+    try:
+        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _twiml(text: str | None) -> Response:
+    from twilio.twiml.messaging_response import MessagingResponse
+
+    resp = MessagingResponse()
+    if text:
+        resp.message(text)
+    return Response(str(resp), media_type="application/xml")
+
+
+def _digits(phone: str) -> str:
+    return re.sub(r"\D", "", phone or "")
+
+
+@router.post("/webhooks/twilio/sms", include_in_schema=True, tags=["webhooks"])
+async def twilio_sms(request: Request) -> Response:
+    """A rep's SMS reply. Verified with ``X-Twilio-Signature``; answered with TwiML."""
+    body = await _body(request)
+    params = _form(body) if body is not None else None
+    if params is None or not _twilio_ok(request, "/webhooks/twilio/sms", params):
+        return _forbidden()
+    sid, sender, text = params.get("MessageSid", ""), params.get("From", ""), params.get("Body", "")
+    if not sid or not sender:
+        return Response("MessageSid and From are required", status_code=400, media_type="text/plain")
+    rt = get_runtime()
+    rules = rt.rules
+    now = now_utc()
+    due: tuple[int, ...] = ()
+    with rt.sessions.begin() as session:
+        if not _remember(session, f"twilio:{sid}", now):
+            return _twiml(None)
+        rep = next((r for r in rules.reps if r.phone and _digits(r.phone) == _digits(sender)), None)
+        if rep is None:
+            return _twiml("This number is not registered with leadrouter.")
+        reply, due = handle_reply(session, rep.id, sender, text, now)
+    if due:
+        from worker.tasks import dispatch_steps
+
+        dispatch_steps(list(due))
+    return _twiml(reply)
+
+
+def handle_reply(session: Session, rep_id: str, sender: str, text: str, now: datetime) -> tuple[str, tuple[int, ...]]:
+    """What a rep's reply does, and the answer they get."""
+    rt = get_runtime()
+    rules = rt.rules
+    words = text.strip().upper().split()
+    if not words:
+        return HELP_TEXT, ()
+    word, rest = words[0], words[1:]
+    if word == "HELP" or word == "INFO":
+        return HELP_TEXT, ()
+    if word == "AWAY":
+        until = now + timedelta(days=3650)
+        if rest:
+            try:
+                until = now + parse_duration(rest[0].lower())
+            except ValueError:
+                return "Say AWAY, or AWAY 2h / AWAY 30m.", ()
+        _set_away(session, rep_id, until, now)
+        return ("You are away until you reply BACK." if not rest
+                else f"You are away until {until.strftime('%H:%M UTC')}."), ()
+    if word == "BACK":
+        _set_away(session, rep_id, None, now)
+        return "Welcome back: new leads can reach you again.", ()
+    if word in CLAIM_WORDS or word in PASS_WORDS:
+        lead_id = _target_lead(session, rep_id, sender, rest[0] if rest else None, now)
+        if lead_id is None:
+            return ("No lead with that code was sent to you in the last 24 hours." if rest
+                    else "There is no unclaimed lead alert for you in the last 24 hours."), ()
+        act = claim if word in CLAIM_WORDS else pass_lead
+        result: AckResult = act(session, rules, lead_id, rep_id, now, via="sms")
+        return result.message, result.due_steps
+    return "Unknown reply. " + HELP_TEXT, ()
+
+
+def _set_away(session: Session, rep_id: str, until: datetime | None, now: datetime) -> None:
+    state = session.get(db.RepState, rep_id)
+    if state is None:
+        session.add(db.RepState(rep_id=rep_id, away_until=until, disabled_channels={}, updated_at=now))
+    else:
+        state.away_until, state.updated_at = until, now
+    session.add(db.Trace(lead_id=f"rep:{rep_id}", at=now, kind="away" if until else "back", actor=rep_id,
+                         detail={"via": "sms", "until": until.isoformat() if until else None}))
+
+
+def _target_lead(session: Session, rep_id: str, sender: str, code: str | None, now: datetime) -> str | None:
+    """With a code: the lead alerted to this rep in the last 24 h whose code matches. Without: the newest
+    alert sent to this number in the last 24 h whose lead is still unclaimed."""
+    rows = session.execute(
+        select(db.Delivery.lead_id, db.Delivery.to, db.Delivery.channel)
+        .where(db.Delivery.recipient == rep_id, db.Delivery.created_at >= now - timedelta(hours=24))
+        .order_by(db.Delivery.created_at.desc(), db.Delivery.id.desc())
+    ).all()
+    seen: set[str] = set()
+    for lead_id, to, channel in rows:
+        if code is not None:
+            if short_code(lead_id) == code.upper():
+                return lead_id
+            continue
+        if lead_id in seen or channel != "sms" or _digits(to) != _digits(sender):
+            continue
+        seen.add(lead_id)
+        a = current_assignment(session, lead_id)
+        if a is not None and a.claimed_at is None:
+            return lead_id
+    return None
+
+
+@router.post("/webhooks/twilio/status", tags=["webhooks"])
+async def twilio_status(request: Request) -> Response:
+    """Twilio's message status callback: settles a delivery; a failure moves the step to email."""
+    body = await _body(request)
+    params = _form(body) if body is not None else None
+    if params is None or not _twilio_ok(request, "/webhooks/twilio/status", params):
+        return _forbidden()
+    sid, status = params.get("MessageSid", ""), params.get("MessageStatus", "")
+    if not sid or not status:
+        return Response("MessageSid and MessageStatus are required", status_code=400, media_type="text/plain")
+    settle(sid, status, params.get("ErrorCode") or None, kind_hint="sms")
+    return Response(status_code=204)
+
+
+def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: str) -> None:
+    """Record a provider's word on a delivery; failed deliveries fail over to the other channel."""
+    from worker.alerts import disable_channel, failover, send_all
+
+    rt = get_runtime()
+    now = now_utc()
+    sends = []
+    with rt.sessions.begin() as session:
+        d = session.scalar(select(db.Delivery).where(db.Delivery.provider_id == provider_id).limit(1))
+        if d is None:
+            return
+        d.updated_at = now
+        if status in ("delivered", "read"):
+            d.status = "delivered"
+        elif status in FAILED or status in ("bounce", "dropped", "blocked"):
+            if d.status == "failed":
+                return   # already settled: no second fail-over
+            d.status = "failed"
+            d.error = f"{status} {error_code or ''}".strip()
+            recipient_error = (kind_hint == "email" and status in ("bounce", "dropped")) or (
+                error_code is not None and error_code in TWILIO_RECIPIENT_CODES)
+            if recipient_error and d.recipient != d.to:
+                d.error_kind = "recipient"
+                disable_channel(session, d.recipient, d.channel, d.error, now)
+            sends = failover(session, d, now)
+        elif status in ("sent", "queued", "sending", "accepted", "processed", "deferred"):
+            if d.status in ("pending", "maybe_sent"):
+                d.status = "sent"
+                d.sent_at = d.sent_at or now
+    send_all(sends)
+
+
+# ---------------------------------------------------------------- SendGrid
+
+
+@router.post("/webhooks/sendgrid/events", tags=["webhooks"])
+async def sendgrid_events(request: Request) -> Response:
+    """SendGrid's signed event webhook (ECDSA); deduplicated by ``sg_event_id``."""
+    body = await _body(request)
+    settings = get_runtime().settings
+    signature = request.headers.get("X-Twilio-Email-Event-Webhook-Signature", "")
+    stamp = request.headers.get("X-Twilio-Email-Event-Webhook-Timestamp", "")
+    if body is None or not settings.sendgrid_webhook_public_key or not signature or not stamp.isdigit():
+        return _forbidden()
+    if abs(time.time() - int(stamp)) > SENDGRID_MAX_AGE:
+        return _forbidden()
+    if not _sendgrid_ok(settings.sendgrid_webhook_public_key, body, signature, stamp):
+        return _forbidden()
+    try:
+        events = json.loads(body)
+    except ValueError as exc:
+        return Response(f"malformed JSON: {exc}", status_code=400, media_type="text/plain")
+    if not isinstance(events, list):
+        return Response("expected a JSON array of events", status_code=400, media_type="text/plain")
+    rt = get_runtime()
+    now = now_utc()
+    todo: list[tuple[str, str]] = []
+    with rt.sessions.begin() as session:
+        for ev in events:
+            if not isinstance(ev, dict) or not isinstance(ev.get("sg_event_id"), str):
+                continue
+            if not _remember(session, f"sendgrid:{ev['sg_event_id']}"[:120], now):
+                continue
+            delivery_id = ev.get("delivery_id")
+            message_id = str(ev.get("sg_message_id") or "").split(".")[0]
+            target = _delivery_key(session, delivery_id, message_id)
+            if target is not None and isinstance(ev.get("event"), str):
+                todo.append((target, ev["event"]))
+    for provider_id, event in todo:
+        settle(provider_id, event, None, kind_hint="email")
+    return Response(status_code=204)
+
+
+def _delivery_key(session: Session, delivery_id: Any, message_id: str) -> str | None:
+    d = None
+    if isinstance(delivery_id, str) and delivery_id.isdigit():
+        d = session.get(db.Delivery, int(delivery_id))
+    if d is None and message_id:
+        d = session.scalar(select(db.Delivery).where(db.Delivery.provider_id == message_id).limit(1))
+    if d is None:
+        return None
+    if not d.provider_id:
+        d.provider_id = f"delivery-{d.id}"
+    return d.provider_id
+
+
+def _sendgrid_ok(public_key: str, body: bytes, signature: str, stamp: str) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from sendgrid.helpers.eventwebhook import EventWebhook
+
+    try:
+        key = EventWebhook().convert_public_key_to_ecdsa(public_key)
+        raw = base64.b64decode(signature, validate=True)
+        key.verify(raw, stamp.encode() + body, ec.ECDSA(hashes.SHA256()))  # type: ignore[union-attr]
+        return True
+    except (InvalidSignature, binascii.Error, ValueError, TypeError):
+        return False
+
+
+# ---------------------------------------------------------------- the claim page
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex"><title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:34rem;margin:2rem auto;padding:0 1rem;color:#1a1a1a}}
+.card{{border:1px solid #ddd;border-radius:8px;padding:1rem 1.25rem}}dt{{color:#666;font-size:.85rem}}
+dd{{margin:0 0 .6rem 0}}button{{font-size:1rem;padding:.6rem 1.4rem;border-radius:6px;border:0;margin-right:.5rem;
+cursor:pointer}}.claim{{background:#0a7d38;color:#fff}}.pass{{background:#eee}}.note{{color:#555}}</style>
+</head><body><h1>{title}</h1>{content}</body></html>"""
+
+
+def _page(title: str, content: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(PAGE.format(title=html.escape(title), content=content), status_code=status,
+                        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
+                                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                                                            "form-action 'self'",
+                                 "Referrer-Policy": "no-referrer"})
+
+
+def _check_token(token: str, now: datetime) -> tuple[Any, HTMLResponse | None]:
+    try:
+        claim_token = verify(get_runtime().settings.secret_key, token, now)
+    except TokenError as exc:
+        if exc.reason == "expired":
+            return None, _page("Link expired", "<p>This claim link has expired. Reply to the SMS instead.</p>", 410)
+        return None, _page("Invalid link", "<p>This claim link is not valid.</p>", 403)
+    return claim_token, None
+
+
+def _lead_details(lead: db.Lead) -> str:
+    t = lead.traits or {}
+    company = t.get("company") if isinstance(t.get("company"), dict) else {}
+    rows = [("Name", t.get("name")), ("Title", t.get("title")), ("Company", company.get("name")),
+            ("Phone", t.get("phone")), ("Email", t.get("email")),
+            ("Score", f"{lead.score:g} ({lead.tier.replace('_', '-')})")]
+    items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in rows
+                    if v not in (None, ""))
+    return f'<div class="card"><dl>{items}</dl></div>'
+
+
+@router.get("/claim/{token}", response_class=HTMLResponse, tags=["claim"])
+def claim_page(token: str) -> HTMLResponse:
+    """The lead and Claim / Pass buttons. Showing the page changes nothing (mail scanners follow links)."""
+    now = now_utc()
+    tok, bad = _check_token(token, now)
+    if bad is not None:
+        return bad
+    rt = get_runtime()
+    with rt.sessions() as session:
+        lead = session.get(db.Lead, tok.lead_id)
+        a = current_assignment(session, tok.lead_id)
+        if lead is None:
+            return _page("Invalid link", "<p>This claim link is not valid.</p>", 403)
+        if a is None or a.id != tok.assignment_id or a.claimed_at is not None:
+            owner = rt.rules.rep(lead.owner) if lead.owner else None
+            who = html.escape(owner.display if owner else (lead.owner or "nobody"))
+            return _page("No longer available", f"<p>This lead is no longer open to you; {who} owns it now.</p>"
+                         + _lead_details(lead), 410)
+        action = html.escape(f"/claim/{token}", quote=True)
+        buttons = (f'<form method="post" action="{action}"><button class="claim" name="action" value="claim">'
+                   f'Claim</button><button class="pass" name="action" value="pass">Pass</button></form>')
+        return _page("New hot lead", _lead_details(lead) + f"<p>{buttons}</p>")
+
+
+@router.post("/claim/{token}", response_class=HTMLResponse, tags=["claim"])
+async def claim_post(token: str, request: Request) -> HTMLResponse:
+    """Claim (or pass) the lead the token names."""
+    now = now_utc()
+    tok, bad = _check_token(token, now)
+    if bad is not None:
+        return bad
+    body = await _body(request)
+    params = _form(body or b"") or {}
+    action = params.get("action", "claim")
+    if action not in ("claim", "pass"):
+        return _page("Unknown action", "<p>Use the Claim or Pass button.</p>", 400)
+    rt = get_runtime()
+    with rt.sessions.begin() as session:
+        act = claim if action == "claim" else pass_lead
+        result = act(session, rt.rules, tok.lead_id, tok.rep_id, now, via="link", assignment_id=tok.assignment_id)
+    if result.due_steps:
+        from worker.tasks import dispatch_steps
+
+        dispatch_steps(list(result.due_steps))
+    title = ("Claimed" if action == "claim" else "Passed") if result.ok else "Not available"
+    return _page(title, f'<p class="note">{html.escape(result.message)}</p>', 200 if result.ok else 409)
