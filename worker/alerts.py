@@ -317,7 +317,10 @@ def _send(rt: Any, item: _Send) -> _Send:
                 d.sent_at = now
             if kind == "recipient" and d.recipient != d.to:
                 disable_channel(session, d.recipient, d.channel, error or "recipient error", now)
-        if item.first_alert_of is not None and status == "sent":
+        earlier = session.scalar(select(func.count()).select_from(db.Delivery)
+                                 .where(db.Delivery.step_id == (d.step_id if d else None),
+                                        db.Delivery.id != item.delivery_id, db.Delivery.sent_at.is_not(None)))
+        if item.first_alert_of is not None and status == "sent" and not earlier:
             ep = session.get(db.HotEpisode, item.first_alert_of)
             if ep is not None and ep.event_received_at is not None:
                 metrics.observe("speed_to_lead_seconds", (now - ep.event_received_at).total_seconds())

@@ -1,0 +1,3 @@
+"""Fixtures shared by the end-to-end tests: the local provider server and an environment pointing at it."""
+
+from tests.e2e.test_alerts_flow import alert_env, providers  # noqa: F401
