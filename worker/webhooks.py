@@ -126,7 +126,8 @@ async def twilio_sms(request: Request) -> Response:
             return _twiml(None)
         rep = next((r for r in rules.reps if r.phone and _digits(r.phone) == _digits(sender)), None)
         if rep is None:
-            return _twiml("This number is not registered with leadrouter.")
+            log.warning("reply from a number that is no rep's ignored (%s)", sid)
+            return _twiml(None)
         reply, due = handle_reply(session, rep.id, sender, text, now)
     if due:
         from worker.tasks import dispatch_steps

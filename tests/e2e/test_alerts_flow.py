@@ -251,3 +251,38 @@ def test_sendgrid_events_are_verified_and_stale_or_forged_ones_refused(client, a
     assert client.post("/webhooks/sendgrid/events", content=body,
                        headers={**headers, "X-Twilio-Email-Event-Webhook-Signature": old_sig,
                                 "X-Twilio-Email-Event-Webhook-Timestamp": old}).status_code == 403
+
+
+def test_pass_by_sms_hands_the_lead_to_the_next_rep_at_once(stack, providers, client, alert_env):
+    from worker import db as models
+
+    fast_rules(Path(alert_env["LEADROUTER_CONFIG"]), retries=["30s", "60s"])   # no reminder gets in the way
+    send(hot_lead("u-5"))
+    providers.wait_for(lambda s: sms_to(s, "+14155550102"), timeout=15)
+    reply = signed_sms(client, "+14155550102", "PASS", "SM" + "5" * 32)
+    assert reply.status_code == 200 and "Passed" in reply.text
+    providers.wait_for(lambda s: sms_to(s, "+14155550101"), timeout=10)       # alice, long before any SLA
+    with db(alert_env) as s:
+        rows = list(s.scalars(select(models.Assignment).where(models.Assignment.lead_id == "u-5")
+                              .order_by(models.Assignment.id)))
+        episode = s.get(models.HotEpisode, rows[0].episode_id)
+    assert [a.rep_id for a in rows] == ["bob", "alice"] and [a.current for a in rows] == [False, True]
+    assert episode.reassignments == 1
+    # bob's reply about the lead alice now owns changes nothing
+    late = signed_sms(client, "+14155550102", "1", "SM" + "6" * 32)
+    assert "Claimed" not in late.text
+
+
+def test_help_and_unknown_replies_and_away_back(client, alert_env):
+    from worker import db as models
+
+    assert "AWAY" in signed_sms(client, "+14155550102", "HELP", "SM" + "a" * 32).text
+    assert "Unknown reply" in signed_sms(client, "+14155550102", "hello there", "SM" + "b" * 32).text
+    assert "away" in signed_sms(client, "+14155550102", "AWAY 2h", "SM" + "c" * 32).text
+    with db(alert_env) as s:
+        assert s.get(models.RepState, "bob").away_until is not None
+    assert "Welcome back" in signed_sms(client, "+14155550102", "BACK", "SM" + "d" * 32).text
+    with db(alert_env) as s:
+        assert s.get(models.RepState, "bob").away_until is None
+    stranger = signed_sms(client, "+19999999999", "1", "SM" + "e" * 32)
+    assert stranger.status_code == 200 and "<Message>" not in stranger.text
