@@ -286,3 +286,42 @@ def test_help_and_unknown_replies_and_away_back(client, alert_env):
         assert s.get(models.RepState, "bob").away_until is None
     stranger = signed_sms(client, "+19999999999", "1", "SM" + "e" * 32)
     assert stranger.status_code == 200 and "<Message>" not in stranger.text
+
+
+def test_a_signed_bounce_fails_the_email_and_disables_it_for_the_rep(stack, providers, client, alert_env,
+                                                                     monkeypatch):
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from worker import db as models
+    from worker.runtime import reset_runtime
+    from worker.settings import reset_settings
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    monkeypatch.setenv("SENDGRID_WEBHOOK_PUBLIC_KEY", base64.b64encode(public).decode())
+    reset_settings()
+    reset_runtime()
+    fast_rules(Path(alert_env["LEADROUTER_CONFIG"]), retries=["30s", "60s"])
+    send(hot_lead("u-6"))
+    providers.wait_for(lambda s: s.emails(), timeout=15)
+    with db(alert_env) as s:
+        email = wait_until(lambda: s.scalar(select(models.Delivery).where(models.Delivery.channel == "email",
+                                                                          models.Delivery.status == "sent")),
+                           timeout=10, message="the email delivery")
+        delivery_id = email.id
+    body = json.dumps([{"event": "bounce", "sg_event_id": "bounce-1", "delivery_id": str(delivery_id),
+                        "email": "bob@example.com", "reason": "550 no such user"}]).encode()
+    stamp = str(int(time.time()))
+    sig = base64.b64encode(key.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))).decode()
+    headers = {"X-Twilio-Email-Event-Webhook-Signature": sig, "X-Twilio-Email-Event-Webhook-Timestamp": stamp,
+               "Content-Type": "application/json"}
+    assert client.post("/webhooks/sendgrid/events", content=body, headers=headers).status_code == 204
+    with db(alert_env) as s:
+        assert s.get(models.Delivery, delivery_id).status == "failed"
+        assert "email" in s.get(models.RepState, "bob").disabled_channels
+        # the SMS of that step had already gone out: the fail-over sends nothing twice
+        sms_rows = s.scalars(select(models.Delivery).where(models.Delivery.channel == "sms")).all()
+    assert len(sms_rows) == 1 and len(sms_to(providers, "+14155550102")) == 1
+    # a replay of the same event is ignored
+    assert client.post("/webhooks/sendgrid/events", content=body, headers=headers).status_code == 204
