@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
 
 from routing.config import Rules
 from routing.events import Event, EventError, normalize, parse_time
@@ -53,11 +54,18 @@ def insert_ignore(session: Session, model: type, values: dict[str, Any], conflic
 def lock_leads(session: Session, lead_ids: Iterable[str], now: datetime) -> dict[str, db.Lead]:
     """Make sure each lead row exists, then lock them all in id order."""
     ids = sorted(set(lead_ids))
-    for lead_id in ids:
-        insert_ignore(session, db.Lead, {"id": lead_id, "created_at": now, "updated_at": now,
-                                         "traits": {}, "breakdown": {}}, ["id"])
+    if not ids:
+        return {}
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    session.execute(insert(db.Lead).on_conflict_do_nothing(index_elements=["id"]),
+                    [{"id": lead_id, "created_at": now, "updated_at": now, "traits": {}, "breakdown": {}}
+                     for lead_id in ids])
     stmt = select(db.Lead).where(db.Lead.id.in_(ids)).order_by(db.Lead.id)
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect == "postgresql":
         stmt = stmt.with_for_update()
     return {lead.id: lead for lead in session.scalars(stmt)}
 
@@ -118,7 +126,14 @@ def merge_into(session: Session, anon: db.Lead, user: db.Lead, now: datetime) ->
 
 
 def process_batch(session: Session, entries: list[Entry], rules: Rules, now: datetime, router: Any) -> BatchResult:
-    """Apply ``entries`` inside the caller's transaction. ``router`` turns hot episodes into assignments."""
+    """Apply ``entries`` inside the caller's transaction. ``router`` turns hot episodes into assignments.
+
+    A constant number of statements per batch in the common case: one query for the identity links, one
+    bulk insert and one locking select for the leads, one query for their histories, one for the keys
+    already stored, one to reserve event ids, one bulk insert of the scored events and one flush of the
+    lead rows. Events are scored in Python before they are written, so no row is updated after its
+    insert. Pending events are written before anything that may read them (a merge, the router).
+    """
     result = BatchResult()
     events: list[Event] = []
     seen: set[tuple[str, str]] = set()
@@ -143,22 +158,32 @@ def process_batch(session: Session, entries: list[Entry], rules: Rules, now: dat
         if link := ev.link:
             touched.update(link)
     rows = lock_leads(session, touched, now)
-    histories: dict[str, LeadHistory] = {}
+    # under the lead locks: every history before any insert, and the keys stored already
+    histories: dict[str, LeadHistory] = load_histories(session, rows)
+    live = [ev for ev in events if ev.lead_id is not None]
+    stored = existing_keys(session, live)
+    ids = iter(reserve_event_ids(session, sum((ev.source, ev.message_id) not in stored for ev in live)))
+    pending: list[dict[str, Any]] = []
+
+    def flush_events() -> None:
+        if pending:
+            insert_events(session, pending)
+            pending.clear()
 
     def history(lead_id: str) -> LeadHistory:
         if lead_id not in histories:
+            flush_events()
             histories[lead_id] = load_history(session, lead_id)
         return histories[lead_id]
 
-    for ev in events:
-        if ev.lead_id is None:
-            continue
+    for ev in live:
         if (link := ev.link) is not None:
             anon_id, user_id = link
             if anon_id not in links:
                 anon_row, user_row = rows[anon_id], rows[user_id]
                 if anon_row.merged_into is None and anon_row.event_count > 0:
                     merged = merge_leads(core_lead(user_row, history(user_id)), core_lead(anon_row, history(anon_id)))
+                    flush_events()
                     merge_into(session, anon_row, user_row, now)
                     histories[user_id] = merged.history
                     histories[anon_id] = LeadHistory()
@@ -170,29 +195,102 @@ def process_batch(session: Session, entries: list[Entry], rules: Rules, now: dat
         row = rows.get(lead_id) or lock_leads(session, [lead_id], now)[lead_id]
         rows[lead_id] = row
         before = history(lead_id)   # read before the insert: the event must not count in its own "before"
-        new_id = insert_ignore(session, db.Event, _event_values(ev, lead_id, now), ["source", "message_id"])
-        if new_id is None:
+        if (ev.source, ev.message_id) in stored:
             result.duplicates += 1
             continue
+        new_id = next(ids)
+        values = _event_values(ev, lead_id, now)
+        values["id"] = new_id
+        pending.append(values)
         if ev.type == "other":
+            values.update(points=0.0, score_after=0.0, tier_after="cold", effect=None, stale=False)
             result.processed += 1
             continue
         applied = apply_event(core_lead(row, before), ev, rules, now=now, seq=new_id)
         histories[lead_id] = applied.lead.history
-        _persist(session, row, applied, ev, new_id, rules, now)
+        values.update(_persist(row, applied, ev, rules, now))
         result.processed += 1
         if applied.contacted:
+            flush_events()
             router.contacted(session, row, ev, now)
         action = applied.outcome.action
         if action is None:
             continue
         result.crossings += 1
         traits = applied.lead.history.traits(ev.timestamp)
+        flush_events()
         if action == ROUTE:
             result.due_steps += router.route(session, row, traits, applied, ev, new_id, now)
         elif action in (FYI, PRIORITY):
             result.due_steps += router.notify_owner(session, row, action, now)
+    flush_events()
+    session.flush()
     return result
+
+
+_SCORED_COLUMNS = ("hot_at", "red_hot_at", "last_routed_at", "hot_unalerted", "score", "behavior", "fit", "tier",
+                   "breakdown", "traits", "event_count", "updated_at", "rules_hash")
+
+
+def load_histories(session: Session, rows: dict[str, db.Lead]) -> dict[str, LeadHistory]:
+    """The histories of all ``rows``' leads, by one query."""
+    if not rows:
+        return {}
+    found: dict[str, tuple[list[Signal], list[TraitUpdate]]] = {lead_id: ([], []) for lead_id in rows}
+    result = session.execute(
+        select(db.Event.lead_id, db.Event.id, db.Event.type, db.Event.name, db.Event.timestamp, db.Event.traits,
+               db.Event.message_id)
+        .where(db.Event.lead_id.in_(list(rows))).order_by(db.Event.id)
+    )
+    for lead_id, rid, etype, name, ts, traits, mid in result:
+        signals, updates = found[lead_id]
+        if etype == "track" and name:
+            signals.append(Signal(name, ts, mid))
+        elif etype in ("identify", "alias") and traits:
+            updates.append(TraitUpdate(ts, traits, rid))
+    return {lead_id: LeadHistory(tuple(s), tuple(u)) for lead_id, (s, u) in found.items()}
+
+
+def existing_keys(session: Session, events: list[Event]) -> set[tuple[str, str]]:
+    """The (source, message_id) keys of ``events`` the database holds already."""
+    by_source: dict[str, list[str]] = {}
+    for ev in events:
+        by_source.setdefault(ev.source, []).append(ev.message_id)
+    keys: set[tuple[str, str]] = set()
+    for source, mids in by_source.items():
+        stmt = select(db.Event.message_id).where(db.Event.source == source, db.Event.message_id.in_(mids))
+        keys.update((source, mid) for mid in session.scalars(stmt))
+    return keys
+
+
+def reserve_event_ids(session: Session, n: int) -> list[int]:
+    """``n`` new event ids, ascending: from the id sequence on PostgreSQL; on SQLite, past the largest id
+    (the write lock taken at BEGIN IMMEDIATE keeps them ours, and they are the rowids SQLite would pick)."""
+    if n <= 0:
+        return []
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = text("SELECT nextval(pg_get_serial_sequence('events', 'id')) FROM generate_series(1, :n)")
+        return sorted(session.scalars(stmt, {"n": n}))
+    top = session.scalar(select(func.max(db.Event.id))) or 0
+    return list(range(top + 1, top + 1 + n))
+
+
+def insert_events(session: Session, values: list[dict[str, Any]]) -> None:
+    """Insert scored events; a key that another transaction stored meanwhile fails the batch (it is retried)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(db.Event).on_conflict_do_nothing(index_elements=["source", "message_id"]).returning(db.Event.id)
+    # render_nulls: one statement for all rows, not one per pattern of None values
+    inserted = len(session.execute(stmt, values, execution_options={"render_nulls": True}).all())
+    if inserted != len(values):
+        raise DuplicateRace(f"{len(values) - inserted} of {len(values)} events were stored by another transaction")
+
+
+class DuplicateRace(RuntimeError):
+    """An event key was stored concurrently between the duplicate check and the insert."""
 
 
 def _event_values(ev: Event, lead_id: str, now: datetime) -> dict[str, Any]:
@@ -208,8 +306,8 @@ def _store_episode(row: db.Lead, ep: EpisodeState) -> None:
     row.last_routed_at, row.hot_unalerted = ep.last_routed_at, ep.hot_unalerted
 
 
-def _persist(session: Session, row: db.Lead, applied: Applied, ev: Event, event_id: int, rules: Rules,
-             now: datetime) -> None:
+def _persist(row: db.Lead, applied: Applied, ev: Event, rules: Rules, now: datetime) -> dict[str, Any]:
+    """Update the lead row; the event's scored columns."""
     tr = applied.transition
     _store_episode(row, applied.lead.episode)
     at = max(now, ev.timestamp)
@@ -222,10 +320,11 @@ def _persist(session: Session, row: db.Lead, applied: Applied, ev: Event, event_
     row.rules_hash = rules.hash
     if applied.contacted and row.contacted_at is None:
         row.contacted_at = ev.timestamp
+    for key in _SCORED_COLUMNS:   # the same columns for every scored lead: a flush is one executemany
+        flag_modified(row, key)
     effect = applied.outcome.action or ("stale hot" if applied.outcome.stale and tr.crossed_hot else None)
-    session.execute(update(db.Event).where(db.Event.id == event_id).values(
-        points=tr.after.behavior - tr.before.behavior, score_after=tr.after.score, tier_after=tr.after.tier,
-        effect=effect, stale=applied.outcome.stale))
+    return {"points": tr.after.behavior - tr.before.behavior, "score_after": tr.after.score,
+            "tier_after": tr.after.tier, "effect": effect, "stale": applied.outcome.stale}
 
 
 def dead_letter(session: Session, entry: Entry, error: str, now: datetime) -> None:
