@@ -43,7 +43,6 @@ from worker.tokens import ClaimToken, sign
 log = logging.getLogger("leadrouter.alerts")
 
 CLAIMABLE = {"first", "retry", "escalation", "reassign", "priority"}
-STUCK_AFTER = timedelta(seconds=60)   # a step left 'firing' this long belongs to a dead worker
 
 
 # ---------------------------------------------------------------- channels

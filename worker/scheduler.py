@@ -30,7 +30,7 @@ from worker.runtime import get_runtime
 log = logging.getLogger("leadrouter.scheduler")
 
 DISPATCH_KEY = "lr:dispatched:{}"
-STUCK_AFTER = timedelta(seconds=60)
+STUCK_AFTER = timedelta(seconds=60)   # a step left firing this long belongs to a worker that died
 HEARTBEAT_EVERY = 15.0
 
 
