@@ -275,15 +275,53 @@ class Alerts(_Model):
         return out
 
 
+LEAD_EVENTS = ("lead.hot", "lead.assigned", "lead.claimed", "lead.reassigned", "lead.contacted", "lead.unrouted")
+LeadEventName = Literal["lead.hot", "lead.assigned", "lead.claimed", "lead.reassigned", "lead.contacted",
+                        "lead.unrouted"]
+SLACK_NOTICES = ("lead.hot", "lead.unrouted", "escalation")
+SlackNotice = Literal["lead.hot", "lead.unrouted", "escalation"]
+
+
 class Webhook(_Model):
+    """One receiver of signed lead events (a CRM, a data pipeline)."""
+
     url: str
-    events: list[
-        Literal["lead.hot", "lead.assigned", "lead.claimed", "lead.reassigned", "lead.contacted", "lead.unrouted"]
-    ] | None = None
+    events: list[LeadEventName] | None = None   # None: all of them
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("https://", "http://")) or len(v) < 10:
+            raise ValueError("url must be an http:// or https:// address")
+        return v
+
+    def wants(self, event: str) -> bool:
+        return self.events is None or event in self.events
+
+
+class Slack(_Model):
+    """Team-wide notices to a Slack incoming webhook (its URL is the SLACK_WEBHOOK_URL setting)."""
+
+    notices: list[SlackNotice] = Field(default_factory=lambda: list(SLACK_NOTICES))
 
 
 class Outbound(_Model):
     webhooks: list[Webhook] = Field(default_factory=list)
+    slack: Slack = Slack()
+    timeout: Duration = timedelta(seconds=10)            # per attempt
+    retry_initial: Duration = timedelta(seconds=10)      # first backoff; doubles per attempt
+    retry_max: Duration = timedelta(hours=1)             # longest wait between attempts
+    retry_for: Duration = timedelta(hours=24)            # then the delivery is marked failed
+
+    _v = field_validator("timeout", "retry_initial", "retry_max", "retry_for", mode="before")(_duration)
+
+    @model_validator(mode="after")
+    def _sane(self) -> Outbound:
+        if self.retry_max < self.retry_initial:
+            raise ValueError("retry_max must be at least retry_initial")
+        if self.timeout <= timedelta(0) or self.retry_initial <= timedelta(0):
+            raise ValueError("timeout and retry_initial must be positive")
+        return self
 
 
 # ---------------------------------------------------------------- cross-references

@@ -142,12 +142,23 @@ def clean_trait(value: Any, limit: int = 60) -> str:
         return ""
     text = unicodedata.normalize("NFKC", str(value)).translate(_DOTS)
     text = _strip_controls(text)
+    kept = " ".join(_strip_urls(t) for t in text.split())
+    return _shorten(" ".join(kept.split()), limit)
+
+
+_LONG_TOKEN = 200   # no name or title has a word this long; a long one with link characters is dropped
+
+
+def _strip_urls(token: str) -> str:
+    """One whitespace-free token without links. No link spans whitespace, so tokens are cleaned apart,
+    which keeps the regex's cost bounded: a huge token that could hold a link is dropped whole."""
+    if len(token) > _LONG_TOKEN:
+        return "" if any(c in token for c in ".:/") else token
     while True:   # a removal can join two harmless pieces into a new link: repeat until nothing changes
-        stripped = _URL.sub(" ", text)
-        if stripped == text:
-            break
-        text = stripped
-    return _shorten(" ".join(text.split()), limit)
+        stripped = _URL.sub(" ", token)
+        if stripped == token:
+            return " ".join(token.split())
+        token = stripped
 
 
 def _sms_value(value: Any, limit: int) -> str:
@@ -682,3 +693,58 @@ def render_summary(rep_name: str, leads: Sequence[LeadView], window: str) -> Ale
                      f"{e(short_code(leads[0].lead_id))}).</p>")
     parts.append("</body></html>")
     return AlertText(sms=sms, subject=subject, text="\n".join(text) + "\n", html="\n".join(parts) + "\n")
+
+
+# ---------------------------------------------------------------- Slack
+
+
+def _slack_escape(text: str) -> str:
+    """Slack's mrkdwn control characters; everything else is shown as written."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def render_slack(notice: str, lead: LeadView, *, rep: str | None = None, manager: str | None = None,
+                 retry: int = 0, reason: str = "") -> dict[str, Any]:
+    """A Slack incoming-webhook payload in Block Kit for a team-wide notice.
+
+    ``notice`` is ``lead.hot`` (gone hot and to whom), ``lead.unrouted`` (nobody could take it) or
+    ``escalation`` (the rep has not claimed it; ``manager`` was alerted). Every trait value is
+    cleaned (no links, no control characters) and escaped for mrkdwn; the header is plain text.
+    """
+    who = clean_trait(_name(lead.traits), 60) or lead.lead_id[:60]
+    company = clean_trait(_company(lead.traits), 60)
+    subject = f"{who} ({company})" if company else who
+    tier = _tier(lead)
+    rep_s = clean_trait(rep, 60) if rep else ""
+    if notice == "lead.hot":
+        header = f"Hot lead: {subject}"
+        summary = f"*{_slack_escape(subject)}* went {tier} with a score of {_pts(lead.score)}; " \
+                  f"routed to *{_slack_escape(rep_s or 'nobody')}*."
+    elif notice == "lead.unrouted":
+        header = f"Unrouted hot lead: {subject}"
+        why = clean_trait(reason, 200) or "no rep is available"
+        summary = f"*{_slack_escape(subject)}* is {tier} (score {_pts(lead.score)}) and has no owner: " \
+                  f"{_slack_escape(why)}. Assign it with `leadrouter lead assign`."
+    elif notice == "escalation":
+        header = f"Escalated: {subject}"
+        mgr = clean_trait(manager, 60) if manager else ""
+        summary = f"*{_slack_escape(rep_s or 'The rep')}* has not claimed *{_slack_escape(subject)}* " \
+                  f"after {_count(retry, 'reminder')}" + (f"; *{_slack_escape(mgr)}* was alerted." if mgr else ".")
+    else:
+        raise ValueError(f"unknown Slack notice {notice!r}")
+
+    fields = [f"*{label}*\n{_slack_escape(value)}" for label, value in _details(lead)
+              if label not in ("Phone", "Email", "Budget confirmed", "Timeline (days)")]
+    signals = ", ".join(f"{clean_trait(s.name, 40)} {_signed(s.points)}" for s in _signals(lead.breakdown)[:3])
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": _shorten(header, 150), "emoji": False}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": _shorten(summary, 3000)}},
+    ]
+    if fields:
+        blocks.append({"type": "section",
+                       "fields": [{"type": "mrkdwn", "text": _shorten(f, 2000)} for f in fields[:10]]})
+    context = [f"Top signals: {_slack_escape(signals)}" if signals else "No scored signals",
+               f"`leadrouter explain {_slack_escape(clean_trait(lead.lead_id, 80))}`"]
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _shorten(c, 2000)} for c in context]})
+    # the top-level text is the notification's fallback, which Slack reads as mrkdwn: escaped too
+    return {"text": _slack_escape(_shorten(header, 300)), "blocks": blocks}

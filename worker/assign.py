@@ -22,6 +22,7 @@ from routing.leads import Applied
 from routing.scoring import PRIORITY
 from routing.selection import Decision, RepState, RoutingState, choose_rep, lead_domain
 from worker import db
+from worker.outbound import Emitter
 
 ROUTING_LOCK = 0x1EAD5  # advisory lock key for routing decisions
 
@@ -86,6 +87,7 @@ class Router:
 
     def __init__(self, rules: Rules):
         self.rules = rules
+        self.outbound = Emitter.for_rules(rules)
 
     # -- routing
     def route(self, session: Session, lead: db.Lead, traits: Mapping[str, Any], applied: Applied, ev: Event,
@@ -98,8 +100,13 @@ class Router:
         session.flush()
         # the previous episode's assignment ends here: its cadence stops, its slot frees
         self.end_current(session, lead.id, now, "new episode")
-        return self.assign(session, lead, traits, episode, now, exclude=frozenset(),
-                           kind="priority" if applied.outcome.red_hot else "first")
+        self.outbound.lead_event(session, "lead.hot", lead, now,
+                                 detail={"episode": episode.id, "red_hot": episode.red_hot, "message_id": ev.message_id})
+        due = self.assign(session, lead, traits, episode, now, exclude=frozenset(),
+                          kind="priority" if applied.outcome.red_hot else "first")
+        if lead.owner is not None:
+            self.outbound.slack(session, "lead.hot", lead, now, rep=lead.owner)
+        return due
 
     def assign(self, session: Session, lead: db.Lead, traits: Mapping[str, Any], episode: db.HotEpisode,
                now: datetime, *, exclude: frozenset[str], kind: str, actor: str | None = None,
@@ -120,6 +127,7 @@ class Router:
         session.flush()
         lead.owner = decision.rep_id
         lead.last_routed_at = now
+        self._announce(session, lead, assignment, decision, now)
         if decision.rep_id is None:
             episode.status = "unrouted"
             step = db.AlertStep(assignment_id=assignment.id, lead_id=lead.id, step=0, kind="unrouted", due_at=now)
@@ -137,6 +145,23 @@ class Router:
                 due.append(s.id)
         session.flush()
         return due
+
+    def _announce(self, session: Session, lead: db.Lead, assignment: db.Assignment, decision: Decision,
+                  now: datetime) -> None:
+        """The outbound events of a new assignment: assigned (and reassigned), or unrouted."""
+        if decision.rep_id is None:
+            why = "; ".join(decision.notes) or "no rep is available"
+            self.outbound.lead_event(session, "lead.unrouted", lead, now, assignment=assignment, detail={"reason": why})
+            self.outbound.slack(session, "lead.unrouted", lead, now, reason=why)
+            return
+        previous = session.scalar(select(db.Assignment.rep_id)
+                                  .where(db.Assignment.episode_id == assignment.episode_id,
+                                         db.Assignment.id != assignment.id, db.Assignment.rep_id.is_not(None))
+                                  .order_by(db.Assignment.id.desc()).limit(1))
+        self.outbound.lead_event(session, "lead.assigned", lead, now, assignment=assignment, previous_rep=previous)
+        if previous is not None and previous != decision.rep_id:
+            self.outbound.lead_event(session, "lead.reassigned", lead, now, assignment=assignment,
+                                     previous_rep=previous)
 
     def end_current(self, session: Session, lead_id: str, now: datetime, reason: str) -> list[db.Assignment]:
         current = list(session.scalars(select(db.Assignment).where(db.Assignment.lead_id == lead_id,
@@ -176,3 +201,8 @@ class Router:
                         .values(status="contacted", closed_at=now))
         session.add(db.Trace(lead_id=lead.id, at=now, kind="contacted",
                              detail={"event": ev.message_id, "cancelled_steps": steps.rowcount}))
+        current = session.scalar(select(db.Assignment).where(db.Assignment.lead_id == lead.id,
+                                                             db.Assignment.current.is_(True))
+                                 .order_by(db.Assignment.id.desc()).limit(1))
+        self.outbound.lead_event(session, "lead.contacted", lead, now, assignment=current,
+                                 detail={"message_id": ev.message_id})

@@ -65,6 +65,7 @@ def claim(session: Session, rules: Rules, lead_id: str, who: str, now: datetime,
         if not _escalated_to(session, a, rules, who):
             return AckResult(False, f"That lead is not yours{_owned_by(lead, rules)}.", owner=lead.owner)
         # a manager who claims after an escalation takes the lead
+        previous_rep = a.rep_id
         router = Router(rules)
         router.end_current(session, lead_id, now, f"taken by manager {who}")
         a = db.Assignment(episode_id=a.episode_id, lead_id=lead_id, rep_id=who, team_id=a.team_id, domain=a.domain,
@@ -73,6 +74,8 @@ def claim(session: Session, rules: Rules, lead_id: str, who: str, now: datetime,
         session.add(a)
         session.flush()
         lead.owner = who
+        router.outbound.lead_event(session, "lead.assigned", lead, now, assignment=a, previous_rep=previous_rep)
+        router.outbound.lead_event(session, "lead.reassigned", lead, now, assignment=a, previous_rep=previous_rep)
     won = session.execute(update(db.Assignment)
                           .where(db.Assignment.id == a.id, db.Assignment.current.is_(True),
                                  db.Assignment.claimed_at.is_(None))
@@ -85,6 +88,8 @@ def claim(session: Session, rules: Rules, lead_id: str, who: str, now: datetime,
                                                     db.HotEpisode.status == "open")
                         .values(status="claimed", closed_at=now))
     session.add(db.Trace(lead_id=lead_id, at=now, kind="claimed", actor=who, detail={"via": via}))
+    Router(rules).outbound.lead_event(session, "lead.claimed", lead, now, assignment=a, rep=who,
+                                      detail={"via": via})
     first_sent = session.scalar(select(func.min(db.Delivery.sent_at))
                                 .join(db.AlertStep, db.AlertStep.id == db.Delivery.step_id)
                                 .join(db.Assignment, db.Assignment.id == db.AlertStep.assignment_id)

@@ -299,9 +299,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_beat(args: argparse.Namespace) -> int:
+    import threading
+
+    from worker.outbound import start_background
     from worker.scheduler import run_forever
 
-    run_forever()
+    stop = threading.Event()
+    sender = start_background(stop)      # outbound webhooks and Slack, on threads of their own
+    try:
+        run_forever()
+    finally:
+        stop.set()
+        sender.join(timeout=5)
     return 0
 
 
@@ -452,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--concurrency", type=int, default=2, help="event worker processes")
     s.add_argument("--alert-concurrency", type=int, default=2, help="fast-lane and alert worker processes")
     s.set_defaults(func=cmd_worker)
-    s = sub.add_parser("beat", help="run the scheduler tick (alert timers, drains, rule reloads)")
+    s = sub.add_parser("beat", help="run the scheduler tick (alert timers, drains, rule reloads) and the outbound webhook sender")
     s.set_defaults(func=cmd_beat)
     s = sub.add_parser("api", help="run the HTTP API")
     s.add_argument("--host", default="127.0.0.1")

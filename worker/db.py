@@ -245,6 +245,33 @@ class Trace(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class OutboundWebhook(Base):
+    """The outbox: one lead event for one receiver (a webhook URL, or ``slack``), written in the
+    transaction that made the event happen and delivered afterwards, in order per lead and receiver."""
+
+    __tablename__ = "outbound_webhooks"
+    __table_args__ = (
+        UniqueConstraint("event_id", "receiver", name="uq_outbound_webhooks_event_receiver"),
+        Index("ix_outbound_webhooks_due", "status", "next_attempt_at"),
+        Index("ix_outbound_webhooks_order", "receiver", "lead_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(40))        # X-Leadrouter-Id: one per event, the same on retries
+    event: Mapped[str] = mapped_column(String(40))           # lead.assigned, ... or escalation (Slack only)
+    lead_id: Mapped[str] = mapped_column(String(220), index=True)
+    receiver: Mapped[str] = mapped_column(String(1000))      # the webhook URL, or "slack"
+    body: Mapped[str] = mapped_column(Text)                  # exactly the bytes signed and sent
+    status: Mapped[str] = mapped_column(String(16), default="pending")   # pending, delivered, failed, cancelled
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]                     # a sender holds it until then
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")

@@ -16,13 +16,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import func, inspect, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from routing.config import Rules
 from routing.events import iso
 from worker import db, stream
 from worker.assign import Router, lock_routing
+from worker.outbound import forget as outbound_forget
+from worker.outbound import summary as outbound_summary
 
 PAUSE_KEY = "paused"
 AWAY_KEY = "away:{}"
@@ -31,8 +33,6 @@ FOREVER = datetime(9999, 1, 1, tzinfo=UTC)   # "away until `rep back`"
 ERASED = "[erased]"
 SENT = ("sent", "maybe_sent", "delivered")
 OPEN_EPISODE = ("open", "unrouted")
-# tables other work may add for outbound webhook attempts; status shows failures when one exists
-WEBHOOK_TABLES = ("outbound_webhooks", "webhook_deliveries", "outbound_deliveries")
 
 
 class OpsError(Exception):
@@ -262,6 +262,7 @@ def forget(session: Session, lead_id: str, *, actor: str | None, now: datetime |
         a.reasons = _scrub(a.reasons, personal)
     for s in session.scalars(select(db.AlertStep).where(db.AlertStep.lead_id.in_(ids))):
         s.note = _scrub(s.note, personal)
+    outbound_forget(session, ids, lambda x: _scrub(x, personal))
     dead = 0
     for dl in session.scalars(select(db.DeadLetter)):
         if _dead_letter_lead(dl) & ids or _mentions(dl.payload, personal):
@@ -402,6 +403,7 @@ def status(session: Session, r: redis.Redis, rules: Rules, now: datetime | None 
                for row in session.scalars(select(db.Setting).where(db.Setting.key.like(f"{WORKER_PREFIX}%"))
                                           .order_by(db.Setting.key))]
     dead_total = session.scalar(select(func.count()).select_from(db.DeadLetter)) or 0
+    outbound = outbound_summary(session, now)
     dead_new = session.scalar(select(func.count()).select_from(db.DeadLetter)
                               .where(db.DeadLetter.retried_at.is_(None))) or 0
     return {
@@ -427,24 +429,9 @@ def status(session: Session, r: redis.Redis, rules: Rules, now: datetime | None 
         "disabled_channels": {r["rep"]: r["disabled_channels"] for r in reps if r["disabled_channels"]},
         "rules_hash": rules.hash,
         "workers": workers,
-        "failed_webhooks": _failed_webhooks(session),
+        "failed_webhooks": outbound["failed"],
+        "outbound": outbound,
     }
-
-
-def _failed_webhooks(session: Session) -> int | None:
-    """Failed outbound webhook attempts, when the table for them exists; None otherwise."""
-    from sqlalchemy import column, table
-
-    insp = inspect(session.connection())   # the session's own connection: SQLite allows one writer
-    names = set(insp.get_table_names())
-    for name in WEBHOOK_TABLES:
-        if name in names:
-            cols = {c["name"] for c in insp.get_columns(name)}
-            if "status" not in cols:
-                return None
-            t = table(name, column("status"))
-            return int(session.scalar(select(func.count()).select_from(t).where(t.c.status == "failed")) or 0)
-    return None
 
 
 def render_status(data: dict[str, Any]) -> str:
@@ -465,9 +452,16 @@ def render_status(data: dict[str, Any]) -> str:
         ("unrouted leads", data["unrouted"]),
         ("alerting", "paused" if data["paused"] else "on"),
     ]
-    if data["failed_webhooks"] is not None:
-        summary.append(("failed webhooks", data["failed_webhooks"]))
+    ob = data["outbound"]
+    summary.append(("webhooks pending", ob["pending"] if ob["oldest_pending_seconds"] is None
+                    else f"{ob['pending']} (oldest {ob['oldest_pending_seconds']:.0f}s)"))
+    summary.append(("webhooks failed", ob["failed"]))
     lines.append(table(summary, ["", "now"]))
+    if ob["recent_failures"]:
+        lines.append("")
+        lines.append(table([(f["at"], f["event"], f["lead"], f["receiver"], f["attempts"], f["error"] or "")
+                            for f in ob["recent_failures"]],
+                           ["failed webhook", "event", "lead", "receiver", "attempts", "last error"]))
     if data["unrouted_leads"]:
         lines.append("")
         lines.append("unrouted: " + ", ".join(data["unrouted_leads"]))
