@@ -19,6 +19,7 @@ from routing.events import iso
 from worker import db
 from worker.channels.base import mask_recipient
 from worker.ops import ERASED, resolve_lead, table
+from worker.outbound import receiver_name
 
 
 def explain(session: Session, lead_id: str, rules: Rules | None = None, now: datetime | None = None
@@ -48,6 +49,8 @@ def explain(session: Session, lead_id: str, rules: Rules | None = None, now: dat
         deliveries.setdefault(d.step_id, []).append(d)
     traces = list(session.scalars(select(db.Trace).where(db.Trace.lead_id == lead.id)
                                   .order_by(db.Trace.at, db.Trace.id)))
+    outbound = list(session.scalars(select(db.OutboundWebhook).where(db.OutboundWebhook.lead_id == lead.id)
+                                    .order_by(db.OutboundWebhook.id)))
     rep_of = {a.id: a.rep_id for a in assignments}
     first = next((a for a in assignments if a.route != "manual"), assignments[0] if assignments else None)
     current = next((a for a in reversed(assignments) if a.current), assignments[-1] if assignments else None)
@@ -95,6 +98,9 @@ def explain(session: Session, lead_id: str, rules: Rules | None = None, now: dat
         "claims": [{"assignment_id": a.id, "rep": a.rep_id, "claimed_by": a.claimed_by, "claimed_at": iso(a.claimed_at)}
                    for a in assignments if a.claimed_at is not None],
         "trace": [{"at": iso(t.at), "kind": t.kind, "actor": t.actor, "detail": t.detail} for t in traces],
+        "outbound": [{"id": o.event_id, "event": o.event, "receiver": receiver_name(o.receiver), "status": o.status,
+                      "attempts": o.attempts, "created_at": iso(o.created_at), "delivered_at": iso(o.delivered_at),
+                      "error": o.last_error} for o in outbound],
     }
 
 
@@ -177,6 +183,11 @@ def render_explain(data: dict[str, Any]) -> str:
         out.append(table(rows, ["step", "rep", "#", "kind", "due", "status", "fired", "note"]))
     else:
         out.append("  none")
+
+    if data["outbound"]:
+        out += ["", "outbound"]
+        out.append(table([(o["created_at"], o["event"], o["receiver"], o["status"], o["attempts"], o["error"] or "")
+                          for o in data["outbound"]], ["at", "event", "receiver", "status", "attempts", "error"]))
 
     if data["trace"]:
         out += ["", "history"]

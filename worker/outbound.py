@@ -324,11 +324,11 @@ class Sender:
                 wait = max(wait, timedelta(seconds=min(outcome.retry_after, RETRY_AFTER_MAX)))
             if not outcome.retry:
                 row.status = "failed"
-                log.warning("webhook %s to %s failed for good: %s", row.event_id, _where(row.receiver), outcome.error)
+                log.warning("webhook %s to %s failed for good: %s", row.event_id, receiver_name(row.receiver), outcome.error)
             elif now + wait > row.created_at + policy.retry_for:
                 row.status = "failed"
                 row.last_error = f"gave up after {row.attempts} attempts: {outcome.error}"
-                log.warning("webhook %s to %s: %s", row.event_id, _where(row.receiver), row.last_error)
+                log.warning("webhook %s to %s: %s", row.event_id, receiver_name(row.receiver), row.last_error)
             else:
                 row.next_attempt_at = now + wait
 
@@ -351,7 +351,7 @@ class Sender:
         self.client.close()
 
 
-def _where(receiver: str) -> str:
+def receiver_name(receiver: str) -> str:
     """A receiver as logs and ``status`` show it: the host only (URLs may carry tokens)."""
     return SLACK if receiver == SLACK else (urlsplit(receiver).netloc or "?")
 
@@ -391,7 +391,7 @@ def summary(session: Session, now: datetime, recent: int = 10) -> dict[str, Any]
         "delivered": int(counts.get("delivered", 0)),
         "failed": int(counts.get("failed", 0)),
         "oldest_pending_seconds": round((now - oldest).total_seconds(), 1) if oldest else None,
-        "recent_failures": [{"id": r.id, "event": r.event, "lead": r.lead_id, "receiver": _where(r.receiver),
+        "recent_failures": [{"id": r.id, "event": r.event, "lead": r.lead_id, "receiver": receiver_name(r.receiver),
                              "attempts": r.attempts, "status": r.last_status, "error": r.last_error,
                              "at": _iso(r.created_at)} for r in failures],
     }
