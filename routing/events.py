@@ -8,9 +8,10 @@ whose timestamp is an aware UTC datetime and whose lead id is known.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from routing.config import PageRule
@@ -18,6 +19,7 @@ from routing.config import PageRule
 MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
 MAX_DEPTH = 32
+MAX_SEND_DELAY = timedelta(days=1000 * 365)  # how long before its sentAt an event may say it happened
 TYPES = {"track", "identify", "page", "alias"}
 UTC = UTC
 
@@ -29,6 +31,10 @@ class EventError(ValueError):
         self.field = field
         self.message = message
         super().__init__(f"{field}: {message}" if field else message)
+
+
+class EventTooLarge(EventError):
+    """The event is over :data:`MAX_EVENT_BYTES`."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,10 @@ def parse_time(value: Any, field: str) -> datetime:
         raise EventError(field, f"not an ISO 8601 timestamp: {value!r}") from None
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)  # no offset means UTC
-    return ts.astimezone(UTC)
+    try:
+        return ts.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is a valid ISO string but no UTC instant
+        raise EventError(field, f"out of range once converted to UTC: {value!r}") from None
 
 
 def iso(ts: datetime | None) -> str | None:
@@ -93,8 +102,9 @@ def iso(ts: datetime | None) -> str | None:
 
 
 def _depth(value: Any, limit: int) -> int:
-    """Nesting depth, stopping early once past ``limit`` (hostile input can be deep)."""
-    stack = [(value, 1)]
+    """Nesting depth in objects and arrays (``{}`` is 1, ``{"a": {}}`` is 2; scalars add nothing),
+    stopping early once past ``limit`` (hostile input can be deep)."""
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
     deepest = 0
     while stack:
         node, d = stack.pop()
@@ -102,10 +112,8 @@ def _depth(value: Any, limit: int) -> int:
             deepest = d
             if deepest > limit:
                 return deepest
-        if isinstance(node, dict):
-            stack.extend((v, d + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, d + 1) for v in node)
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, d + 1) for c in children if isinstance(c, (dict, list)))
     return deepest
 
 
@@ -140,24 +148,66 @@ def map_page(raw: Mapping[str, Any], pages: list[PageRule]) -> str:
     return "Page Viewed"
 
 
-def encoded_size(raw: Any) -> int:
-    return len(json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode())
+def _unstorable(value: Any) -> str | None:
+    """Why ``value`` (searched all through) cannot be stored and scored, or None. Text with U+0000:
+    no PostgreSQL text column holds it. An integer past a double's range: most JSON readers, and
+    scoring, take numbers as doubles."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return "text may not contain NUL characters (\\u0000)"
+        elif isinstance(node, int) and not isinstance(node, bool):
+            if abs(node) > sys.float_info.max:
+                return "a number is out of range (beyond ±1.8e308)"
+        elif isinstance(node, dict):
+            stack.extend(node)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return None
+
+
+def _encoded(raw: dict[str, Any]) -> bytes:
+    """``raw`` as compact UTF-8 JSON, or an EventError when it is not storable JSON text."""
+    try:
+        # NaN and Infinity are not JSON (json.loads accepts them; PostgreSQL does not)
+        text = json.dumps(raw, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:   # from Python callers and NaN in files; never from the HTTP API
+        raise EventError("", f"not JSON: {exc}") from None
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # "\ud800" is valid JSON but no text: no database stores it, so it is refused here, not later
+        raise EventError("", "text is not valid Unicode (a lone surrogate such as \\ud800)") from None
 
 
 def check_envelope(raw: Any) -> None:
-    """The checks that need no rules: shape, size, depth, ids. Raises :class:`EventError`."""
+    """The checks that need no rules: shape, size, depth, ids. Raises :class:`EventError`.
+
+    An event that passes is one :func:`normalize` accepts, so nothing accepted at ingestion
+    becomes a dead letter for a reason ingestion could have seen.
+    """
     if not isinstance(raw, dict):
         raise EventError("", "an event must be a JSON object")
     if _depth(raw, MAX_DEPTH) > MAX_DEPTH:
         raise EventError("", f"nesting deeper than {MAX_DEPTH} levels")
-    if encoded_size(raw) > MAX_EVENT_BYTES:
-        raise EventError("", f"event larger than {MAX_EVENT_BYTES // 1024} KB")
+    if len(_encoded(raw)) > MAX_EVENT_BYTES:
+        raise EventTooLarge("", f"event larger than {MAX_EVENT_BYTES // 1024} KB")
+    for key, value in raw.items():
+        if problem := _unstorable(value):
+            raise EventError(key, problem)
+    if problem := _unstorable(list(raw)):   # the keys themselves
+        raise EventError("", problem)
     etype = raw.get("type")
     if not isinstance(etype, str) or not etype:
         raise EventError("type", "is required (track, identify, page or alias)")
     mid = _opt_id(raw, "messageId")
     if mid is None:
         raise EventError("messageId", "is required (it is the idempotency key)")
+    for key in ("userId", "anonymousId", "previousId"):
+        _opt_id(raw, key)   # optional, but when given they must be ids
     if etype in TYPES:
         if etype == "alias":
             if _opt_id(raw, "userId") is None or _opt_id(raw, "previousId") is None:
@@ -175,9 +225,9 @@ def check_envelope(raw: Any) -> None:
                 raise EventError(key, "must be an object")
         if etype == "page" and "name" in raw and raw["name"] is not None and not isinstance(raw["name"], str):
             raise EventError("name", "must be a string")
-    for key in ("timestamp", "sentAt"):
-        if raw.get(key) is not None:
-            parse_time(raw[key], key)
+    times = {key: parse_time(raw[key], key) for key in ("timestamp", "sentAt") if raw.get(key) is not None}
+    if len(times) == 2 and times["sentAt"] - times["timestamp"] > MAX_SEND_DELAY:
+        raise EventError("timestamp", f"is more than {MAX_SEND_DELAY.days // 365} years before sentAt")
 
 
 def normalize(
@@ -197,7 +247,14 @@ def normalize(
     etype = str(raw["type"])
     ts = parse_time(raw["timestamp"], "timestamp") if raw.get("timestamp") is not None else received_at
     if raw.get("sentAt") is not None:
-        ts = ts + (received_at - parse_time(raw["sentAt"], "sentAt"))
+        # timestamp + (receivedAt - sentAt), computed as receivedAt + (timestamp - sentAt): a positive
+        # offset is a time in the future, clamped to receivedAt anyway, and a negative one is bounded
+        # by MAX_SEND_DELAY, so only a receivedAt near year 1 (a replay in simulate) can overflow
+        offset = ts - parse_time(raw["sentAt"], "sentAt")
+        try:
+            ts = received_at + min(offset, timedelta(0))
+        except OverflowError:
+            raise EventError("timestamp", "is too long before sentAt to correct for clock skew") from None
     if ts > received_at:
         ts = received_at
     props = raw.get("properties") or {}

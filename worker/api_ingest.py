@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.requests import ClientDisconnect
 
-from routing.events import MAX_BATCH_BYTES, MAX_EVENT_BYTES, EventError, check_envelope, encoded_size
+from routing.events import MAX_BATCH_BYTES, MAX_EVENT_BYTES, EventError, EventTooLarge, check_envelope
 from worker import metrics
 from worker.db import now_utc
 from worker.publish import PublishResult, kick_drain, publish
@@ -72,8 +72,17 @@ class IngestError(Exception):
         self.headers = headers or {}
 
 
+class IngestJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: answers echo a refused event's ``messageId``,
+    and "\\ud800" is valid JSON that has no UTF-8 form."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"success": False, "code": code, "message": message}, status_code=status, headers=headers)
+    return IngestJSONResponse({"success": False, "code": code, "message": message}, status_code=status,
+                              headers=headers)
 
 
 # ---------------------------------------------------------------- documentation models
@@ -419,16 +428,16 @@ async def ingest(request: Request, etype: str | None) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
     if etype is not None and accepted.errors:
         return error_response(400, "invalid_event", accepted.errors[0]["error"])
-    return JSONResponse({"success": True, "accepted": accepted.result.accepted, "errors": accepted.errors})
+    return IngestJSONResponse({"success": True, "accepted": accepted.result.accepted, "errors": accepted.errors})
 
 
 def _check_single(event: dict[str, Any]) -> None:
     """A single-event call is the event: its own size limit makes the whole request too large."""
     try:
         check_envelope(event)
+    except EventTooLarge:
+        raise IngestError(413, "too_large", f"event larger than {MAX_EVENT_BYTES // 1024} KB") from None
     except EventError as exc:
-        if encoded_size(event) > MAX_EVENT_BYTES:
-            raise IngestError(413, "too_large", f"event larger than {MAX_EVENT_BYTES // 1024} KB") from None
         raise IngestError(400, "invalid_event", str(exc)) from None
 
 

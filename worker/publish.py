@@ -33,7 +33,7 @@ def lane_for(raw: dict[str, Any], rules: Rules) -> str:
     """High-value events take the fast lane so a backlog of page views never delays them."""
     name: str | None = None
     if raw.get("type") == "track" and isinstance(raw.get("event"), str):
-        name = raw["event"]
+        name = raw["event"].strip()
     elif raw.get("type") == "page":
         name = map_page(raw, rules.pages)
     if name is None:

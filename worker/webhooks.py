@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import html
 import json
 import logging
@@ -28,6 +29,7 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from starlette.requests import ClientDisconnect
 
 from routing.durations import parse_duration
 from routing.messages import short_code
@@ -50,13 +52,67 @@ HELP_TEXT = ("leadrouter: reply 1 (or YES, CLAIM) to claim your newest lead, 2 (
              "add the code to pick a lead (1 K7Q). AWAY, AWAY 2h, BACK set your availability.")
 
 
+# ---------------------------------------------------------------- what the OpenAPI document says
+
+_STR: dict[str, Any] = {"type": "string"}
+
+
+def _text(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/plain": {"schema": _STR}}}
+
+
+def _html(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/html": {"schema": _STR}}}
+
+
+def _form_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"required": bool(required), "content": {"application/x-www-form-urlencoded": {"schema": {
+        "type": "object", "properties": properties, "required": required, "additionalProperties": _STR}}}}
+
+
+def _header(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": True, "schema": _STR, "description": description}
+
+
+_TWILIO_SIGNATURE = _header("X-Twilio-Signature", "Base64 HMAC-SHA1 of the public URL and the form fields, "
+                                                  "keyed with the Twilio auth token.")
+_REFUSED: dict[int | str, dict[str, Any]] = {403: _text("Missing or wrong signature; nothing changed."),
+                                              413: _text(f"Body over {MAX_BODY // 1024} KB; nothing changed.")}
+
+
 def _forbidden() -> Response:
     return Response("forbidden", status_code=403, media_type="text/plain")
 
 
+def _too_large() -> Response:
+    return Response(f"request body over {MAX_BODY // 1024} KB", status_code=413, media_type="text/plain")
+
+
 async def _body(request: Request) -> bytes | None:
-    body = await request.body()
-    return None if len(body) > MAX_BODY else body
+    """The body, or None when it is over ``MAX_BODY``: read no further than that (a huge upload is never held)."""
+    try:
+        if int(request.headers.get("content-length", "0")) > MAX_BODY:
+            return None
+    except ValueError:
+        pass   # no usable length: the stream is counted as it comes
+    out = bytearray()
+    try:
+        async for piece in request.stream():
+            out.extend(piece)
+            if len(out) > MAX_BODY:
+                return None
+    except ClientDisconnect:
+        return None
+    return bytes(out)
+
+
+def _dedup_key(provider: str, provider_id: str) -> str:
+    """The stored key for a provider's message or event id: the id itself when it fits the column
+    (120 characters, printable), else its SHA-256, so that no two ids ever share a key."""
+    key = f"{provider}:{provider_id}"
+    if len(key) <= 120 and key.isprintable():
+        return key
+    return f"{provider}:sha256:{hashlib.sha256(provider_id.encode('utf-8', 'surrogatepass')).hexdigest()}"
 
 
 def _remember(session: Session, key: str, now: datetime) -> bool:
@@ -107,11 +163,18 @@ def _digits(phone: str) -> str:
     return re.sub(r"\D", "", phone or "")
 
 
-@router.post("/webhooks/twilio/sms", include_in_schema=True, tags=["webhooks"])
+@router.post("/webhooks/twilio/sms", tags=["webhooks"], response_class=Response,
+             responses={200: {"description": "TwiML: the answer to the rep (empty for a replay or an unknown number).",
+                              "content": {"application/xml": {"schema": _STR}}},
+                        400: _text("MessageSid or From is missing."), **_REFUSED},
+             openapi_extra={"parameters": [_TWILIO_SIGNATURE], "requestBody": _form_body(
+                 {"MessageSid": _STR, "From": _STR, "To": _STR, "Body": _STR}, ["MessageSid", "From"])})
 async def twilio_sms(request: Request) -> Response:
     """A rep's SMS reply. Verified with ``X-Twilio-Signature``; answered with TwiML."""
     body = await _body(request)
-    params = _form(body) if body is not None else None
+    if body is None:
+        return _too_large()
+    params = _form(body)
     if params is None or not _twilio_ok(request, "/webhooks/twilio/sms", params):
         return _forbidden()
     sid, sender, text = params.get("MessageSid", ""), params.get("From", ""), params.get("Body", "")
@@ -122,7 +185,7 @@ async def twilio_sms(request: Request) -> Response:
     now = now_utc()
     due: tuple[int, ...] = ()
     with rt.sessions.begin() as session:
-        if not _remember(session, f"twilio:{sid}", now):
+        if not _remember(session, _dedup_key("twilio", sid), now):
             return _twiml(None)
         rep = next((r for r in rules.reps if r.phone and _digits(r.phone) == _digits(sender)), None)
         if rep is None:
@@ -151,7 +214,7 @@ def handle_reply(session: Session, rep_id: str, sender: str, text: str, now: dat
         if rest:
             try:
                 until = now + parse_duration(rest[0].lower())
-            except ValueError:
+            except (ValueError, OverflowError):   # "AWAY 99999999999d" is past any date
                 return "Say AWAY, or AWAY 2h / AWAY 30m.", ()
         _set_away(session, rep_id, until, now)
         return ("You are away until you reply BACK." if not rest
@@ -203,11 +266,17 @@ def _target_lead(session: Session, rep_id: str, sender: str, code: str | None, n
     return None
 
 
-@router.post("/webhooks/twilio/status", tags=["webhooks"])
+@router.post("/webhooks/twilio/status", tags=["webhooks"], status_code=204, response_class=Response,
+             responses={204: {"description": "Recorded."}, 400: _text("MessageSid or MessageStatus is missing."),
+                        **_REFUSED},
+             openapi_extra={"parameters": [_TWILIO_SIGNATURE], "requestBody": _form_body(
+                 {"MessageSid": _STR, "MessageStatus": _STR, "ErrorCode": _STR}, ["MessageSid", "MessageStatus"])})
 async def twilio_status(request: Request) -> Response:
     """Twilio's message status callback: settles a delivery; a failure moves the step to email."""
     body = await _body(request)
-    params = _form(body) if body is not None else None
+    if body is None:
+        return _too_large()
+    params = _form(body)
     if params is None or not _twilio_ok(request, "/webhooks/twilio/status", params):
         return _forbidden()
     sid, status = params.get("MessageSid", ""), params.get("MessageStatus", "")
@@ -221,6 +290,8 @@ def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: 
     """Record a provider's word on a delivery; failed deliveries fail over to the other channel."""
     from worker.alerts import disable_channel, failover, send_all
 
+    if "\x00" in provider_id:   # no delivery has such an id, and PostgreSQL cannot even compare one
+        return
     rt = get_runtime()
     now = now_utc()
     sends = []
@@ -252,14 +323,27 @@ def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: 
 # ---------------------------------------------------------------- SendGrid
 
 
-@router.post("/webhooks/sendgrid/events", tags=["webhooks"])
+@router.post("/webhooks/sendgrid/events", tags=["webhooks"], status_code=204, response_class=Response,
+             responses={204: {"description": "Recorded; an sg_event_id seen before changes nothing."},
+                        400: _text("The body is not a JSON array of events."), **_REFUSED},
+             openapi_extra={"parameters": [
+                 _header("X-Twilio-Email-Event-Webhook-Signature",
+                         "Base64 ECDSA (P-256, SHA-256) signature of the timestamp followed by the body."),
+                 _header("X-Twilio-Email-Event-Webhook-Timestamp",
+                         f"Unix seconds; more than {SENDGRID_MAX_AGE} s away from now is refused.")],
+                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                     "type": "array", "items": {"type": "object", "additionalProperties": True, "properties": {
+                         "sg_event_id": _STR, "sg_message_id": _STR, "event": _STR, "delivery_id": _STR}}}}}}})
 async def sendgrid_events(request: Request) -> Response:
     """SendGrid's signed event webhook (ECDSA); deduplicated by ``sg_event_id``."""
     body = await _body(request)
+    if body is None:
+        return _too_large()
     settings = get_runtime().settings
     signature = request.headers.get("X-Twilio-Email-Event-Webhook-Signature", "")
     stamp = request.headers.get("X-Twilio-Email-Event-Webhook-Timestamp", "")
-    if body is None or not settings.sendgrid_webhook_public_key or not signature or not stamp.isdigit():
+    # ASCII digits only: "²".isdigit() is true, and a 400-digit stamp is no time at all
+    if not settings.sendgrid_webhook_public_key or not signature or not re.fullmatch(r"[0-9]{1,12}", stamp):
         return _forbidden()
     if abs(time.time() - int(stamp)) > SENDGRID_MAX_AGE:
         return _forbidden()
@@ -278,7 +362,7 @@ async def sendgrid_events(request: Request) -> Response:
         for ev in events:
             if not isinstance(ev, dict) or not isinstance(ev.get("sg_event_id"), str):
                 continue
-            if not _remember(session, f"sendgrid:{ev['sg_event_id']}"[:120], now):
+            if not _remember(session, _dedup_key("sendgrid", ev["sg_event_id"]), now):
                 continue
             delivery_id = ev.get("delivery_id")
             message_id = str(ev.get("sg_message_id") or "").split(".")[0]
@@ -292,9 +376,9 @@ async def sendgrid_events(request: Request) -> Response:
 
 def _delivery_key(session: Session, delivery_id: Any, message_id: str) -> str | None:
     d = None
-    if isinstance(delivery_id, str) and delivery_id.isdigit():
+    if isinstance(delivery_id, str) and re.fullmatch(r"[0-9]{1,18}", delivery_id):   # a row id ("²" is a digit too)
         d = session.get(db.Delivery, int(delivery_id))
-    if d is None and message_id:
+    if d is None and message_id and "\x00" not in message_id:
         d = session.scalar(select(db.Delivery).where(db.Delivery.provider_id == message_id).limit(1))
     if d is None:
         return None
@@ -359,7 +443,12 @@ def _lead_details(lead: db.Lead) -> str:
     return f'<div class="card"><dl>{items}</dl></div>'
 
 
-@router.get("/claim/{token}", response_class=HTMLResponse, tags=["claim"])
+_CLAIM_REFUSED: dict[int | str, dict[str, Any]] = {
+    403: _html("Not a valid claim link."),
+    410: _html("The link has expired, or the lead is no longer open to this rep.")}
+
+
+@router.get("/claim/{token}", response_class=HTMLResponse, tags=["claim"], responses={**_CLAIM_REFUSED})
 def claim_page(token: str) -> HTMLResponse:
     """The lead and Claim / Pass buttons. Showing the page changes nothing (mail scanners follow links)."""
     now = now_utc()
@@ -383,7 +472,11 @@ def claim_page(token: str) -> HTMLResponse:
         return _page("New hot lead", _lead_details(lead) + f"<p>{buttons}</p>")
 
 
-@router.post("/claim/{token}", response_class=HTMLResponse, tags=["claim"])
+@router.post("/claim/{token}", response_class=HTMLResponse, tags=["claim"],
+             responses={400: _html("An action other than claim or pass."), **_CLAIM_REFUSED,
+                        409: _html("Already claimed, or no longer this rep's lead."),
+                        413: _html(f"Body over {MAX_BODY // 1024} KB.")},
+             openapi_extra={"requestBody": _form_body({"action": {"type": "string", "enum": ["claim", "pass"]}}, [])})
 async def claim_post(token: str, request: Request) -> HTMLResponse:
     """Claim (or pass) the lead the token names."""
     now = now_utc()
@@ -391,7 +484,9 @@ async def claim_post(token: str, request: Request) -> HTMLResponse:
     if bad is not None:
         return bad
     body = await _body(request)
-    params = _form(body or b"") or {}
+    if body is None:
+        return _page("Too large", "<p>Use the Claim or Pass button.</p>", 413)
+    params = _form(body) or {}
     action = params.get("action", "claim")
     if action not in ("claim", "pass"):
         return _page("Unknown action", "<p>Use the Claim or Pass button.</p>", 400)
