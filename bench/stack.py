@@ -135,13 +135,6 @@ class Processes:
                            "--pool", "prefork", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--without-heartbeat",
                            "--without-gossip", "--without-mingle", "-l", "WARNING"], name)
 
-    def service_workers(self, concurrency: int = 2, alert_concurrency: int = 2) -> list[subprocess.Popen[bytes]]:
-        """The layout of ``leadrouter worker``: one group on ``events``, another on ``fast,alerts``."""
-        from worker.service import celery_command
-
-        return [self.start(celery_command("events", concurrency, "events", loglevel="WARNING"), "events"),
-                self.start(celery_command("fast,alerts", alert_concurrency, "alerts", loglevel="WARNING"), "alerts")]
-
     def beat(self) -> subprocess.Popen[bytes]:
         return self.start([sys.executable, "-m", "worker.cli", "beat"], "beat")
 

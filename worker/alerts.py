@@ -1,23 +1,37 @@
-"""Firing one cadence step: claim it, write its deliveries, send them, record what happened.
+"""Firing cadence steps: claim them, write their deliveries, send them, record what happened.
 
 A step fires exactly once: the claim is a compare-and-set from ``pending`` to
-``firing`` that only one caller wins. Each delivery row (one person, one
-channel) is written and committed *before* its request leaves, and updated
-after, so a worker that dies mid-send leaves a row that says "maybe sent" and
-nothing is sent twice for that step and channel: the row's unique key
-(step, recipient, channel) forbids it.
+``firing`` that only one caller wins, and only once the step is due. Each
+delivery row (one person, one channel) is written and committed *before* its
+request leaves, and updated after, so a worker that dies mid-send leaves a row
+that says "maybe sent" and nothing is sent twice for that step and channel: the
+row's unique key (step, recipient, channel) forbids it.
+
+Steps are fired in batches (:func:`fire_steps`): one transaction claims every
+step of the batch and commits all their delivery rows, every request of the
+batch then goes out at once from a small thread pool (the provider SDKs block on
+I/O), and one more transaction records the answers. A step costs about one
+provider round trip and a share of two transactions, however many channels and
+people it reaches.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
-from dataclasses import dataclass
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, insert, or_, select, union_all, update
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from routing.cadence import escalates, validity_seconds
@@ -43,6 +57,7 @@ from worker.tokens import ClaimToken, sign
 log = logging.getLogger("leadrouter.alerts")
 
 CLAIMABLE = {"first", "retry", "escalation", "reassign", "priority"}
+TIMELINE = 20   # engagement events an alert shows
 
 
 # ---------------------------------------------------------------- channels
@@ -97,16 +112,35 @@ class Planned:
 
 
 def lead_view(session: Session, lead: db.Lead, rules: Rules) -> LeadView:
-    rows = session.execute(
-        select(db.Event.timestamp, db.Event.name, db.Event.points)
-        .where(db.Event.lead_id == lead.id, db.Event.type == "track")
-        .order_by(db.Event.timestamp.desc()).limit(20)
-    ).all()
+    return _view(lead, _timelines(session, [lead.id]).get(lead.id, []), rules)
+
+
+Timeline = list[tuple[datetime, str | None, float]]
+
+
+def _timelines(session: Session, lead_ids: Iterable[str]) -> dict[str, Timeline]:
+    """Each lead's latest track events, newest first: one statement, each lead read through its own index range."""
+    ids = sorted(set(lead_ids))
+    if not ids:
+        return {}
+    parts = [select(db.Event.lead_id, db.Event.timestamp, db.Event.name, db.Event.points)
+             .where(db.Event.lead_id == lead_id, db.Event.type == "track")
+             .order_by(db.Event.timestamp.desc()).limit(TIMELINE).subquery() for lead_id in ids]
+    stmt = select(parts[0]) if len(parts) == 1 else union_all(*(select(part) for part in parts))
+    out: dict[str, Timeline] = {}
+    for lead_id, at, name, points in session.execute(stmt):
+        out.setdefault(lead_id, []).append((at, name, points))
+    for rows in out.values():
+        rows.sort(key=lambda row: row[0], reverse=True)
+    return out
+
+
+def _view(lead: db.Lead, timeline: Timeline, rules: Rules) -> LeadView:
     traits = lead.traits or {}
     qualification = [describe_condition(c) for c in rules.scoring.red_hot.all if condition_holds(traits, c)] \
         if lead.tier == "red_hot" else []
     return LeadView(lead_id=lead.id, traits=traits, score=lead.score, tier=lead.tier, breakdown=lead.breakdown or {},
-                    timeline=[(t, n or "", p) for t, n, p in reversed(rows)], qualification=qualification)
+                    timeline=[(t, n or "", p) for t, n, p in reversed(timeline)], qualification=qualification)
 
 
 def _addresses(rep: Rep) -> list[tuple[str, str]]:
@@ -126,9 +160,12 @@ def _disabled(session: Session, rep_id: str) -> dict[str, Any]:
     return dict(state.disabled_channels or {}) if state else {}
 
 
-def plan_recipients(session: Session, rules: Rules, step: db.AlertStep, assignment: db.Assignment | None
-                    ) -> list[Planned]:
-    """Who hears about this step, on which channels (disabled channels left out)."""
+def plan_recipients(session: Session, rules: Rules, step: db.AlertStep, assignment: db.Assignment | None,
+                    disabled: Callable[[str], dict[str, Any]] | None = None) -> list[Planned]:
+    """Who hears about this step, on which channels (disabled channels left out).
+
+    ``disabled`` looks up a rep's switched-off channels; a batch passes one that
+    answers from rows it loaded together."""
     if step.kind == "unrouted":
         out = []
         for addr in rules.routing.unrouted_notify:
@@ -150,7 +187,7 @@ def plan_recipients(session: Session, rules: Rules, step: db.AlertStep, assignme
             people.append((manager, "escalation"))
     out = []
     for person, msg_kind in people:
-        off = _disabled(session, person.id)
+        off = disabled(person.id) if disabled is not None else _disabled(session, person.id)
         for channel, to in _addresses(person):
             if channel in off:
                 continue
@@ -166,12 +203,91 @@ def claim_url(settings: Settings, rules: Rules, rep_id: str, assignment: db.Assi
 
 # ---------------------------------------------------------------- firing
 
+# Provider requests in flight at once, per worker process. A provider answers in 0.1-0.3 s,
+# so this many threads carry about 100 requests a second; a waiting thread costs next to nothing.
+SEND_THREADS = 32
+RECORD_ATTEMPTS = 3    # the providers have answered: a short database outage must not lose what they said
 
-def _claim_step(session: Session, step_id: int, now: datetime) -> bool:
+
+@dataclass
+class Fired:
+    """What firing a batch leaves for the caller to queue."""
+
+    follow_up: list[int] = field(default_factory=list)   # due now because of it: a reassignment's first alert, …
+    early: list[tuple[int, datetime]] = field(default_factory=list)   # (step id, due_at) handed over before due
+
+    def add(self, other: Fired) -> None:
+        self.follow_up += other.follow_up
+        self.early += other.early
+
+
+@dataclass
+class _Send:
+    delivery_id: int
+    step_id: int | None
+    recipient: str
+    channel: str
+    message: OutboundMessage
+    first_alert_of: int | None  # episode id when this is the episode's first alert (speed-to-lead)
+    outcome: str = "pending"
+    provider_id: str | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    answered_at: datetime | None = None   # when the provider answered, or the attempt gave up
+
+
+@dataclass
+class _Firing:
+    """A claimed step whose delivery rows are committed and whose messages are about to leave."""
+
+    step: db.AlertStep
+    assignment: db.Assignment | None
+    sends: list[_Send] = field(default_factory=list)
+
+
+_sqlite_writer = threading.Lock()
+
+
+@contextmanager
+def _transaction() -> Iterator[Session]:
+    """A transaction of the alert path. SQLite has one writer at a time and its waiters poll
+    with growing sleeps, first come not first served; so this process's threads queue on a
+    lock of their own and at most one of them waits on the database."""
+    rt = get_runtime()
+    serial = rt.engine.dialect.name == "sqlite"
+    if serial:
+        _sqlite_writer.acquire()
+    try:
+        with rt.sessions.begin() as session:
+            yield session
+    finally:
+        if serial:
+            _sqlite_writer.release()
+
+
+def _is_outage(exc: BaseException) -> bool:
+    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def _claim_steps(session: Session, step_ids: Sequence[int], now: datetime
+                 ) -> tuple[list[int], list[tuple[int, datetime]]]:
+    """Compare-and-set ``pending`` → ``firing`` on the steps that are due: (won, pending but not due yet).
+
+    A step someone else claimed, or that was cancelled or collapsed, is in neither list."""
     me = f"{socket.gethostname()}:{get_runtime().pid}"
-    won = session.execute(update(db.AlertStep).where(db.AlertStep.id == step_id, db.AlertStep.status == "pending")
-                          .values(status="firing", claimed_by=me, claimed_at=now)).rowcount
-    return won == 1
+    won = set(session.scalars(
+        update(db.AlertStep)
+        .where(db.AlertStep.id.in_(step_ids), db.AlertStep.status == "pending", db.AlertStep.due_at <= now)
+        .values(status="firing", claimed_by=me, claimed_at=now)
+        .returning(db.AlertStep.id)
+        .execution_options(synchronize_session=False)))
+    lost = [i for i in step_ids if i not in won]
+    early: list[tuple[int, datetime]] = []
+    if lost:
+        early = [(i, at) for i, at in session.execute(
+            select(db.AlertStep.id, db.AlertStep.due_at)
+            .where(db.AlertStep.id.in_(lost), db.AlertStep.status == "pending", db.AlertStep.due_at > now))]
+    return [i for i in step_ids if i in won], early
 
 
 def _finish(session: Session, step: db.AlertStep, status: str, now: datetime, note: str | None = None) -> None:
@@ -182,64 +298,172 @@ def _finish(session: Session, step: db.AlertStep, status: str, now: datetime, no
 
 
 def _hourly_count(session: Session, rep_id: str, now: datetime) -> int:
-    return session.scalar(select(func.count(func.distinct(db.Delivery.step_id)))
-                          .where(db.Delivery.recipient == rep_id, db.Delivery.status != "held",
-                                 db.Delivery.created_at > now - timedelta(hours=1))) or 0
+    return _hourly_counts(session, [rep_id], now).get(rep_id, 0)
+
+
+def _hourly_counts(session: Session, rep_ids: Iterable[str], now: datetime) -> dict[str, int]:
+    """Steps that alerted each rep in the last hour (held ones do not count)."""
+    ids = sorted(set(rep_ids))
+    if not ids:
+        return {}
+    rows = session.execute(select(db.Delivery.recipient, func.count(func.distinct(db.Delivery.step_id)))
+                           .where(db.Delivery.recipient.in_(ids), db.Delivery.status != "held",
+                                  db.Delivery.created_at > now - timedelta(hours=1))
+                           .group_by(db.Delivery.recipient))
+    return {recipient: int(n) for recipient, n in rows}
 
 
 def fire(step_id: int) -> list[int]:
     """Fire one step; returns the ids of steps that became due because of it (a reassignment's first alert)."""
+    return fire_steps([step_id]).follow_up
+
+
+def fire_steps(step_ids: Sequence[int]) -> Fired:
+    """Fire the due steps among ``step_ids`` together; steps not due yet are handed back untouched.
+
+    The story: claim every due step and commit its delivery rows (one transaction);
+    send every message of the batch at once; record the answers and finish the
+    steps (one more transaction)."""
     from worker.ops import is_paused
 
     rt = get_runtime()
-    rules, settings = rt.rules, rt.settings
+    ids = list(dict.fromkeys(step_ids))
+    out = Fired()
+    if not ids:
+        return out
     now = now_utc()
-    follow_up: list[int] = []
-    with rt.sessions.begin() as session:
-        if is_paused(session):
-            return []
-        if not _claim_step(session, step_id, now):
-            return []
-        step = session.get(db.AlertStep, step_id)
-        assert step is not None
-        metrics.observe("scheduler_lateness_seconds", max(0.0, (now - step.due_at).total_seconds()))
-        assignment = session.get(db.Assignment, step.assignment_id) if step.assignment_id else None
-        lead = session.get(db.Lead, step.lead_id)
-        if lead is None or lead.closed_at is not None:
-            _finish(session, step, "cancelled", now, "lead closed")
-            return []
-        if step.kind != "unrouted" and (assignment is None or not assignment.current
-                                        or assignment.claimed_at is not None):
-            _finish(session, step, "cancelled", now, "no longer current")
-            return []
-        if step.kind not in ("fyi", "priority", "unrouted") and step.step > 0 and lead.contacted_at is not None \
-                and assignment is not None and lead.contacted_at >= assignment.created_at:
-            _finish(session, step, "cancelled", now, "lead contacted")
-            return []
-        if step.kind == "reassign":
-            follow_up = _reassign(session, rules, lead, assignment, now)
+    lateness: list[float] = []
+    try:
+        with _transaction() as session:
+            if is_paused(session):
+                return out
+            won, out.early = _claim_steps(session, ids, now)
+            firing, drafts, timelines = _prepare(session, rt.rules, won, now, out, lateness)
+    except Exception as exc:
+        if len(ids) == 1 or _is_outage(exc):
+            raise
+        # Nothing was committed: fire them one at a time, so one bad step holds back no other.
+        log.exception("a batch of %d alert steps failed; firing them one at a time", len(ids))
+        return _one_by_one(ids)
+    for seconds in lateness:
+        metrics.observe("scheduler_lateness_seconds", seconds)
+    sends = _compose(rt.rules, rt.settings, drafts, timelines, now)
+    by_step: dict[int | None, list[_Send]] = {}
+    for item in sends:
+        by_step.setdefault(item.step_id, []).append(item)
+    for f in firing:
+        f.sends = by_step.get(f.step.id, [])
+    if sends:
+        deliver(sends)
+        follow_up, speed = _in_transaction(lambda session: _settle(session, rt.rules, firing, sends))
+        out.follow_up += follow_up
+        _count(sends, speed)
+    return out
+
+
+def _one_by_one(step_ids: Sequence[int]) -> Fired:
+    out = Fired()
+    for step_id in step_ids:
+        try:
+            out.add(fire_steps([step_id]))
+        except Exception as exc:
+            if _is_outage(exc):
+                raise
+            log.exception("alert step %s could not be fired", step_id)
+    return out
+
+
+def _prepare(session: Session, rules: Rules, step_ids: list[int], now: datetime, out: Fired,
+             lateness: list[float]) -> tuple[list[_Firing], list[_Draft], dict[str, Timeline]]:
+    """Decide each claimed step: cancel it, reassign, or write its deliveries.
+
+    The steps with messages to send come back still ``firing``, with the rows
+    written for them and what their text needs; every other step is finished here."""
+    if not step_ids:
+        return [], [], {}
+    steps = list(session.scalars(select(db.AlertStep).where(db.AlertStep.id.in_(step_ids))
+                                 .order_by(db.AlertStep.id)))
+    _collapse_earlier(session, steps, now)
+    assignment_ids = {s.assignment_id for s in steps if s.assignment_id is not None}
+    assignments = {a.id: a for a in session.scalars(select(db.Assignment)
+                                                    .where(db.Assignment.id.in_(assignment_ids)))}
+    leads = {lead.id: lead for lead in session.scalars(select(db.Lead)
+                                                       .where(db.Lead.id.in_({s.lead_id for s in steps})))}
+    todo: list[tuple[db.AlertStep, db.Assignment | None, db.Lead, list[Planned]]] = []
+    live: list[tuple[db.AlertStep, db.Assignment | None, db.Lead]] = []
+    for step in steps:
+        lateness.append(max(0.0, (now - step.due_at).total_seconds()))
+        assignment = assignments.get(step.assignment_id) if step.assignment_id is not None else None
+        lead = leads.get(step.lead_id)
+        why = _called_off(step, assignment, lead)
+        if why is not None or lead is None:
+            _finish(session, step, "cancelled", now, why or "lead closed")
+        elif step.kind == "reassign":
+            out.follow_up += _reassign(session, rules, lead, assignment, now)
             _finish(session, step, "done", now, f"reassigned to {lead.owner or 'nobody'}")
-            return follow_up
-        sends = _write_deliveries(session, rules, settings, step, assignment, lead, now)
-    results = [_send(rt, d) for d in sends]
-    with rt.sessions.begin() as session:
-        step = session.get(db.AlertStep, step_id)
-        assert step is not None
-        rep_failed = _all_failed(results, assignment)
-        _finish(session, step, "done", now_utc())
-        if rep_failed and assignment is not None and step.kind not in ("unrouted", "fyi"):
-            follow_up = _escalate_now(session, rules, step, assignment)
-    return follow_up
+        else:
+            live.append((step, assignment, lead))
+    disabled = _disabled_channels(session, rules, [a for _, a, _ in live])
+    for step, assignment, lead in live:
+        planned = plan_recipients(session, rules, step, assignment, disabled)
+        if planned:
+            todo.append((step, assignment, lead, planned))
+        else:
+            _finish(session, step, "done", now, "nobody to alert")
+    drafts = _write_all(session, rules, todo, now)
+    with_drafts = {d.step.id for d in drafts}
+    firing = []
+    for step, assignment, _lead, _planned in todo:
+        if step.id in with_drafts:
+            firing.append(_Firing(step, assignment))
+        else:   # held by the hourly cap, or already written by an earlier attempt at this step
+            _finish(session, step, "done", now)
+    return firing, drafts, _timelines(session, {d.lead.id for d in drafts})
 
 
-@dataclass
-class _Send:
-    delivery_id: int
-    recipient: str
-    channel: str
-    message: OutboundMessage
-    first_alert_of: int | None  # episode id when this is the episode's first alert (speed-to-lead)
-    outcome: str = "pending"
+def _collapse_earlier(session: Session, steps: list[db.AlertStep], now: datetime) -> None:
+    """A retry that fires takes the place of its cadence's earlier retries still waiting: they are overdue,
+    and a reminder must never follow its successor. (The tick collapses them too; this holds whoever
+    handed the steps over.)"""
+    retries = [(s.assignment_id, s.step) for s in steps if s.kind == "retry" and s.assignment_id is not None]
+    if retries:
+        session.execute(update(db.AlertStep)
+                        .where(db.AlertStep.status == "pending", db.AlertStep.kind == "retry",
+                               or_(*(and_(db.AlertStep.assignment_id == a, db.AlertStep.step < n)
+                                     for a, n in retries)))
+                        .values(status="skipped", fired_at=now, note="overdue; collapsed into a later step")
+                        .execution_options(synchronize_session=False))
+
+
+def _called_off(step: db.AlertStep, assignment: db.Assignment | None, lead: db.Lead | None) -> str | None:
+    """Why a claimed step must not alert anyone any more, if it must not."""
+    if lead is None or lead.closed_at is not None:
+        return "lead closed"
+    if step.kind != "unrouted" and (assignment is None or not assignment.current
+                                    or assignment.claimed_at is not None):
+        return "no longer current"
+    if step.kind not in ("fyi", "priority", "unrouted") and step.step > 0 and lead.contacted_at is not None \
+            and assignment is not None and lead.contacted_at >= assignment.created_at:
+        return "lead contacted"
+    return None
+
+
+def _disabled_channels(session: Session, rules: Rules, assignments: Iterable[db.Assignment | None]
+                       ) -> Callable[[str], dict[str, Any]]:
+    """One query for the switched-off channels of every rep these assignments may alert (and their managers)."""
+    reps: set[str] = set()
+    for a in assignments:
+        rep = rules.rep(a.rep_id) if a is not None and a.rep_id else None
+        if rep is not None:
+            reps.add(rep.id)
+            if rep.manager:
+                reps.add(rep.manager)
+    off: dict[str, dict[str, Any]] = {}
+    if reps:
+        for rep_id, channels in session.execute(select(db.RepState.rep_id, db.RepState.disabled_channels)
+                                                .where(db.RepState.rep_id.in_(reps))):
+            off[rep_id] = dict(channels or {})
+    return lambda rep_id: off.get(rep_id, {})
 
 
 def _write_deliveries(session: Session, rules: Rules, settings: Settings, step: db.AlertStep,
@@ -247,85 +471,226 @@ def _write_deliveries(session: Session, rules: Rules, settings: Settings, step: 
                       only: list[Planned] | None = None) -> list[_Send]:
     planned = only if only is not None else plan_recipients(session, rules, step, assignment)
     if not planned:
-        _finish(session, step, "done", now, "nobody to alert")
         return []
-    existing = {(d.recipient, d.channel) for d in session.scalars(select(db.Delivery)
-                                                                  .where(db.Delivery.step_id == step.id))}
-    view = lead_view(session, lead, rules)
-    owner = rules.rep(assignment.rep_id) if assignment and assignment.rep_id else None
-    reasons = list((assignment.reasons or {}).get("notes", [])) if assignment else []
-    texts: dict[tuple[str, str | None], AlertText] = {}
-    out: list[_Send] = []
-    capped: dict[str, bool] = {}
-    for p in planned:
-        if (p.recipient, p.channel) in existing:
-            continue   # written by an earlier attempt at this step: sent or maybe sent, never again
-        held = False
-        if p.claim_rep is not None:
-            if p.recipient not in capped:
-                capped[p.recipient] = _hourly_count(session, p.recipient, now) >= rules.alerts.hourly_cap
-            held = capped[p.recipient]
-        key = (p.kind, p.claim_rep)
+    drafts = _write_all(session, rules, [(step, assignment, lead, planned)], now)
+    return _compose(rules, settings, drafts, _timelines(session, [lead.id]) if drafts else {}, now)
+
+
+@dataclass
+class _Draft:
+    """A delivery row written; its message is composed after the commit (rendering needs no lock)."""
+
+    delivery_id: int
+    step: db.AlertStep
+    assignment: db.Assignment | None
+    lead: db.Lead
+    planned: Planned
+
+
+def _write_all(session: Session, rules: Rules,
+               todo: list[tuple[db.AlertStep, db.Assignment | None, db.Lead, list[Planned]]], now: datetime
+               ) -> list[_Draft]:
+    """Write the delivery rows of these steps, in one statement; the rows whose message must go out.
+
+    A (step, person, channel) already written by an earlier attempt at the step is
+    sent or maybe sent: never again. A rep over the hourly cap gets a ``held`` row
+    and no message; steps of the same batch count toward the cap one after another."""
+    if not todo:
+        return []
+    existing = set(session.execute(select(db.Delivery.step_id, db.Delivery.recipient, db.Delivery.channel)
+                                   .where(db.Delivery.step_id.in_([step.id for step, *_ in todo]))).tuples())
+    hourly = _hourly_counts(session, {p.recipient for *_, planned in todo for p in planned
+                                      if p.claim_rep is not None}, now)
+    rows: list[dict[str, Any]] = []
+    drafts: list[tuple[db.AlertStep, db.Assignment | None, db.Lead, Planned]] = []
+    for step, assignment, lead, planned in todo:
+        fresh = [p for p in planned if (step.id, p.recipient, p.channel) not in existing]
+        held: dict[str, bool] = {}
+        for p in fresh:
+            if p.claim_rep is not None and p.recipient not in held:
+                held[p.recipient] = hourly.get(p.recipient, 0) >= rules.alerts.hourly_cap
+        for recipient, is_held in held.items():
+            if not is_held:
+                hourly[recipient] = hourly.get(recipient, 0) + 1
+        for p in fresh:
+            is_held = held.get(p.recipient, False)
+            rows.append({"step_id": step.id, "lead_id": lead.id, "recipient": p.recipient, "channel": p.channel,
+                         "to": p.to, "status": "held" if is_held else "pending", "created_at": now,
+                         "updated_at": now})
+            if not is_held:
+                drafts.append((step, assignment, lead, p))
+    if not rows:
+        return []
+    # One multi-row INSERT; RETURNING comes back in no promised order, so each new id is
+    # matched to its row by the row's unique key (step, recipient, channel).
+    returned = session.execute(insert(db.Delivery).returning(db.Delivery.id, db.Delivery.step_id,
+                                                             db.Delivery.recipient, db.Delivery.channel), rows)
+    ids = {(step_id, recipient, channel): delivery_id for delivery_id, step_id, recipient, channel in returned}
+    return [_Draft(ids[(step.id, p.recipient, p.channel)], step, assignment, lead, p)
+            for step, assignment, lead, p in drafts]
+
+
+def _compose(rules: Rules, settings: Settings, drafts: list[_Draft], timelines: dict[str, Timeline],
+             now: datetime) -> list[_Send]:
+    """Each draft's message; a text is rendered once per step, message kind and claiming rep."""
+    views: dict[str, LeadView] = {}
+    texts: dict[tuple[int, str, str | None], AlertText | Exception] = {}
+    out = []
+    for d in drafts:
+        step, assignment, lead, p = d.step, d.assignment, d.lead, d.planned
+        key = (step.id, p.kind, p.claim_rep)
         if key not in texts:
-            url = claim_url(settings, rules, p.claim_rep, assignment, now) \
-                if p.claim_rep and assignment is not None and p.kind in CLAIMABLE else None
-            texts[key] = render_alert(p.kind, view, rep_name=p.rep_name, claim_url=url, retry=step.step,
-                                      owner_name=owner.display if owner else None, reasons=reasons)
+            try:
+                if lead.id not in views:
+                    views[lead.id] = _view(lead, timelines.get(lead.id, []), rules)
+                owner = rules.rep(assignment.rep_id) if assignment and assignment.rep_id else None
+                reasons = list((assignment.reasons or {}).get("notes", [])) if assignment else []
+                url = claim_url(settings, rules, p.claim_rep, assignment, now) \
+                    if p.claim_rep and assignment is not None and p.kind in CLAIMABLE else None
+                texts[key] = render_alert(p.kind, views[lead.id], rep_name=p.rep_name, claim_url=url,
+                                          retry=step.step, owner_name=owner.display if owner else None,
+                                          reasons=reasons)
+            except Exception as exc:  # the rows are committed: fail these deliveries, not the whole batch
+                log.exception("step %s: the %s message could not be composed", step.id, p.kind)
+                texts[key] = exc
         text = texts[key]
-        d = db.Delivery(step_id=step.id, lead_id=lead.id, recipient=p.recipient, channel=p.channel, to=p.to,
-                        status="held" if held else "pending", created_at=now, updated_at=now)
-        session.add(d)
-        session.flush()
-        if held:
+        if isinstance(text, Exception):
+            unsent = OutboundMessage(delivery_id=str(d.delivery_id), channel=p.channel, to=p.to, subject=None, text="")
+            out.append(_Send(d.delivery_id, step.id, p.recipient, p.channel, unsent, None, outcome="failed",
+                             error=f"message not composed: {type(text).__name__}: {text}"[:500],
+                             error_kind="invalid", answered_at=now_utc()))
             continue
         validity = None
         if p.channel == "sms" and assignment is not None and step.kind in ("first", "retry", "priority",
                                                                            "reassigned", "manual"):
             validity = validity_seconds(step.step, assignment.start_at, rules.alerts, now)
-        msg = OutboundMessage(delivery_id=str(d.id), channel=p.channel, to=p.to,
+        msg = OutboundMessage(delivery_id=str(d.delivery_id), channel=p.channel, to=p.to,
                               subject=text.subject if p.channel != "sms" else None,
                               text=text.sms if p.channel == "sms" else text.text,
                               html=text.html if p.channel == "email" else None, validity_seconds=validity)
         first_of = assignment.episode_id if (step.step == 0 and assignment is not None) else None
-        out.append(_Send(d.id, p.recipient, p.channel, msg, first_of))
+        out.append(_Send(d.delivery_id, step.id, p.recipient, p.channel, msg, first_of))
     return out
 
 
-def _send(rt: Any, item: _Send) -> _Send:
-    channel = channel_for(item.channel, rt.settings)
-    provider_id, status, error, kind = None, "sent", None, None
+# ---------------------------------------------------------------- sending
+
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _sender_pool() -> ThreadPoolExecutor:
+    """The process's sending threads, started after the fork (threads do not survive one)."""
+    global _pool
+    with _channels_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="alert-send"))
+        return _pool[1]
+
+
+def deliver(items: Sequence[_Send]) -> None:
+    """Hand every message to its provider at once; each item learns its outcome.
+
+    The SDKs block on I/O, so threads overlap the round trips: a step's SMS and
+    email, and every step of a batch, are in flight together."""
+    settings = get_runtime().settings
+    items = [item for item in items if item.outcome == "pending"]
+    if len(items) <= 1:
+        for item in items:
+            _attempt(item, settings)
+        return
+    list(_sender_pool().map(lambda item: _attempt(item, settings), items))
+
+
+def _attempt(item: _Send, settings: Settings) -> None:
     try:
-        result = send_with_retry(channel, item.message, attempts=3, max_retry_after=10)
-        provider_id = result.provider_id
+        result = send_with_retry(channel_for(item.channel, settings), item.message, attempts=3, max_retry_after=10)
+        item.outcome, item.provider_id = "sent", result.provider_id
     except TransportError as err:
-        kind, error = err.kind, f"{err.code or err.status or ''} {err.message}".strip()
-        status = "maybe_sent" if err.kind == "maybe_sent" else "failed"
+        item.error_kind, item.error = err.kind, f"{err.code or err.status or ''} {err.message}".strip()
+        item.outcome = "maybe_sent" if err.kind == "maybe_sent" else "failed"
         if err.kind == "account":
             log.error("provider account problem on %s, operators must act: %s", item.channel, err.message)
         else:
             log.warning("delivery %s on %s: %s", item.delivery_id, item.channel, err.message)
     except Exception as exc:  # an SDK bug must not leave the row pending forever
-        status, kind, error = "maybe_sent", "maybe_sent", f"{type(exc).__name__}: {exc}"
+        item.outcome, item.error_kind, item.error = "maybe_sent", "maybe_sent", f"{type(exc).__name__}: {exc}"
         log.exception("delivery %s on %s failed unexpectedly", item.delivery_id, item.channel)
+    item.answered_at = now_utc()
+
+
+def _in_transaction(work: Callable[[Session], Any]) -> Any:
+    """Run ``work`` in a transaction, waiting out a short database outage."""
+    delay = 0.5
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
+        try:
+            with _transaction() as session:
+                return work(session)
+        except Exception as exc:
+            if not _is_outage(exc) or attempt == RECORD_ATTEMPTS:
+                raise
+            log.warning("database unavailable while recording deliveries (%s); retrying", type(exc).__name__)
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _record(session: Session, items: Sequence[_Send]) -> list[float]:
+    """Write the providers' answers to the delivery rows (one statement), switch off channels a recipient
+    error condemns; returns the speed-to-lead of each episode whose first alert this was."""
+    if not items:
+        return []
     now = now_utc()
-    with rt.sessions.begin() as session:
-        d = session.get(db.Delivery, item.delivery_id)
-        if d is not None:
-            d.status, d.provider_id, d.error, d.error_kind, d.updated_at = status, provider_id, error, kind, now
-            if status == "sent":
-                d.sent_at = now
-            if kind == "recipient" and d.recipient != d.to:
-                disable_channel(session, d.recipient, d.channel, error or "recipient error", now)
-        earlier = session.scalar(select(func.count()).select_from(db.Delivery)
-                                 .where(db.Delivery.step_id == (d.step_id if d else None),
-                                        db.Delivery.id != item.delivery_id, db.Delivery.sent_at.is_not(None)))
-        if item.first_alert_of is not None and status == "sent" and not earlier:
-            ep = session.get(db.HotEpisode, item.first_alert_of)
-            if ep is not None and ep.event_received_at is not None:
-                metrics.observe("speed_to_lead_seconds", (now - ep.event_received_at).total_seconds())
-    metrics.inc("deliveries_total", channel=item.channel, outcome=status)
-    item.outcome = status
-    return item
+    rows = []
+    for it in items:
+        row = {"id": it.delivery_id, "status": it.outcome, "provider_id": it.provider_id, "error": it.error,
+               "error_kind": it.error_kind, "updated_at": it.answered_at or now}
+        if it.outcome == "sent":
+            row["sent_at"] = it.answered_at or now
+        rows.append(row)
+    session.execute(update(db.Delivery), rows)
+    for it in items:
+        if it.error_kind == "recipient" and it.recipient != it.message.to:
+            disable_channel(session, it.recipient, it.channel, it.error or "recipient error", now)
+    firsts: dict[int, tuple[int, datetime]] = {}   # step id -> (episode id, its first answer)
+    for it in items:
+        if it.first_alert_of is not None and it.step_id is not None and it.outcome == "sent":
+            at = it.answered_at or now
+            if it.step_id not in firsts or at < firsts[it.step_id][1]:
+                firsts[it.step_id] = (it.first_alert_of, at)
+    if not firsts:
+        return []
+    earlier = set(session.scalars(select(db.Delivery.step_id).where(
+        db.Delivery.step_id.in_(firsts), db.Delivery.id.not_in([it.delivery_id for it in items]),
+        db.Delivery.sent_at.is_not(None))))
+    received = {ep: at for ep, at in session.execute(
+        select(db.HotEpisode.id, db.HotEpisode.event_received_at)
+        .where(db.HotEpisode.id.in_({ep for ep, _ in firsts.values()}))) if at is not None}
+    return [(at - received[ep]).total_seconds() for step_id, (ep, at) in firsts.items()
+            if step_id not in earlier and ep in received]
+
+
+def _settle(session: Session, rules: Rules, firing: list[_Firing], sends: list[_Send]
+            ) -> tuple[list[int], list[float]]:
+    """Record the answers and finish the steps: each fired when its last message was answered."""
+    speed = _record(session, sends)
+    follow_up: list[int] = []
+    done = []
+    for f in firing:
+        done.append({"id": f.step.id, "status": "done",
+                     "fired_at": max((s.answered_at for s in f.sends if s.answered_at), default=now_utc())})
+        if f.assignment is not None and f.step.kind not in ("unrouted", "fyi") and _all_failed(f.sends, f.assignment):
+            follow_up += _escalate_now(session, rules, f.step, f.assignment)
+    session.execute(update(db.AlertStep), done)
+    return follow_up, speed
+
+
+def _count(items: Sequence[_Send], speed: Sequence[float]) -> None:
+    for seconds in speed:
+        metrics.observe("speed_to_lead_seconds", seconds)
+    outcomes = Counter((it.channel, it.outcome) for it in items)
+    for (channel, outcome), n in outcomes.items():   # one round trip per kind, not per message
+        metrics.inc("deliveries_total", n, channel=channel, outcome=outcome)
 
 
 def disable_channel(session: Session, rep_id: str, channel: str, reason: str, now: datetime) -> None:
@@ -400,9 +765,12 @@ def failover(session: Session, delivery: db.Delivery, now: datetime) -> list[_Se
 
 
 def send_all(items: list[_Send]) -> None:
-    rt = get_runtime()
-    for item in items:
-        _send(rt, item)
+    """Send deliveries already written (all at once) and record the answers."""
+    if not items:
+        return
+    deliver(items)
+    speed = _in_transaction(lambda session: _record(session, items))
+    _count(items, speed)
 
 
 # ---------------------------------------------------------------- the hourly cap's summary
@@ -450,6 +818,6 @@ def flush_held(now: datetime | None = None) -> int:
                                       subject=text.subject if channel != "sms" else None,
                                       text=text.sms if channel == "sms" else text.text,
                                       html=text.html if channel == "email" else None)
-                sends.append(_Send(d.id, rep_id, channel, msg, None))
+                sends.append(_Send(d.id, None, rep_id, channel, msg, None))
     send_all(sends)
     return len(sends)

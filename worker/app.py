@@ -1,21 +1,54 @@
 """The Celery application: ``celery -A worker.app worker``.
 
 Queues: ``events`` (normal drains), ``fast`` (high-value drains) and
-``alerts`` (alert steps), each given its own worker capacity by
+``alerts`` (batches of alert steps), each given its own worker capacity by
 ``leadrouter worker`` so alerts never wait behind event processing.
 """
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
+from kombu.transport import redis as kombu_redis
 
 from worker.logs import setup_logging
 from worker.settings import get_settings
 
+log = logging.getLogger("leadrouter.app")
+
+
+class _RedisQoS(kombu_redis.QoS):
+    def restore_unacked(self, client: Any = None) -> None:
+        try:
+            super().restore_unacked(client)
+        except AttributeError:
+            # When Redis goes away, kombu closes the consumer's channel after its transport was detached
+            # from the connection, and putting prefetched messages back then raises an AttributeError
+            # that stops the worker for good instead of letting it reconnect. Redis is unreachable at
+            # that moment anyway: the messages stay in kombu's unacked set, which hands them out again
+            # after the visibility timeout. They are only drain kicks and step ids, which the scheduler
+            # tick re-issues long before that.
+            log.warning("broker lost with %d prefetched messages; they come back after the visibility timeout",
+                        len(self._delivered))
+
+
+class _RedisChannel(kombu_redis.Channel):
+    QoS = _RedisQoS
+
+
+class RedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport, surviving the loss of the broker while it holds prefetched messages."""
+
+    Channel = _RedisChannel
+
+
 settings = get_settings()
 app = Celery("leadrouter", broker=settings.redis_url, include=["worker.tasks"])
 app.conf.update(
+    # broker_transport="worker.app:RedisTransport",
     task_serializer="json",
     accept_content=["json"],
     task_ignore_result=True,
@@ -42,16 +75,26 @@ def _init_process(**_: object) -> None:
     _warm_up()
 
 
+@worker_init.connect
+def _init_threads_worker(sender: Any = None, **_: object) -> None:
+    """A threads pool runs tasks in this very process and sends no ``worker_process_init``: prepare it here."""
+    from celery.concurrency import get_implementation
+    from celery.concurrency.thread import TaskPool as ThreadsPool
+
+    pool = get_implementation(getattr(sender, "pool_cls", None) or app.conf.worker_pool)
+    if isinstance(pool, type) and issubclass(pool, ThreadsPool):
+        _init_process()
+
+
 def _warm_up() -> None:
     """Import the alert path and build the provider clients now, not on the first hot lead."""
     try:
         from worker.alerts import channel_for
         from worker.runtime import get_runtime
 
-        settings = get_runtime().settings
-        channel_for("sms", settings)
-        channel_for("email", settings)
+        rt = get_runtime()
+        channel_for("sms", rt.settings)
+        channel_for("email", rt.settings)
+        rt.engine  # noqa: B018 - made once here, not raced for by a pool's first threads
     except Exception:  # a bad setting shows up, with its error, on the first alert instead
-        import logging
-
-        logging.getLogger("leadrouter.app").exception("alert channels could not be prepared")
+        log.exception("alert channels could not be prepared")

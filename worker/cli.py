@@ -459,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_dev)
     s = sub.add_parser("worker", help="run the Celery workers (events, fast lane, alerts)")
     s.add_argument("--concurrency", type=int, default=2, help="event worker processes")
-    s.add_argument("--alert-concurrency", type=int, default=2, help="fast-lane and alert worker processes")
+    s.add_argument("--alert-concurrency", type=int, default=2, help="fast-lane worker processes; the alert worker runs twice as many threads")
     s.set_defaults(func=cmd_worker)
     s = sub.add_parser("beat", help="run the scheduler tick (alert timers, drains, rule reloads) and the outbound webhook sender")
     s.set_defaults(func=cmd_beat)

@@ -1,22 +1,31 @@
 """``leadrouter beat``: the scheduler tick that turns due timers into alert tasks.
 
 Timers are ``alert_steps`` rows, not broker ETAs. Each tick (a quarter second
-by default) reads the steps that are due, collapses a cadence's overdue
-retries into its latest one (after an outage: one reminder, not a burst), and
-hands each due step to the ``alerts`` queue. Ticks may overlap, run on two
-machines, or stop for minutes: a step fires exactly once because firing is a
-compare-and-set in the database (:func:`worker.alerts.fire`); a short Redis
-key only keeps two schedulers from queueing the same step twice in a row.
+by default) reads the steps that are due, or will be within ``LOOK_AHEAD``,
+collapses a cadence's overdue retries into its latest one (after an outage: one
+reminder, not a burst), and hands the steps to the ``alerts`` queue in batches:
+due ones at once, the others with a Celery ``eta`` at their due time, so the
+task is already waiting in a worker when the step falls due and neither the
+gap between ticks nor a slow tick makes it late. The ``eta`` is only that head
+start: the row stays the timer, and a step whose task is lost is handed over
+again by a later tick.
+
+Ticks may overlap, run on two machines, or stop for minutes: a step fires
+exactly once, and never before its due time, because firing is a
+compare-and-set in the database (:func:`worker.alerts.fire_steps`); a short
+Redis key only keeps two schedulers from queueing the same step twice in a row.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import socket
 import time
 from collections import defaultdict
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -29,27 +38,37 @@ from worker.runtime import get_runtime
 
 log = logging.getLogger("leadrouter.scheduler")
 
-DISPATCH_KEY = "lr:dispatched:{}"
 STUCK_AFTER = timedelta(seconds=60)   # a step left firing this long belongs to a worker that died
 HEARTBEAT_EVERY = 15.0
+LOOK_AHEAD = timedelta(seconds=5)     # steps due this soon are queued now, to wait in a worker for their time
+ETA_GRID = timedelta(milliseconds=100)   # steps due within one such slot share a task (the slot's last due time)
 
 
-def _due_steps(session: Any, now: Any, limit: int = 1000) -> list[db.AlertStep]:
+@dataclass
+class Due:
+    """What one tick hands over: steps due now, and steps due within ``LOOK_AHEAD`` with their due time."""
+
+    now: list[int] = field(default_factory=list)
+    soon: list[tuple[int, datetime]] = field(default_factory=list)
+
+
+def _due_steps(session: Any, until: datetime, limit: int = 1000) -> list[db.AlertStep]:
     return list(session.scalars(select(db.AlertStep).where(db.AlertStep.status == "pending",
-                                                          db.AlertStep.due_at <= now)
+                                                          db.AlertStep.due_at <= until)
                                 .order_by(db.AlertStep.due_at).limit(limit)))
 
 
-def collect_due(session: Any, now: Any) -> list[int]:
-    """The due step ids to fire now; overdue retries of one cadence collapse into the latest."""
-    steps = _due_steps(session, now)
+def collect_due(session: Any, now: datetime, ahead: timedelta = LOOK_AHEAD) -> Due:
+    """The steps to hand over; a cadence's overdue retries collapse into its latest overdue one."""
+    due = Due()
     retries: dict[int, list[db.AlertStep]] = defaultdict(list)
-    fire: list[int] = []
-    for s in steps:
-        if s.kind == "retry" and s.assignment_id is not None:
+    for s in _due_steps(session, now + ahead):
+        if s.due_at > now:
+            due.soon.append((s.id, s.due_at))
+        elif s.kind == "retry" and s.assignment_id is not None:
             retries[s.assignment_id].append(s)
         else:
-            fire.append(s.id)
+            due.now.append(s.id)
     for group in retries.values():
         by_step = {s.step: s for s in group}
         keep, skip = collapse_overdue([(s.step, s.due_at) for s in group], now)
@@ -60,8 +79,17 @@ def collect_due(session: Any, now: Any) -> list[int]:
                             .values(status="skipped", fired_at=now, note="overdue; collapsed into a later step"))
             log.info("assignment %s: %d overdue reminders collapsed into step %s", group[0].assignment_id,
                      len(skip), keep)
-        fire.extend(by_step[n].id for n in keep)
-    return fire
+        due.now.extend(by_step[n].id for n in keep)
+    return due
+
+
+def eta_slots(soon: list[tuple[int, datetime]]) -> list[tuple[datetime, list[int]]]:
+    """Steps due soon, grouped by ``ETA_GRID`` slot; each slot waits for its last due time, so none fires early."""
+    slots: dict[int, list[tuple[int, datetime]]] = defaultdict(list)
+    grid = ETA_GRID.total_seconds()
+    for step_id, due_at in soon:
+        slots[math.floor(due_at.timestamp() / grid)].append((step_id, due_at))
+    return [(max(at for _, at in group), [step_id for step_id, _ in group]) for _, group in sorted(slots.items())]
 
 
 def release_stuck(session: Any, now: Any) -> int:
@@ -83,17 +111,15 @@ def tick_once() -> int:
     now = now_utc()
     with rt.sessions.begin() as session:
         release_stuck(session, now)
-        if is_paused(session):
-            due: list[int] = []
-        else:
-            due = collect_due(session, now)
-    fresh = [sid for sid in due if r.set(DISPATCH_KEY.format(sid), 1, nx=True, px=5000)]
-    dispatch_steps(fresh)
+        due = Due() if is_paused(session) else collect_due(session, now)
+    queued = dispatch_steps(due.now)
+    for eta, step_ids in eta_slots(due.soon):
+        queued += dispatch_steps(step_ids, eta=eta)
     for lane in stream.LANES:
         b = stream.backlog(r, lane)
         if b.get("waiting", 0) > 0 or b.get("pending", 0) > 0:
             kick_drain(r, lane)
-    return len(fresh)
+    return queued
 
 
 def heartbeat(name: str) -> None:

@@ -1,8 +1,14 @@
-"""``leadrouter worker``: the Celery workers, with separate capacity for events and for alerts.
+"""``leadrouter worker``: the Celery workers, with separate capacity for events, the fast lane and alerts.
 
-Two Celery worker processes groups run side by side: one drains the normal
-event lane, the other serves the fast lane and alert steps, so a backlog of
-page views never delays a demo request or a reminder.
+Three Celery worker groups run side by side, so a backlog of page views never
+delays a demo request, and neither event lane delays a reminder:
+
+- ``events``: prefork processes draining the normal lane (CPU-bound scoring in
+  batch transactions);
+- ``fast``: prefork processes for the fast lane (high-value events);
+- ``alerts``: one process whose threads fire alert steps. Firing a batch of
+  steps mostly waits, on the providers and on the database, so threads keep
+  several batches in flight where a process would sit idle.
 """
 
 from __future__ import annotations
@@ -13,18 +19,28 @@ import subprocess
 import sys
 import uuid
 
+ALERT_THREADS = 2   # alert batches in flight per unit of --alert-concurrency
 
-def celery_command(queues: str, concurrency: int, name: str, loglevel: str = "INFO") -> list[str]:
+
+def celery_command(queues: str, concurrency: int, name: str, loglevel: str = "INFO",
+                   pool: str = "prefork") -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", queues, "-c", str(concurrency),
-            "--pool", "prefork", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle",
+            "--pool", pool, "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle",
             "-l", loglevel]
 
 
-def run_worker(concurrency: int = 2, alert_concurrency: int = 2) -> int:
-    procs = [
-        subprocess.Popen(celery_command("events", concurrency, "events")),
-        subprocess.Popen(celery_command("fast,alerts", alert_concurrency, "alerts")),
+def worker_commands(concurrency: int = 2, alert_concurrency: int = 2, loglevel: str = "INFO"
+                    ) -> list[tuple[str, list[str]]]:
+    """(name, command) of each worker group; ``alert_concurrency`` sizes the fast lane and the alert threads."""
+    return [
+        ("events", celery_command("events", concurrency, "events", loglevel)),
+        ("fast", celery_command("fast", alert_concurrency, "fast", loglevel)),
+        ("alerts", celery_command("alerts", ALERT_THREADS * alert_concurrency, "alerts", loglevel, pool="threads")),
     ]
+
+
+def run_worker(concurrency: int = 2, alert_concurrency: int = 2) -> int:
+    procs = [subprocess.Popen(command) for _name, command in worker_commands(concurrency, alert_concurrency)]
 
     def stop(signum: int, _frame: object) -> None:
         for p in procs:
@@ -41,7 +57,7 @@ def run_worker(concurrency: int = 2, alert_concurrency: int = 2) -> int:
                 if p.pid == pid:
                     procs.remove(p)
                     code = code or os.waitstatus_to_exitcode(status)
-                    stop(signal.SIGTERM, None)  # one part died: stop the other, let the supervisor restart
+                    stop(signal.SIGTERM, None)  # one part died: stop the others, let the supervisor restart
     except ChildProcessError:
         pass
     return code

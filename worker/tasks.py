@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 
 from celery.signals import worker_ready
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -16,6 +19,10 @@ from worker.runtime import get_runtime
 
 log = logging.getLogger("leadrouter.tasks")
 OUTAGE_WAIT_LIMIT = 600.0   # seconds a drain waits for the database before leaving its batch pending
+DISPATCH_KEY = "lr:dispatched:{}"
+DISPATCH_HOLD_MS = 5000     # a step queued this recently is not queued again
+FIRE_BATCH = 16             # steps per fire task: they share two transactions and send together
+EARLY_REQUEUE = timedelta(seconds=30)   # a step handed over this far before its due time waits in a task
 
 
 def _is_outage(exc: BaseException) -> bool:
@@ -94,9 +101,38 @@ def _apply_one_by_one(entries: list[stream.Entry]) -> BatchResult:
     return total
 
 
-def dispatch_steps(step_ids: list[int]) -> None:
-    for step_id in step_ids:
-        fire_step.apply_async(args=(step_id,), queue="alerts")
+def dispatch_steps(step_ids: Iterable[int], eta: datetime | None = None) -> int:
+    """Queue alert steps for firing, in batches; returns how many were queued.
+
+    A step queued in the last few seconds (by a second scheduler, or by the drain
+    that made it before a tick saw it) is left out. That only saves work: the
+    compare-and-set in :func:`worker.alerts.fire_steps` is what makes a step fire
+    once. ``eta``: the steps are due then, and the task waits for it.
+    """
+    ids = list(dict.fromkeys(step_ids))
+    if not ids:
+        return 0
+    hold = DISPATCH_HOLD_MS
+    if eta is not None:
+        hold += max(0, int((eta - now_utc()).total_seconds() * 1000))
+    pipe = get_runtime().redis.pipeline(transaction=False)
+    for step_id in ids:
+        pipe.set(DISPATCH_KEY.format(step_id), 1, nx=True, px=hold)
+    fresh = [step_id for step_id, queued in zip(ids, pipe.execute(), strict=True) if queued]
+    queue_steps(fresh, eta)
+    return len(fresh)
+
+
+def queue_steps(step_ids: list[int], eta: datetime | None = None) -> None:
+    """Split the steps into even batches of at most ``FIRE_BATCH``, one task each."""
+    if not step_ids:
+        return
+    size, larger = divmod(len(step_ids), math.ceil(len(step_ids) / FIRE_BATCH))
+    start = 0
+    for n in range(math.ceil(len(step_ids) / FIRE_BATCH)):
+        end = start + size + (1 if n < larger else 0)
+        fire_steps.apply_async(args=(step_ids[start:end],), queue="alerts", eta=eta)
+        start = end
 
 
 @app.task(name="leadrouter.drain", ignore_result=True)
@@ -149,11 +185,26 @@ def _drain_at_start(**_: object) -> None:
         drain.apply_async(args=(lane,), queue=queue_for(lane))
 
 
+@app.task(name="leadrouter.fire_steps", ignore_result=True)
+def fire_steps(step_ids: list[int]) -> None:
+    """Fire a batch of due steps; queue what that made due, and give back steps that came early."""
+    from worker.alerts import fire_steps as fire
+
+    fired = fire(step_ids)
+    dispatch_steps(fired.follow_up)
+    now = now_utc()
+    early: dict[datetime, list[int]] = {}
+    for step_id, due_at in fired.early:
+        if due_at - now <= EARLY_REQUEUE:   # later than that, the scheduler's tick hands it over again
+            early.setdefault(due_at, []).append(step_id)
+    for due_at, ids in early.items():
+        queue_steps(ids, eta=due_at)
+
+
 @app.task(name="leadrouter.fire_step", ignore_result=True)
 def fire_step(step_id: int) -> None:
-    from worker.alerts import fire
-
-    dispatch_steps(fire(step_id))
+    """One step: what a worker of the previous release queued."""
+    fire_steps([step_id])
 
 
 @app.task(name="leadrouter.tick", ignore_result=True)

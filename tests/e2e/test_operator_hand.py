@@ -83,7 +83,9 @@ def test_a_hung_crm_never_delays_the_alert(running: dict[str, str], providers: A
     send(hot_lead("u-hang"))
     # the SMS arrives while the CRM still holds the first webhook open
     providers.wait_for(lambda s: sms_to(s, BOB), timeout=15)
-    assert receiver.crm() == [] and len(receiver.crm(ok_only=False)) == 1
+    # the CRM is holding the first webhook open; the alert went out regardless
+    receiver.wait_for(lambda r: len(r.crm(ok_only=False)) == 1, timeout=10)
+    assert receiver.crm() == []
     receiver.release()
     receiver.wait_for(lambda r: ("lead.assigned", "bob") in crm_events(r, "u-hang"), timeout=20)
     assert all(r.signature_ok for r in receiver.crm())

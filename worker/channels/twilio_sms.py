@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
+from requests.adapters import HTTPAdapter
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
@@ -22,6 +23,8 @@ from worker.channels.base import (
     exception_chain,
     parse_retry_after,
 )
+
+KEEP_ALIVE_CONNECTIONS = 32   # at least as many as the threads that send alerts in one process
 
 # Twilio's documented limits for ValidityPeriod, in seconds.
 MIN_VALIDITY = 1
@@ -47,6 +50,12 @@ class _RoutedHttpClient(TwilioHttpClient):
         super().__init__(timeout=timeout)
         self._base = urlsplit(base_url.rstrip("/")) if base_url else None
         self._local = threading.local()
+        # Alerts go out from several threads at once. The SDK keeps cpu_count + 4
+        # connections alive and drops (with a warning) each one beyond that, so a
+        # burst would pay a new TLS handshake per message.
+        if self.session is not None:
+            for scheme in ("https://", "http://"):
+                self.session.mount(scheme, HTTPAdapter(pool_maxsize=KEEP_ALIVE_CONNECTIONS))
 
     def request(
         self,
@@ -92,6 +101,8 @@ class TwilioSmsChannel:
         self._status_callback_url = status_callback_url
         self._http = _RoutedHttpClient(api_base_url, timeout)
         self._client = Client(account_sid, auth_token, http_client=self._http)
+        # The SDK imports its resources on first use; pay that here, not on the first alert.
+        self._client.messages  # noqa: B018
 
     def send(self, msg: OutboundMessage) -> SendResult:
         params: dict[str, Any] = {"to": msg.to, "body": msg.text}

@@ -1,0 +1,289 @@
+"""Alert steps fired in batches: the real database, Redis and the provider SDKs against the local
+provider server, with :func:`worker.alerts.fire_steps` called in this process as an alert task would.
+
+Celery is left out: queueing is patched to a list, so no message reaches any broker.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from tests.e2e.test_alerts_flow import db, fast_rules, hot_lead, send, sms_to
+
+
+@pytest.fixture
+def queued(alert_env, monkeypatch):
+    """Steps the code under test hands to Celery: (step ids, eta) per task, instead of a broker."""
+    import worker.tasks
+
+    calls: list[tuple[list[int], object]] = []
+    monkeypatch.setattr(worker.tasks.fire_steps, "apply_async",
+                        lambda args, queue, eta=None: calls.append((list(args[0]), eta)))
+    return calls
+
+
+def make_hot(*leads: str) -> None:
+    """Publish and process (in this process) the events that make these leads hot."""
+    from worker import stream
+    from worker.tasks import drain_once
+
+    for lead in leads:
+        send(hot_lead(lead))
+    for lane in stream.LANES:
+        while drain_once(lane)[0]:
+            pass
+
+
+def steps_of(env, lead: str, step: int | None = None):
+    from worker import db as models
+
+    with db(env) as s:
+        q = select(models.AlertStep).where(models.AlertStep.lead_id == lead)
+        if step is not None:
+            q = q.where(models.AlertStep.step == step)
+        return list(s.scalars(q.order_by(models.AlertStep.step)))
+
+
+def make_due(env, *step_ids: int, ago: float = 0.0) -> None:
+    from worker import db as models
+    from worker.db import now_utc
+
+    with db(env) as s, s.begin():
+        s.execute(update(models.AlertStep).where(models.AlertStep.id.in_(step_ids))
+                  .values(due_at=now_utc() - timedelta(seconds=ago)))
+
+
+def deliveries(env, step_id: int) -> list:
+    from worker import db as models
+
+    with db(env) as s:
+        return list(s.scalars(select(models.Delivery).where(models.Delivery.step_id == step_id)))
+
+
+def test_a_batch_sends_each_due_step_once_on_every_channel(alert_env, providers, queued):
+    from worker.alerts import fire_steps
+
+    make_hot("b-1", "b-2", "b-3")
+    firsts = [steps_of(alert_env, lead, 0)[0].id for lead in ("b-1", "b-2", "b-3")]
+    fired = fire_steps(firsts)
+    assert fired.follow_up == [] and fired.early == []
+    for step_id in firsts:
+        rows = deliveries(alert_env, step_id)
+        assert sorted(d.channel for d in rows) == ["email", "sms"]
+        assert all(d.status == "sent" and d.provider_id and d.sent_at for d in rows)
+    assert all(s.status == "done" and s.fired_at is not None for lead in ("b-1", "b-2", "b-3")
+               for s in steps_of(alert_env, lead, 0))
+    assert len(sms_to(providers, "+14155550102")) == 3 and len(providers.emails()) == 3
+    fire_steps(firsts)   # handed over again: the claim is already taken
+    assert len(sms_to(providers, "+14155550102")) == 3 and len(providers.emails()) == 3
+    assert providers.violations == []
+
+
+def test_a_step_handed_over_before_its_time_is_given_back_untouched(alert_env, providers, queued):
+    from worker.alerts import fire_steps
+
+    make_hot("early-1")
+    first = steps_of(alert_env, "early-1", 0)[0]
+    fire_steps([first.id])
+    retry = steps_of(alert_env, "early-1", 1)[0]     # due 2 s after the first alert
+    sent = len(providers.requests)
+    fired = fire_steps([retry.id])
+    assert fired.early == [(retry.id, retry.due_at)]
+    assert steps_of(alert_env, "early-1", 1)[0].status == "pending"
+    assert deliveries(alert_env, retry.id) == [] and len(providers.requests) == sent
+
+
+def test_racing_batches_send_each_step_once(alert_env, providers, queued):
+    from worker.alerts import fire_steps
+
+    leads = [f"race-{i}" for i in range(6)]
+    make_hot(*leads)
+    ids = [steps_of(alert_env, lead, 0)[0].id for lead in leads]
+    start = threading.Barrier(3)
+    errors: list[BaseException] = []
+
+    def fire() -> None:
+        try:
+            start.wait(5)
+            fire_steps(ids)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fire) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    per_channel = Counter((d.step_id, d.channel) for step_id in ids for d in deliveries(alert_env, step_id))
+    assert len(per_channel) == 2 * len(ids) and set(per_channel.values()) == {1}
+    assert len(sms_to(providers, "+14155550102")) == len(ids)
+
+
+def test_a_steps_channels_are_in_flight_together(alert_env, queued, monkeypatch):
+    import worker.alerts
+    from worker.channels import SendResult
+
+    class MeetingChannel:
+        """Answers only once both channels' requests are out at the same time."""
+
+        name = "meeting"
+        both_out = threading.Barrier(2)
+
+        def send(self, msg):
+            self.both_out.wait(5)   # sent one after the other, the first would wait alone and fail
+            return SendResult(provider_id=f"{msg.channel}-{msg.delivery_id}", status="sent")
+
+        def fetch_status(self, provider_id):
+            return None
+
+    make_hot("together-1")
+    monkeypatch.setattr(worker.alerts, "channel_for", lambda kind, settings: MeetingChannel())
+    step = steps_of(alert_env, "together-1", 0)[0]
+    worker.alerts.fire_steps([step.id])
+    assert sorted((d.channel, d.status) for d in deliveries(alert_env, step.id)) == [("email", "sent"),
+                                                                                     ("sms", "sent")]
+
+
+def test_a_retry_that_fires_collapses_the_earlier_retries_still_waiting(alert_env, providers, queued):
+    from worker.alerts import fire_steps
+
+    make_hot("late-1")
+    fire_steps([steps_of(alert_env, "late-1", 0)[0].id])
+    retries = {s.step: s.id for s in steps_of(alert_env, "late-1") if s.kind == "retry"}
+    make_due(alert_env, retries[1], retries[2], retries[3], ago=0.1)
+    fire_steps([retries[3]])      # handed over on its own, the earlier ones still queued
+    fire_steps([retries[1], retries[2]])
+    by_step = {s.step: s for s in steps_of(alert_env, "late-1")}
+    assert [by_step[n].status for n in (1, 2, 3)] == ["skipped", "skipped", "done"]
+    assert "collapsed" in (by_step[1].note or "")
+    assert deliveries(alert_env, retries[1]) == [] and deliveries(alert_env, retries[2]) == []
+    assert len(sms_to(providers, "+14155550102")) == 2     # the first alert and one reminder
+
+
+def test_a_claim_that_commits_first_leaves_the_step_nothing_to_send(alert_env, providers, queued):
+    from worker import db as models
+    from worker.alerts import fire_steps
+    from worker.claims import claim
+    from worker.db import now_utc
+    from worker.runtime import get_runtime
+
+    make_hot("claimed-1")
+    fire_steps([steps_of(alert_env, "claimed-1", 0)[0].id])
+    retry = steps_of(alert_env, "claimed-1", 1)[0]
+    make_due(alert_env, retry.id)
+    rt = get_runtime()
+    with rt.sessions.begin() as session:
+        assert claim(session, rt.rules, "claimed-1", "bob", now_utc(), via="test").ok
+    sent = len(providers.requests)
+    fire_steps([retry.id])
+    assert steps_of(alert_env, "claimed-1", 1)[0].status == "cancelled"
+    assert len(providers.requests) == sent
+    with db(alert_env) as s:
+        assert s.scalar(select(models.Delivery).where(models.Delivery.step_id == retry.id)) is None
+
+
+def test_one_step_that_fails_holds_back_no_other_in_its_batch(alert_env, providers, queued, monkeypatch):
+    import worker.alerts
+
+    make_hot("ok-1", "bad-1", "ok-2")
+    ids = {lead: steps_of(alert_env, lead, 0)[0].id for lead in ("ok-1", "bad-1", "ok-2")}
+    real = worker.alerts.plan_recipients
+
+    def plan(session, rules, step, assignment, disabled=None):
+        if step.id == ids["bad-1"]:
+            raise RuntimeError("a bug in one step")
+        return real(session, rules, step, assignment, disabled)
+
+    monkeypatch.setattr(worker.alerts, "plan_recipients", plan)
+    worker.alerts.fire_steps(list(ids.values()))
+    assert [len(deliveries(alert_env, ids[lead])) for lead in ("ok-1", "bad-1", "ok-2")] == [2, 0, 2]
+    assert steps_of(alert_env, "bad-1", 0)[0].status == "pending"   # left for a later tick, not lost
+
+
+def test_a_message_that_cannot_be_composed_fails_its_deliveries_and_no_other(alert_env, providers, queued,
+                                                                              monkeypatch):
+    import worker.alerts
+
+    make_hot("text-ok", "text-bad")
+    ids = {lead: steps_of(alert_env, lead, 0)[0].id for lead in ("text-ok", "text-bad")}
+    real = worker.alerts.render_alert
+
+    def render(kind, view, **kw):
+        if view.lead_id == "text-bad":
+            raise ValueError("a template bug")
+        return real(kind, view, **kw)
+
+    monkeypatch.setattr(worker.alerts, "render_alert", render)
+    worker.alerts.fire_steps(list(ids.values()))
+    assert {d.status for d in deliveries(alert_env, ids["text-ok"])} == {"sent"}
+    bad = deliveries(alert_env, ids["text-bad"])
+    assert len(bad) == 2 and all(d.status == "failed" and "not composed" in d.error for d in bad)
+    assert steps_of(alert_env, "text-bad", 0)[0].status == "done"
+    assert len(sms_to(providers, "+14155550102")) == 1
+
+
+def test_the_hourly_cap_counts_the_steps_of_one_batch_one_after_another(alert_env, providers, queued):
+    from worker.alerts import fire_steps
+    from worker.runtime import reset_runtime
+
+    fast_rules(Path(alert_env["LEADROUTER_CONFIG"]), hourly_cap=1)
+    reset_runtime()
+    make_hot("cap-1", "cap-2")
+    ids = [steps_of(alert_env, lead, 0)[0].id for lead in ("cap-1", "cap-2")]
+    fire_steps(ids)
+    statuses = sorted(tuple(sorted(d.status for d in deliveries(alert_env, i))) for i in ids)
+    assert statuses == [("held", "held"), ("sent", "sent")]
+    assert len(sms_to(providers, "+14155550102")) == 1
+
+
+def test_steps_are_queued_in_even_batches_once_each(alert_env, queued):
+    from worker.db import now_utc
+    from worker.tasks import FIRE_BATCH, dispatch_steps
+
+    ids = list(range(1000, 1000 + 2 * FIRE_BATCH + 3))
+    assert dispatch_steps(ids) == len(ids)
+    sizes = [len(batch) for batch, _ in queued]
+    assert sum(sizes) == len(ids) and max(sizes) <= FIRE_BATCH and max(sizes) - min(sizes) <= 1
+    assert sorted(i for batch, _ in queued for i in batch) == ids
+    queued.clear()
+    assert dispatch_steps(ids[:5] + [5000]) == 1 and queued == [([5000], None)]   # a second scheduler's tick
+    eta = now_utc() + timedelta(milliseconds=600)
+    assert dispatch_steps([6000, 6001], eta=eta) == 2 and queued[-1] == ([6000, 6001], eta)
+
+
+def test_the_tick_hands_over_steps_due_soon_with_their_due_time_and_collapses_overdue_ones(
+        alert_env, queued, monkeypatch):
+    import worker.publish
+    from worker.alerts import fire_steps
+    from worker.db import now_utc
+    from worker.scheduler import ETA_GRID, LOOK_AHEAD, tick_once
+
+    monkeypatch.setattr(worker.publish, "kick_drain", lambda r, lane: None)
+    make_hot("tick-1", "tick-2")
+    for lead in ("tick-1", "tick-2"):
+        fire_steps([steps_of(alert_env, lead, 0)[0].id])
+    soon = steps_of(alert_env, "tick-1", 1)[0]
+    make_due(alert_env, soon.id, ago=-0.5)                  # due in half a second
+    late = {s.step: s.id for s in steps_of(alert_env, "tick-2") if s.kind == "retry"}
+    make_due(alert_env, late[1], late[2], ago=3)            # a tick that stopped for a while
+    queued.clear()
+    tick_once()
+    now_batches = [ids for ids, eta in queued if eta is None]
+    ahead = {step_id: eta for ids, eta in queued if eta is not None for step_id in ids}
+    assert now_batches == [[late[2]]]
+    assert ahead[soon.id] == steps_of(alert_env, "tick-1", 1)[0].due_at
+    pending = {s.id: s for lead in ("tick-1", "tick-2") for s in steps_of(alert_env, lead) if s.status == "pending"}
+    for step_id, eta in ahead.items():    # whatever falls due within the look-ahead, queued to wait for its time
+        assert pending[step_id].due_at <= eta < pending[step_id].due_at + ETA_GRID
+        assert pending[step_id].due_at <= now_utc() + LOOK_AHEAD
+    assert steps_of(alert_env, "tick-2", 1)[0].status == "skipped"
+    queued.clear()
+    tick_once()                                             # the next tick queues nothing twice
+    assert queued == []
