@@ -50,6 +50,7 @@ from worker.channels import (
 )
 from worker.claims import reassign
 from worker.db import now_utc
+from worker.outbound import Emitter
 from worker.runtime import get_runtime
 from worker.settings import Settings
 from worker.tokens import ClaimToken, sign
@@ -408,6 +409,8 @@ def _prepare(session: Session, rules: Rules, step_ids: list[int], now: datetime,
         planned = plan_recipients(session, rules, step, assignment, disabled)
         if planned:
             todo.append((step, assignment, lead, planned))
+            if assignment is not None and any(p.kind == "escalation" for p in planned):
+                _announce_escalation(session, rules, step, assignment, lead, planned, now)
         else:
             _finish(session, step, "done", now, "nobody to alert")
     drafts = _write_all(session, rules, todo, now)
@@ -419,6 +422,18 @@ def _prepare(session: Session, rules: Rules, step_ids: list[int], now: datetime,
         else:   # held by the hourly cap, or already written by an earlier attempt at this step
             _finish(session, step, "done", now)
     return firing, drafts, _timelines(session, {d.lead.id for d in drafts})
+
+
+def _announce_escalation(session: Session, rules: Rules, step: db.AlertStep, assignment: db.Assignment,
+                         lead: db.Lead, planned: list[Planned], now: datetime) -> None:
+    """Tell the team channel once per assignment, when reminders first reach the manager."""
+    already = session.scalar(select(db.OutboundWebhook.id)
+                             .where(db.OutboundWebhook.lead_id == lead.id, db.OutboundWebhook.event == "escalation",
+                                    db.OutboundWebhook.created_at >= assignment.created_at).limit(1))
+    if already is None:
+        manager = next(p.recipient for p in planned if p.kind == "escalation")
+        Emitter.for_rules(rules).slack(session, "escalation", lead, now, rep=assignment.rep_id, manager=manager,
+                                       retry=max(step.step, 1) if step.kind == "retry" else 0)
 
 
 def _collapse_earlier(session: Session, steps: list[db.AlertStep], now: datetime) -> None:

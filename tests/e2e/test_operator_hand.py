@@ -95,6 +95,15 @@ def test_a_hung_crm_never_delays_the_alert(running: dict[str, str], providers: A
     slack = receiver.wait_for(lambda r: r.slack())
     assert slack[0].problems == [] and "Bob Okafor" in slack[0].body.decode()
 
+    def escalations(r: WebhookReceiver) -> list[Any]:
+        return [x for x in r.slack() if x.json["text"].startswith("Escalated")]
+
+    # unclaimed: from the 2nd reminder the manager is alerted, and the team channel hears of it once
+    receiver.wait_for(escalations, timeout=20)
+    providers.wait_for(lambda s: len(sms_to(s, BOB)) >= 4, timeout=20)     # the 3rd reminder escalated too
+    notice = escalations(receiver)
+    assert len(notice) == 1 and notice[0].problems == [] and "Maria Lopez" in notice[0].body.decode()
+
 
 def test_every_lead_command_through_the_cli_against_a_running_worker(running: dict[str, str], providers: Any,
                                                                      receiver: WebhookReceiver) -> None:
