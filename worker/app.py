@@ -32,7 +32,7 @@ class _RedisQoS(kombu_redis.QoS):
             # after the visibility timeout. They are only drain kicks and step ids, which the scheduler
             # tick re-issues long before that.
             log.warning("broker lost with %d prefetched messages; they come back after the visibility timeout",
-                        len(self._delivered))
+                        len(self._delivered or ()))
 
 
 class _RedisChannel(kombu_redis.Channel):
@@ -48,7 +48,7 @@ class RedisTransport(kombu_redis.Transport):
 settings = get_settings()
 app = Celery("leadrouter", broker=settings.redis_url, include=["worker.tasks"])
 app.conf.update(
-    # broker_transport="worker.app:RedisTransport",
+    broker_transport="worker.app:RedisTransport",
     task_serializer="json",
     accept_content=["json"],
     task_ignore_result=True,

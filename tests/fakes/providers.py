@@ -322,7 +322,7 @@ class FakeProviderServer:
         if validation != "off":
             for provider in ("twilio", "sendgrid"):
                 load_spec(provider)  # pay the load once, before the first request
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._httpd = _Server(("127.0.0.1", 0), _handler_for(self))
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False  # a hung handler must not block stop()
         host, port = self._httpd.server_address[:2]
@@ -382,6 +382,11 @@ class FakeProviderServer:
                 raise ValueError(f"unknown scripted response {response!r}")
         with self._lock:
             self._scripts[provider].extend(responses)
+
+    def scripted_left(self, provider: Provider) -> int:
+        """How many answers given to :meth:`fail_next` still wait for their request."""
+        with self._lock:
+            return len(self._scripts[provider])
 
     def set_status(self, sid: str, status: str, error_code: int | None = None) -> None:
         with self._lock:
@@ -591,6 +596,13 @@ class FakeProviderServer:
             finally:
                 self._checks.task_done()
         self._checks.task_done()
+
+
+class _Server(ThreadingHTTPServer):
+    # the default listen backlog of 5 makes a sixth simultaneous connection wait out a 1 s SYN
+    # retransmit; workers send a burst's alerts concurrently, as the real endpoints allow
+    request_queue_size = 1024
+    daemon_threads = True
 
 
 def _handler_for(server: FakeProviderServer) -> type[BaseHTTPRequestHandler]:

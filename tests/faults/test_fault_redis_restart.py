@@ -1,0 +1,68 @@
+"""``kill -9`` of Redis (AOF, ``appendfsync everysec``) mid-stream, restarted on the same port.
+
+Workers and the scheduler are never restarted: they reconnect by themselves. What was queued before
+the kill is processed once, and the scheduler fires the cadence steps due after it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+
+from tests.conftest import Processes, wait_until
+from tests.e2e.test_alerts_flow import fast_rules, hot_lead
+from tests.faults.support import PrivateRedis, Publisher, Store, background, running
+from worker import db
+
+
+def test_redis_killed_and_restarted_loses_and_doubles_nothing(
+        service_env: dict[str, str], processes: Processes, own_redis: PrivateRedis) -> None:
+    rules = Path(service_env["LEADROUTER_CONFIG"])
+    fast_rules(rules, first_contact_sla="60s")
+    processes.env.update({"REDIS_URL": own_redis.url, "LEADROUTER_BATCH_SIZE": "20",
+                          "LEADROUTER_RECLAIM_IDLE_SECONDS": "3"})
+    worker = processes.celery_worker(queues="events,fast,alerts", concurrency=2)
+    beat = processes.leadrouter("beat", name="beat")
+    pub = Publisher(own_redis.url, rules)
+    store = Store(service_env["DATABASE_URL"])
+    try:
+        before = background("r1", 100) + hot_lead("r-hot-1")
+        pub.publish(before)
+        wait_until(lambda: store.count(db.Event) == len(before) and pub.drained(), timeout=40,
+                   message=f"the first wave\n{processes.logs()}")
+
+        queued = background("r2", 1500, leads=50)
+        pub.publish(queued, chunk=500)
+        own_redis.kill()
+        at_kill = store.count(db.Event)
+        assert at_kill < len(before) + len(queued), "events were still waiting in Redis when it died"
+        own_redis.start()   # same port, same directory: the AOF is replayed
+
+        wait_until(lambda: running(processes, worker, beat) and store.count(db.Event) >= len(before) + len(queued)
+                   and pub.drained(), timeout=60,
+                   message=f"the events queued before the kill\n{processes.logs()}")
+        after = background("r3", 50) + hot_lead("r-hot-2")
+        pub.publish(after)
+        everything = before + queued + after
+        wait_until(lambda: running(processes, worker, beat) and store.count(db.Event) >= len(everything)
+                   and pub.drained(), timeout=30,
+                   message=f"events published after the restart\n{processes.logs()}")
+        store.exactly_once(everything)
+        assert store.count(db.DeadLetter) == 0
+
+        def reminded() -> bool:   # a retry step is fired by the scheduler only
+            with store.sessions() as s:
+                return bool(s.scalar(select(db.AlertStep.id).where(db.AlertStep.lead_id == "r-hot-2",
+                                                                   db.AlertStep.kind == "retry",
+                                                                   db.AlertStep.status == "done")))
+
+        wait_until(reminded, timeout=30, message=f"the scheduler to fire a reminder after the restart\n"
+                                                 f"{processes.logs()}")
+        for lead in ("r-hot-1", "r-hot-2"):
+            assert store.count(db.HotEpisode, db.HotEpisode.lead_id == lead) == 1
+            assert store.count(db.Assignment, db.Assignment.lead_id == lead) == 1
+        assert worker.poll() is None and beat.poll() is None   # nobody was restarted
+    finally:
+        pub.close()
+        store.close()
