@@ -163,6 +163,17 @@ def _digits(phone: str) -> str:
     return re.sub(r"\D", "", phone or "")
 
 
+async def _signed_twilio_form(request: Request, path: str) -> dict[str, str] | Response:
+    """The form Twilio posted to ``path``, or the refusal to answer: too large, unreadable, or not signed."""
+    body = await _body(request)
+    if body is None:
+        return _too_large()
+    params = _form(body)
+    if params is None or not _twilio_ok(request, path, params):
+        return _forbidden()
+    return params
+
+
 @router.post("/webhooks/twilio/sms", tags=["webhooks"], response_class=Response,
              responses={200: {"description": "TwiML: the answer to the rep (empty for a replay or an unknown number).",
                               "content": {"application/xml": {"schema": _STR}}},
@@ -171,12 +182,9 @@ def _digits(phone: str) -> str:
                  {"MessageSid": _STR, "From": _STR, "To": _STR, "Body": _STR}, ["MessageSid", "From"])})
 async def twilio_sms(request: Request) -> Response:
     """A rep's SMS reply. Verified with ``X-Twilio-Signature``; answered with TwiML."""
-    body = await _body(request)
-    if body is None:
-        return _too_large()
-    params = _form(body)
-    if params is None or not _twilio_ok(request, "/webhooks/twilio/sms", params):
-        return _forbidden()
+    params = await _signed_twilio_form(request, "/webhooks/twilio/sms")
+    if isinstance(params, Response):
+        return params
     sid, sender, text = params.get("MessageSid", ""), params.get("From", ""), params.get("Body", "")
     if not sid or not sender:
         return Response("MessageSid and From are required", status_code=400, media_type="text/plain")
@@ -273,12 +281,9 @@ def _target_lead(session: Session, rep_id: str, sender: str, code: str | None, n
                  {"MessageSid": _STR, "MessageStatus": _STR, "ErrorCode": _STR}, ["MessageSid", "MessageStatus"])})
 async def twilio_status(request: Request) -> Response:
     """Twilio's message status callback: settles a delivery; a failure moves the step to email."""
-    body = await _body(request)
-    if body is None:
-        return _too_large()
-    params = _form(body)
-    if params is None or not _twilio_ok(request, "/webhooks/twilio/status", params):
-        return _forbidden()
+    params = await _signed_twilio_form(request, "/webhooks/twilio/status")
+    if isinstance(params, Response):
+        return params
     sid, status = params.get("MessageSid", ""), params.get("MessageStatus", "")
     if not sid or not status:
         return Response("MessageSid and MessageStatus are required", status_code=400, media_type="text/plain")
