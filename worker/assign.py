@@ -154,6 +154,8 @@ class Router:
             self.outbound.lead_event(session, "lead.unrouted", lead, now, assignment=assignment, detail={"reason": why})
             self.outbound.slack(session, "lead.unrouted", lead, now, reason=why)
             return
+        if not self.outbound.wants("lead.assigned") and not self.outbound.wants("lead.reassigned"):
+            return
         previous = session.scalar(select(db.Assignment.rep_id)
                                   .where(db.Assignment.episode_id == assignment.episode_id,
                                          db.Assignment.id != assignment.id, db.Assignment.rep_id.is_not(None))
@@ -201,6 +203,8 @@ class Router:
                         .values(status="contacted", closed_at=now))
         session.add(db.Trace(lead_id=lead.id, at=now, kind="contacted",
                              detail={"event": ev.message_id, "cancelled_steps": steps.rowcount}))
+        if not self.outbound.wants("lead.contacted"):
+            return
         current = session.scalar(select(db.Assignment).where(db.Assignment.lead_id == lead.id,
                                                              db.Assignment.current.is_(True))
                                  .order_by(db.Assignment.id.desc()).limit(1))

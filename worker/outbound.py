@@ -132,6 +132,10 @@ class Emitter:
     def for_rules(cls, rules: Rules) -> Emitter:
         return cls(rules, get_settings().slack_webhook_url)
 
+    def wants(self, event: str) -> bool:
+        """Whether any webhook takes ``event``: callers skip the lookups its payload needs otherwise."""
+        return any(w.wants(event) for w in self.rules.outbound.webhooks)
+
     def lead_event(self, session: Session, event: str, lead: db.Lead, now: datetime, *,
                    assignment: db.Assignment | None = None, rep: str | None = None,
                    previous_rep: str | None = None, detail: dict[str, Any] | None = None) -> None:
