@@ -15,6 +15,11 @@ from datetime import datetime, timedelta
 from routing.config import Alerts
 
 FIRST, RETRY, REASSIGN = "first", "retry", "reassign"
+# The kinds of step that alert the owner as part of one cadence: its first alert (under whatever
+# name the assignment began: a red-hot priority alert, a reassignment, an operator's assign) and
+# its reminders. Overdue ones collapse into the latest; a late first alert moves the reminders.
+OPENING = frozenset({FIRST, "priority", "reassigned", "manual"})
+CADENCE = OPENING | {RETRY}
 MIN_VALIDITY, MAX_VALIDITY = 1, 36000  # Twilio's ValidityPeriod bounds (seconds)
 
 
@@ -51,8 +56,14 @@ def validity_seconds(step: int, first_at: datetime, alerts: Alerts, now: datetim
     return max(MIN_VALIDITY, min(MAX_VALIDITY, gap))
 
 
+def in_cadence(kind: str, step: int) -> bool:
+    """Whether a step of this kind and number is one of an assignment's cadence alerts (not a note)."""
+    return kind in CADENCE and 0 <= step < 100
+
+
 def collapse_overdue(due: list[tuple[int, datetime]], now: datetime) -> tuple[list[int], list[int]]:
-    """Given one assignment's due retry steps ``(step, due_at)``, return (fire, skip).
+    """Given one assignment's due cadence steps ``(step, due_at)`` (its first alert, its retries), return
+    (fire, skip).
 
     After an outage a cadence's overdue steps collapse into its latest one: one reminder, not a
     burst. The steps skipped are recorded as such, never sent."""

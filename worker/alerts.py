@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -27,14 +28,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, union_all, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from routing.cadence import escalates, validity_seconds
+from routing.cadence import OPENING, escalates, in_cadence, validity_seconds
 from routing.config import Rep, Rules
 from routing.messages import AlertText, LeadView, render_alert
 from routing.scoring import condition_holds, describe_condition
@@ -42,8 +43,10 @@ from worker import db, metrics
 from worker.channels import (
     Channel,
     ConsoleChannel,
+    NotSupported,
     OutboundMessage,
     SendGridEmailChannel,
+    Sent,
     TransportError,
     TwilioSmsChannel,
     send_with_retry,
@@ -207,6 +210,8 @@ def claim_url(settings: Settings, rules: Rules, rep_id: str, assignment: db.Assi
 # Provider requests in flight at once, per worker process. A provider answers in 0.1-0.3 s,
 # so this many threads carry about 100 requests a second; a waiting thread costs next to nothing.
 SEND_THREADS = 32
+MAX_BATCH = 24        # steps one batch may carry when it takes in late steps of other tasks
+BEHIND = timedelta(milliseconds=250)   # a step this late is taken by whichever batch runs first
 RECORD_ATTEMPTS = 3    # the providers have answered: a short database outage must not lose what they said
 
 
@@ -270,15 +275,30 @@ def _is_outage(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
+def _overdue(session: Session, now: datetime, leave_out: Sequence[int], limit: int) -> list[int]:
+    """Steps already ``BEHIND`` their due time, oldest first: their own tasks are stuck behind others."""
+    if limit <= 0:
+        return []
+    return list(session.scalars(select(db.AlertStep.id)
+                                .where(db.AlertStep.status == "pending", db.AlertStep.due_at <= now - BEHIND,
+                                       db.AlertStep.id.not_in(leave_out))
+                                .order_by(db.AlertStep.due_at).limit(limit)))
+
+
 def _claim_steps(session: Session, step_ids: Sequence[int], now: datetime
                  ) -> tuple[list[int], list[tuple[int, datetime]]]:
     """Compare-and-set ``pending`` → ``firing`` on the steps that are due: (won, pending but not due yet).
 
-    A step someone else claimed, or that was cancelled or collapsed, is in neither list."""
+    Steps of other tasks that are already late join the batch (up to ``MAX_BATCH``):
+    when alerting falls behind, batches grow and the backlog goes out together
+    instead of each step waiting for a free worker thread. Their own tasks find
+    them claimed and do nothing. A step someone else claimed, or that was
+    cancelled or collapsed, is in neither list."""
     me = f"{socket.gethostname()}:{get_runtime().pid}"
+    wanted = list(step_ids) + _overdue(session, now, step_ids, MAX_BATCH - len(step_ids))
     won = set(session.scalars(
         update(db.AlertStep)
-        .where(db.AlertStep.id.in_(step_ids), db.AlertStep.status == "pending", db.AlertStep.due_at <= now)
+        .where(db.AlertStep.id.in_(wanted), db.AlertStep.status == "pending", db.AlertStep.due_at <= now)
         .values(status="firing", claimed_by=me, claimed_at=now)
         .returning(db.AlertStep.id)
         .execution_options(synchronize_session=False)))
@@ -288,7 +308,7 @@ def _claim_steps(session: Session, step_ids: Sequence[int], now: datetime
         early = [(i, at) for i, at in session.execute(
             select(db.AlertStep.id, db.AlertStep.due_at)
             .where(db.AlertStep.id.in_(lost), db.AlertStep.status == "pending", db.AlertStep.due_at > now))]
-    return [i for i in step_ids if i in won], early
+    return [i for i in wanted if i in won], early
 
 
 def _finish(session: Session, step: db.AlertStep, status: str, now: datetime, note: str | None = None) -> None:
@@ -384,10 +404,12 @@ def _prepare(session: Session, rules: Rules, step_ids: list[int], now: datetime,
         return [], [], {}
     steps = list(session.scalars(select(db.AlertStep).where(db.AlertStep.id.in_(step_ids))
                                  .order_by(db.AlertStep.id)))
+    steps = _one_per_cadence(session, steps, now)
     _collapse_earlier(session, steps, now)
     assignment_ids = {s.assignment_id for s in steps if s.assignment_id is not None}
     assignments = {a.id: a for a in session.scalars(select(db.Assignment)
                                                     .where(db.Assignment.id.in_(assignment_ids)))}
+    _move_reminders_after_late_first(session, steps, assignments, now)
     leads = {lead.id: lead for lead in session.scalars(select(db.Lead)
                                                        .where(db.Lead.id.in_({s.lead_id for s in steps})))}
     todo: list[tuple[db.AlertStep, db.Assignment | None, db.Lead, list[Planned]]] = []
@@ -436,17 +458,58 @@ def _announce_escalation(session: Session, rules: Rules, step: db.AlertStep, ass
                                        retry=max(step.step, 1) if step.kind == "retry" else 0)
 
 
+COLLAPSED = "overdue; collapsed into a later step"
+LATE_FIRST = timedelta(seconds=1)   # a first alert this late moves its cadence's reminders along with it
+
+
+def _one_per_cadence(session: Session, steps: list[db.AlertStep], now: datetime) -> list[db.AlertStep]:
+    """Of one cadence's alerts claimed together (all overdue), only the latest goes out; the others are skipped."""
+    latest: dict[int, db.AlertStep] = {}
+    for s in steps:
+        if s.assignment_id is not None and in_cadence(s.kind, s.step):
+            if s.assignment_id not in latest or s.step > latest[s.assignment_id].step:
+                latest[s.assignment_id] = s
+    keep = []
+    for s in steps:
+        if s.assignment_id is not None and in_cadence(s.kind, s.step) and latest[s.assignment_id] is not s:
+            _finish(session, s, "skipped", now, COLLAPSED)
+        else:
+            keep.append(s)
+    return keep
+
+
+def _move_reminders_after_late_first(session: Session, steps: list[db.AlertStep],
+                                     assignments: dict[int, db.Assignment], now: datetime) -> None:
+    """Reminders are due at their offsets after the first alert: when the first alert goes out late
+    (a backlog, a short outage), its cadence starts that much later, so the first reminder never
+    lands right on the heels of the alert it reminds of."""
+    late = {s.assignment_id: now - s.due_at for s in steps
+            if s.kind in OPENING and s.step == 0 and s.assignment_id is not None and now - s.due_at > LATE_FIRST}
+    if not late:
+        return
+    for s in session.scalars(select(db.AlertStep).where(db.AlertStep.assignment_id.in_(late),
+                                                        db.AlertStep.status == "pending",
+                                                        db.AlertStep.step > 0, db.AlertStep.step < 100)):
+        s.due_at = s.due_at + late[s.assignment_id]
+    for assignment_id, by in late.items():
+        assignment = assignments.get(assignment_id)
+        if assignment is not None:
+            assignment.start_at = assignment.start_at + by
+        log.info("assignment %s: first alert %.1f s late; its reminders move as much", assignment_id,
+                 by.total_seconds())
+
+
 def _collapse_earlier(session: Session, steps: list[db.AlertStep], now: datetime) -> None:
-    """A retry that fires takes the place of its cadence's earlier retries still waiting: they are overdue,
-    and a reminder must never follow its successor. (The tick collapses them too; this holds whoever
-    handed the steps over.)"""
+    """A retry that fires takes the place of its cadence's earlier alerts still waiting (its first alert,
+    earlier retries): they are overdue, and a reminder must never follow its successor. (The tick
+    collapses them too; this holds whoever handed the steps over.)"""
     retries = [(s.assignment_id, s.step) for s in steps if s.kind == "retry" and s.assignment_id is not None]
     if retries:
         session.execute(update(db.AlertStep)
-                        .where(db.AlertStep.status == "pending", db.AlertStep.kind == "retry",
+                        .where(db.AlertStep.status == "pending", db.AlertStep.kind.in_(sorted(OPENING | {"retry"})),
                                or_(*(and_(db.AlertStep.assignment_id == a, db.AlertStep.step < n)
                                      for a, n in retries)))
-                        .values(status="skipped", fired_at=now, note="overdue; collapsed into a later step")
+                        .values(status="skipped", fired_at=now, note=COLLAPSED)
                         .execution_options(synchronize_session=False))
 
 
@@ -786,6 +849,92 @@ def send_all(items: list[_Send]) -> None:
     deliver(items)
     speed = _in_transaction(lambda session: _record(session, items))
     _count(items, speed)
+
+
+# ---------------------------------------------------------------- "maybe sent", settled by asking
+
+
+SETTLE_AFTER = timedelta(seconds=60)     # a status callback normally comes within seconds; then we ask
+SETTLE_WITHIN = timedelta(hours=24)      # older than that, the provider's own records are what is left
+SETTLE_BATCH = 50
+_LINK = re.compile(r"/claim/([A-Za-z0-9_.-]+)")
+
+
+def settle_maybe_sent(now: datetime | None = None) -> int:
+    """Deliveries left "maybe sent" (a timeout, a dropped connection, a 5xx) that no status callback has
+    settled: ask the provider. Returns how many were settled.
+
+    A message with a provider id is looked up by it. One without (its answer never
+    came) is found among the messages the provider took for that number around
+    the time it was sent, by the claim link it carries: that link names the rep,
+    the lead, the assignment and, through its expiry, the moment it was written.
+    If the provider took no message at all for that number then, it was not sent.
+    Nothing is ever sent again for it: the cadence's next step is the retry."""
+    from worker.webhooks import settle
+
+    rt = get_runtime()
+    now = now or now_utc()
+    with rt.sessions.begin() as session:
+        rows = session.execute(
+            select(db.Delivery.id, db.Delivery.channel, db.Delivery.to, db.Delivery.recipient, db.Delivery.lead_id,
+                   db.Delivery.provider_id, db.Delivery.created_at, db.Delivery.updated_at, db.AlertStep.assignment_id)
+            .outerjoin(db.AlertStep, db.AlertStep.id == db.Delivery.step_id)
+            .where(db.Delivery.status == "maybe_sent", db.Delivery.channel == "sms",
+                   db.Delivery.updated_at <= now - SETTLE_AFTER, db.Delivery.created_at >= now - SETTLE_WITHIN)
+            .order_by(db.Delivery.id).limit(SETTLE_BATCH)).all()
+    settled = 0
+    for delivery_id, kind, to, recipient, lead_id, provider_id, created_at, updated_at, assignment_id in rows:
+        channel = channel_for(kind, rt.settings)
+        try:
+            if provider_id:
+                status = channel.fetch_status(provider_id)
+                found = Sent(provider_id, status, "") if status else None
+                took_any = found is not None
+            else:
+                taken = channel.sent_between(to, created_at - timedelta(seconds=60), updated_at + timedelta(minutes=2))
+                expected = int((created_at + rt.rules.alerts.claim_token_ttl).timestamp())
+                found = next((m for m in taken if _carries_link(m.text, rt.settings.secret_key, recipient, lead_id,
+                                                                assignment_id, expected)), None)
+                took_any = bool(taken)
+        except NotSupported:
+            continue
+        except TransportError as err:
+            log.warning("delivery %s: could not ask %s about it: %s", delivery_id, kind, err.message)
+            continue
+        if found is not None:
+            settle(found.provider_id, found.status, None, kind_hint=kind, delivery_id=str(delivery_id))
+            settled += 1
+        elif not took_any:
+            settled += _not_at_provider(delivery_id, now)
+        else:   # messages to that number then, none of them ours: cannot tell; ask again later
+            with rt.sessions.begin() as session:
+                session.execute(update(db.Delivery).where(db.Delivery.id == delivery_id,
+                                                          db.Delivery.status == "maybe_sent")
+                                .values(updated_at=now))
+    return settled
+
+
+def _carries_link(text: str, secret: str, rep_id: str, lead_id: str, assignment_id: int | None,
+                  expires: int) -> bool:
+    """Whether an SMS body carries the claim link this delivery wrote (its expiry within a second or two)."""
+    from worker.tokens import TokenError, verify
+
+    for token in _LINK.findall(text):
+        try:
+            t = verify(secret, token, datetime.fromtimestamp(0, UTC))
+        except TokenError:
+            continue
+        if (t.rep_id, t.lead_id, t.assignment_id) == (rep_id, lead_id, assignment_id) and abs(t.expires - expires) <= 2:
+            return True
+    return False
+
+
+def _not_at_provider(delivery_id: int, now: datetime) -> int:
+    with get_runtime().sessions.begin() as session:
+        return session.execute(update(db.Delivery).where(db.Delivery.id == delivery_id,
+                                                         db.Delivery.status == "maybe_sent")
+                               .values(status="failed", error_kind="transient", updated_at=now,
+                                       error="not sent: the provider took no message for this number then")).rowcount
 
 
 # ---------------------------------------------------------------- the hourly cap's summary

@@ -369,6 +369,16 @@ def _duration_arg(text: str) -> timedelta:
         raise CliError(str(exc)) from None
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {n}")
+    return n
+
+
 def cmd_rep(args: argparse.Namespace) -> int:
     from worker import ops
     from worker.db import now_utc
@@ -458,8 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.set_defaults(func=cmd_dev)
     s = sub.add_parser("worker", help="run the Celery workers (events, fast lane, alerts)")
-    s.add_argument("--concurrency", type=int, default=2, help="event worker processes")
-    s.add_argument("--alert-concurrency", type=int, default=2, help="fast-lane worker processes; the alert worker runs twice as many threads")
+    s.add_argument("--concurrency", type=_at_least_one, default=2, help="event worker processes")
+    s.add_argument("--alert-concurrency", type=_at_least_one, default=2,
+                   help="fast-lane worker processes, and as many alert processes")
     s.set_defaults(func=cmd_worker)
     s = sub.add_parser("beat", help="run the scheduler tick (alert timers, drains, rule reloads) and the outbound webhook sender")
     s.set_defaults(func=cmd_beat)

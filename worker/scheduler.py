@@ -2,7 +2,7 @@
 
 Timers are ``alert_steps`` rows, not broker ETAs. Each tick (a quarter second
 by default) reads the steps that are due, or will be within ``LOOK_AHEAD``,
-collapses a cadence's overdue retries into its latest one (after an outage: one
+collapses a cadence's overdue alerts into its latest one (after an outage: one
 reminder, not a burst), and hands the steps to the ``alerts`` queue in batches:
 due ones at once, the others with a Celery ``eta`` at their due time, so the
 task is already waiting in a worker when the step falls due and neither the
@@ -30,9 +30,9 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from routing.cadence import collapse_overdue
+from routing.cadence import collapse_overdue, in_cadence
 from worker import db, stream
-from worker.alerts import flush_held
+from worker.alerts import flush_held, settle_maybe_sent
 from worker.db import now_utc
 from worker.runtime import get_runtime
 
@@ -59,13 +59,14 @@ def _due_steps(session: Any, until: datetime, limit: int = 1000) -> list[db.Aler
 
 
 def collect_due(session: Any, now: datetime, ahead: timedelta = LOOK_AHEAD) -> Due:
-    """The steps to hand over; a cadence's overdue retries collapse into its latest overdue one."""
+    """The steps to hand over; a cadence's overdue alerts (its first, its retries) collapse into its latest
+    overdue one."""
     due = Due()
     retries: dict[int, list[db.AlertStep]] = defaultdict(list)
     for s in _due_steps(session, now + ahead):
         if s.due_at > now:
             due.soon.append((s.id, s.due_at))
-        elif s.kind == "retry" and s.assignment_id is not None:
+        elif in_cadence(s.kind, s.step) and s.assignment_id is not None:
             retries[s.assignment_id].append(s)
         else:
             due.now.append(s.id)
@@ -77,7 +78,7 @@ def collect_due(session: Any, now: datetime, ahead: timedelta = LOOK_AHEAD) -> D
                             .where(db.AlertStep.id.in_([by_step[n].id for n in skip]),
                                    db.AlertStep.status == "pending")
                             .values(status="skipped", fired_at=now, note="overdue; collapsed into a later step"))
-            log.info("assignment %s: %d overdue reminders collapsed into step %s", group[0].assignment_id,
+            log.info("assignment %s: %d overdue alerts collapsed into step %s", group[0].assignment_id,
                      len(skip), keep)
         due.now.extend(by_step[n].id for n in keep)
     return due
@@ -157,6 +158,7 @@ def run_forever(tick_seconds: float | None = None) -> int:
             if started - last_beat > HEARTBEAT_EVERY:
                 heartbeat(name)
                 flush_held()
+                settle_maybe_sent()
                 last_beat = started
             failures = 0
         except Exception as exc:  # Redis or the database away: keep ticking, they come back

@@ -6,9 +6,12 @@ delays a demo request, and neither event lane delays a reminder:
 - ``events``: prefork processes draining the normal lane (CPU-bound scoring in
   batch transactions);
 - ``fast``: prefork processes for the fast lane (high-value events);
-- ``alerts``: one process whose threads fire alert steps. Firing a batch of
-  steps mostly waits, on the providers and on the database, so threads keep
-  several batches in flight where a process would sit idle.
+- ``alerts``: processes whose threads fire alert steps, one process per unit
+  of ``--alert-concurrency``. Firing a batch of steps mostly waits, on the
+  providers and on the database, so threads keep several batches in flight
+  where a process would sit idle; and building requests and messages is
+  Python work that one process (one GIL) cannot spread over the cores, so a
+  busy minute of reminders needs a process per core.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import subprocess
 import sys
 import uuid
 
-ALERT_THREADS = 2   # alert batches in flight per unit of --alert-concurrency
+ALERT_THREADS = 2   # alert batches in flight per alert process
 
 
 def celery_command(queues: str, concurrency: int, name: str, loglevel: str = "INFO",
@@ -31,12 +34,13 @@ def celery_command(queues: str, concurrency: int, name: str, loglevel: str = "IN
 
 def worker_commands(concurrency: int = 2, alert_concurrency: int = 2, loglevel: str = "INFO"
                     ) -> list[tuple[str, list[str]]]:
-    """(name, command) of each worker group; ``alert_concurrency`` sizes the fast lane and the alert threads."""
+    """(name, command) of each worker process group; ``alert_concurrency`` sizes the fast lane and the number
+    of alert processes."""
     return [
         ("events", celery_command("events", concurrency, "events", loglevel)),
         ("fast", celery_command("fast", alert_concurrency, "fast", loglevel)),
-        ("alerts", celery_command("alerts", ALERT_THREADS * alert_concurrency, "alerts", loglevel, pool="threads")),
-    ]
+    ] + [("alerts", celery_command("alerts", ALERT_THREADS, f"alerts{n}", loglevel, pool="threads"))
+         for n in range(max(1, alert_concurrency))]
 
 
 def run_worker(concurrency: int = 2, alert_concurrency: int = 2) -> int:

@@ -287,12 +287,18 @@ async def twilio_status(request: Request) -> Response:
     sid, status = params.get("MessageSid", ""), params.get("MessageStatus", "")
     if not sid or not status:
         return Response("MessageSid and MessageStatus are required", status_code=400, media_type="text/plain")
-    settle(sid, status, params.get("ErrorCode") or None, kind_hint="sms")
+    settle(sid, status, params.get("ErrorCode") or None, kind_hint="sms",
+           delivery_id=request.query_params.get("delivery_id"))
     return Response(status_code=204)
 
 
-def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: str) -> None:
-    """Record a provider's word on a delivery; failed deliveries fail over to the other channel."""
+def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: str,
+           delivery_id: str | None = None) -> None:
+    """Record a provider's word on a delivery; failed deliveries fail over to the other channel.
+
+    ``delivery_id`` (from the status callback URL, which the provider signs) finds
+    a delivery whose request timed out before the provider's answer named the
+    message: a "maybe sent" one learns its provider id here."""
     from worker.alerts import disable_channel, failover, send_all
 
     if "\x00" in provider_id:   # no delivery has such an id, and PostgreSQL cannot even compare one
@@ -302,6 +308,11 @@ def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: 
     sends = []
     with rt.sessions.begin() as session:
         d = session.scalar(select(db.Delivery).where(db.Delivery.provider_id == provider_id).limit(1))
+        if d is None and delivery_id is not None and re.fullmatch(r"[0-9]{1,18}", delivery_id):
+            d = session.get(db.Delivery, int(delivery_id))
+            if d is None or d.provider_id is not None or d.channel != kind_hint:
+                return
+            d.provider_id = provider_id
         if d is None:
             return
         d.updated_at = now
@@ -388,7 +399,7 @@ def _delivery_key(session: Session, delivery_id: Any, message_id: str) -> str | 
     if d is None:
         return None
     if not d.provider_id:
-        d.provider_id = f"delivery-{d.id}"
+        d.provider_id = message_id or f"delivery-{d.id}"
     return d.provider_id
 
 

@@ -287,3 +287,79 @@ def test_the_tick_hands_over_steps_due_soon_with_their_due_time_and_collapses_ov
     queued.clear()
     tick_once()                                             # the next tick queues nothing twice
     assert queued == []
+
+
+def test_a_batch_takes_in_steps_already_late_and_no_step_early(alert_env, providers, queued):
+    from worker.alerts import BEHIND, MAX_BATCH, fire_steps
+
+    make_hot("own-1", "late-a", "late-b", "fresh-1")
+    own = steps_of(alert_env, "own-1", 0)[0].id
+    late = [steps_of(alert_env, lead, 0)[0].id for lead in ("late-a", "late-b")]
+    fresh = steps_of(alert_env, "fresh-1", 0)[0].id
+    make_due(alert_env, *late, ago=BEHIND.total_seconds() + 2)   # their own tasks are stuck somewhere
+    make_due(alert_env, fresh, ago=-60)                           # not due for a minute
+    fire_steps([own])
+    for step_id in (own, *late):
+        assert sorted(d.channel for d in deliveries(alert_env, step_id)) == ["email", "sms"]
+    assert deliveries(alert_env, fresh) == [] and steps_of(alert_env, "fresh-1", 0)[0].status == "pending"
+    sent = len(providers.requests)
+    fire_steps(late)                                              # their own tasks come: nothing left to do
+    assert len(providers.requests) == sent
+    assert MAX_BATCH >= 16
+
+
+def test_a_cadences_overdue_alerts_claimed_together_send_only_the_latest(alert_env, providers, queued):
+    from worker.alerts import BEHIND, fire_steps
+
+    make_hot("both-1")
+    first = steps_of(alert_env, "both-1", 0)[0]
+    retry = steps_of(alert_env, "both-1", 1)[0]
+    make_due(alert_env, first.id, retry.id, ago=BEHIND.total_seconds() + 30)   # after an outage
+    fire_steps([first.id, retry.id])
+    by_step = {s.step: s for s in steps_of(alert_env, "both-1")}
+    assert by_step[0].status == "skipped" and "collapsed" in by_step[0].note
+    assert by_step[1].status == "done"
+    assert deliveries(alert_env, first.id) == []
+    assert len(sms_to(providers, "+14155550102")) == 1               # one message, not a burst
+
+
+def test_a_late_first_alert_moves_its_reminders_by_as_much(alert_env, providers, queued):
+    from worker import db as models
+    from worker.alerts import fire_steps
+
+    make_hot("slow-1")
+    before = {s.step: s.due_at for s in steps_of(alert_env, "slow-1")}
+    with db(alert_env) as s:
+        start = s.scalar(select(models.Assignment.start_at).where(models.Assignment.lead_id == "slow-1"))
+    make_due(alert_env, steps_of(alert_env, "slow-1", 0)[0].id, ago=5)   # a backlog held it 5 s
+    fire_steps([steps_of(alert_env, "slow-1", 0)[0].id])
+    after = {s.step: s for s in steps_of(alert_env, "slow-1")}
+    assert after[0].status == "done"
+    moved = [(after[n].due_at - before[n]).total_seconds() for n in sorted(before) if n > 0]
+    assert all(5.0 <= m < 6.0 for m in moved), moved                    # every reminder and the reassignment
+    with db(alert_env) as s:
+        new_start = s.scalar(select(models.Assignment.start_at).where(models.Assignment.lead_id == "slow-1"))
+    assert 5.0 <= (new_start - start).total_seconds() < 6.0
+
+
+def test_a_first_alert_on_time_moves_nothing(alert_env, providers, queued):
+    from worker.alerts import fire_steps
+
+    make_hot("prompt-1")
+    before = {s.step: s.due_at for s in steps_of(alert_env, "prompt-1")}
+    fire_steps([steps_of(alert_env, "prompt-1", 0)[0].id])
+    assert {s.step: s.due_at for s in steps_of(alert_env, "prompt-1")} == before
+
+
+def test_the_tick_collapses_an_overdue_first_alert_into_the_overdue_reminder(alert_env, queued, monkeypatch):
+    import worker.publish
+    from worker.scheduler import tick_once
+
+    monkeypatch.setattr(worker.publish, "kick_drain", lambda r, lane: None)
+    make_hot("down-1")
+    first, retry = steps_of(alert_env, "down-1", 0)[0], steps_of(alert_env, "down-1", 1)[0]
+    make_due(alert_env, first.id, retry.id, ago=120)      # the whole service was down for minutes
+    queued.clear()
+    tick_once()
+    assert [ids for ids, eta in queued if eta is None] == [[retry.id]]
+    assert steps_of(alert_env, "down-1", 0)[0].status == "skipped"

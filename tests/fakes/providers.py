@@ -40,7 +40,7 @@ from typing import Any, Literal, TypedDict
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
-from openapi_core import OpenAPI
+from openapi_core import Config, OpenAPI
 from openapi_core.datatypes import RequestParameters
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
@@ -57,6 +57,7 @@ TWILIO_CREATE = "/2010-04-01/Accounts/{AccountSid}/Messages.json"
 TWILIO_FETCH = "/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json"
 SENDGRID_SEND = "/v3/mail/send"
 
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _TWILIO_CREATE_RE = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages\.json$")
 _TWILIO_FETCH_RE = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages/(?P<sid>[^/]+)\.json$")
 
@@ -96,18 +97,22 @@ def load_spec(provider: Provider) -> OpenAPI:
     """
     if provider == "twilio":
         doc = json.loads((specs_dir() / "twilio_api_v2010.json").read_text())
-        ops = {TWILIO_CREATE: "post", TWILIO_FETCH: "get"}
+        ops = {TWILIO_CREATE: {"post", "get"}, TWILIO_FETCH: {"get"}}
     else:
         doc = json.loads((specs_dir() / "tsg_mail_v3.json").read_text())
-        ops = {SENDGRID_SEND: "post"}
-    return OpenAPI.from_dict(_prune(doc, ops))
+        ops = {SENDGRID_SEND: {"post"}}
+    # Twilio types phone numbers with a format of its own; in a query parameter openapi-core
+    # refuses a format it has no checker for, so it gets E.164's.
+    phone = {"phone-number": lambda value: isinstance(value, str) and _E164.fullmatch(value) is not None}
+    return OpenAPI.from_dict(_prune(doc, ops), config=Config(extra_format_validators=phone,
+                                                             extra_format_unmarshallers={"phone-number": str}))
 
 
-def _prune(doc: dict[str, Any], ops: Mapping[str, str]) -> dict[str, Any]:
+def _prune(doc: dict[str, Any], ops: Mapping[str, set[str]]) -> dict[str, Any]:
     methods = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
     paths = {
-        path: {k: v for k, v in doc["paths"][path].items() if k not in methods or k == method}
-        for path, method in ops.items()
+        path: {k: v for k, v in doc["paths"][path].items() if k not in methods or k in wanted}
+        for path, wanted in ops.items()
     }
     pruned: dict[str, Any] = {k: v for k, v in doc.items() if k not in ("paths", "components")}
     pruned["paths"] = paths
@@ -378,7 +383,7 @@ class FakeProviderServer:
     def fail_next(self, provider: Provider, responses: list[Scripted]) -> None:
         """Answer the provider's next requests (any path) with these, in order."""
         for response in responses:
-            if response[0] not in ("ok", "status", "twilio_error", "sendgrid_status", "hang", "drop"):
+            if response[0] not in ("ok", "status", "twilio_error", "sendgrid_status", "hang", "drop", "accept_then_drop"):
                 raise ValueError(f"unknown scripted response {response!r}")
         with self._lock:
             self._scripts[provider].extend(responses)
@@ -464,10 +469,16 @@ class FakeProviderServer:
             self._checks.put(record)
 
         answer: _Answer | None
-        if provider is not None and script is not None and script[0] != "ok":
+        taken: str | None = None
+        if provider is not None and script is not None and script[0] == "accept_then_drop":
+            # The provider took the request and acted on it; its answer never reached the caller.
+            kept = (self._twilio(method, path, headers, form, problems) if provider == "twilio"
+                    else self._sendgrid(headers, payload, problems))
+            answer, taken = None, kept.provider_id
+        elif provider is not None and script is not None and script[0] != "ok":
             answer = self._scripted(provider, script)
         elif provider == "twilio":
-            answer = self._twilio(method, path, headers, form, problems)
+            answer = self._twilio(method, path, headers, form, problems, split.query)
         elif provider == "sendgrid":
             answer = self._sendgrid(headers, payload, problems)
         else:
@@ -476,6 +487,7 @@ class FakeProviderServer:
         with self._changed:
             self._violations.extend(problems)
             record["status"] = answer.status if answer else None
+            record["provider_id"] = taken
             if answer is not None:
                 record["provider_id"] = answer.provider_id
                 record["response_headers"] = answer.headers
@@ -510,10 +522,11 @@ class FakeProviderServer:
         raise ValueError(f"unknown scripted response {script!r}")
 
     def _twilio(
-        self, method: str, path: str, headers: Mapping[str, str], form: Mapping[str, str] | None, problems: list[str]
+        self, method: str, path: str, headers: Mapping[str, str], form: Mapping[str, str] | None, problems: list[str],
+        query: str = "",
     ) -> _Answer:
         create, fetch = _TWILIO_CREATE_RE.match(path), _TWILIO_FETCH_RE.match(path)
-        match = create if method == "POST" else fetch if method == "GET" else None
+        match = create if method == "POST" else (fetch or create) if method == "GET" else None
         if match is None:
             return _twilio_error(404, 20404, f"The requested resource {path} was not found")
         account = match["account"]
@@ -521,7 +534,7 @@ class FakeProviderServer:
         if user != account or (self.twilio_auth_token is not None and token != self.twilio_auth_token):
             problems.append(f"{method} {path}: basic auth user is not the path's AccountSid, or the token is wrong")
             return _twilio_error(401, 20003, "Authenticate")
-        if create is not None:
+        if create is not None and method == "POST":
             rules = twilio_problems(form or {})
             problems += [f"POST {path}: Twilio {code}: {text}" for code, text in rules]
             if rules:
@@ -531,12 +544,26 @@ class FakeProviderServer:
                 # parameter", so 20001 stands in (the classifier reads it as invalid).
                 return _twilio_error(400, 20001, problems[0])
             return self._create_message(account, form or {})
+        if create is not None:   # GET: the list, newest first, filtered as Twilio filters it
+            return self._list_messages(account, path, query)
         with self._lock:
             message = self._messages.get(match["sid"])
             message = dict(message) if message and message["account_sid"] == account else None
         if problems or message is None:
             return _twilio_error(404, 20404, f"The requested resource {path} was not found")
         return _json_answer(200, message, message["sid"])
+
+    def _list_messages(self, account: str, path: str, query: str) -> _Answer:
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        size = max(1, min(1000, int(params.get("PageSize") or 50)))
+        with self._lock:
+            found = [dict(m) for m in reversed(self._messages.values()) if m["account_sid"] == account
+                     and params.get("To", m["to"]) == m["to"] and params.get("From", m["from"]) == m["from"]]
+        uri = f"{path}?PageSize={size}&Page=0"
+        page = {"messages": found[:size], "end": min(size, len(found)) - 1, "first_page_uri": uri,
+                "next_page_uri": None, "page": 0, "page_size": size, "previous_page_uri": None, "start": 0,
+                "uri": uri}
+        return _json_answer(200, page)
 
     def _create_message(self, account: str, form: Mapping[str, str]) -> _Answer:
         sid = "SM" + secrets.token_hex(16)

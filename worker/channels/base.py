@@ -25,6 +25,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal, Protocol
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,25 @@ class Channel(Protocol):
     def fetch_status(self, provider_id: str) -> str | None:
         """The provider's current status of a sent message, None if unknown or unsupported."""
         ...
+
+    def sent_between(self, to: str, since: datetime, until: datetime) -> list[Sent]:
+        """The messages to ``to`` the provider took between ``since`` and ``until``: how a "maybe sent"
+        request whose answer was lost is settled. Raise :class:`NotSupported` where the provider
+        cannot be asked."""
+        ...
+
+
+class NotSupported(Exception):
+    """The provider offers no way to ask this."""
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A message as the provider has it."""
+
+    provider_id: str
+    status: str
+    text: str
 
 
 def send_with_retry(

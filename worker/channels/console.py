@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 import threading
 import uuid
+from datetime import datetime
 from typing import TextIO
 
-from worker.channels.base import OutboundMessage, SendResult, mask_recipient
+from worker.channels.base import NotSupported, OutboundMessage, SendResult, Sent, mask_recipient
 
 PROVIDER_ID_PREFIX = "console-"
 
@@ -42,3 +43,6 @@ class ConsoleChannel:
     def fetch_status(self, provider_id: str) -> str | None:
         # Printing is delivering: nothing can be left in flight.
         return "delivered" if provider_id.startswith(PROVIDER_ID_PREFIX) else None
+
+    def sent_between(self, to: str, since: datetime, until: datetime) -> list[Sent]:
+        raise NotSupported("the console keeps no record of what it printed")

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import socket
+from datetime import datetime
 from typing import Any
 
 from python_http_client.exceptions import HTTPError
@@ -15,8 +16,10 @@ from sendgrid.helpers.mail import CustomArg, Mail
 
 from worker.channels.base import (
     ErrorKind,
+    NotSupported,
     OutboundMessage,
     SendResult,
+    Sent,
     TransportError,
     exception_chain,
     parse_retry_after,
@@ -72,6 +75,9 @@ class SendGridEmailChannel:
         # SendGrid has no per-message status lookup (the Email Activity API is
         # a paid add-on and eventually consistent); the event webhook settles it.
         return None
+
+    def sent_between(self, to: str, since: datetime, until: datetime) -> list[Sent]:
+        raise NotSupported("SendGrid has no message lookup; its event webhook settles an email")
 
 
 def _classify_http(exc: HTTPError) -> TransportError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -19,12 +20,15 @@ from worker.channels.base import (
     ErrorKind,
     OutboundMessage,
     SendResult,
+    Sent,
     TransportError,
     exception_chain,
     parse_retry_after,
 )
 
 KEEP_ALIVE_CONNECTIONS = 32   # at least as many as the threads that send alerts in one process
+
+FIND_LIMIT = 50   # a rep's newest messages, searched for one whose answer was lost
 
 # Twilio's documented limits for ValidityPeriod, in seconds.
 MIN_VALIDITY = 1
@@ -132,6 +136,19 @@ class TwilioSmsChannel:
         except (TwilioException, requests.RequestException) as exc:
             raise self._classify(exc) from exc
         return str(message.status) if message.status is not None else None
+
+    def sent_between(self, to: str, since: datetime, until: datetime) -> list[Sent]:
+        """Twilio's newest messages to ``to`` (from our sender) created in the window."""
+        kwargs: dict[str, Any] = {"to": to, "limit": FIND_LIMIT, "page_size": FIND_LIMIT}
+        if self._from_number and not self._messaging_service_sid:
+            kwargs["from_"] = self._from_number
+        try:
+            messages = self._client.messages.list(**kwargs)
+        except (TwilioException, requests.RequestException) as exc:
+            raise self._classify(exc) from exc
+        return [Sent(provider_id=str(m.sid), status=str(m.status or "sent"), text=m.body or "")
+                for m in messages if m.sid and m.date_created is not None and since <= m.date_created <= until
+                and m.direction in (None, "outbound-api")]
 
     def _classify(self, exc: TwilioException | requests.RequestException) -> TransportError:
         if isinstance(exc, (TwilioRestException, TwilioServiceException)):
