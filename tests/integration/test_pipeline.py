@@ -396,18 +396,19 @@ def test_an_entry_that_fails_processing_is_dead_lettered_and_the_batch_goes_on(p
 
 
 def test_entries_held_by_a_dead_consumer_are_claimed_with_no_new_event_to_kick_a_drain(pipeline: Pipeline) -> None:
-    pipeline.worker(concurrency=1, LEADROUTER_RECLAIM_IDLE_SECONDS="2")
     stream.ensure_groups(pipeline.redis)
-    wait_until(lambda: consumers(pipeline), message="the worker's drain at start")
     received = iso(datetime.now().astimezone()) or ""
     stream.append(pipeline.redis, stream.NORMAL,
                   [("default", received, track(f"g-{i}", "Email Clicked", 3, user=f"u-g{i % 3}")) for i in range(30)])
-    # a worker read them all and died before acknowledging: the state a kill -9 leaves
+    # a worker read them all and died before acknowledging: the state a kill -9 leaves (read before the
+    # new worker starts, so its drain at start cannot take them first)
     held = pipeline.redis.xreadgroup(stream.GROUP, "gone-1234", {stream.stream_key(stream.NORMAL): ">"}, count=100)
     assert len(held[0][1]) == 30
+    pipeline.worker(concurrency=1, LEADROUTER_RECLAIM_IDLE_SECONDS="2")
+    wait_until(lambda: len(consumers(pipeline)) > 1, message="the worker's drain at start")
     from worker.publish import kick_drain
 
-    kick_drain(pipeline.redis, stream.NORMAL)   # the last kick there will be; it finds nothing to claim yet
+    kick_drain(pipeline.redis, stream.NORMAL)   # the last kick there will be; it may find nothing to claim yet
     started = time.monotonic()
     pipeline.wait_events(30, timeout=20)
     assert time.monotonic() - started < 10
