@@ -155,6 +155,10 @@ class PageRule(_Model):
 # ---------------------------------------------------------------- people
 
 
+Channel = Literal["sms", "email", "console"]
+DEFAULT_CHANNELS: tuple[Channel, ...] = ("sms", "email")
+
+
 class Rep(_Model):
     id: str
     name: str | None = None
@@ -162,7 +166,7 @@ class Rep(_Model):
     email: str | None = None
     timezone: str = "UTC"
     hours: str = "Mon-Sun 00:00-24:00"
-    channels: list[Literal["sms", "email", "console"]] = Field(default_factory=lambda: ["sms", "email"])
+    channels: list[Channel] = Field(default_factory=lambda: list(DEFAULT_CHANNELS))
     weight: float = Field(default=1, gt=0)
     max_open: int | None = Field(default=None, ge=1)
     skills: list[str] = Field(default_factory=list)
@@ -278,8 +282,8 @@ class Alerts(_Model):
 LEAD_EVENTS = ("lead.hot", "lead.assigned", "lead.claimed", "lead.reassigned", "lead.contacted", "lead.unrouted")
 LeadEventName = Literal["lead.hot", "lead.assigned", "lead.claimed", "lead.reassigned", "lead.contacted",
                         "lead.unrouted"]
-SLACK_NOTICES = ("lead.hot", "lead.unrouted", "escalation")
 SlackNotice = Literal["lead.hot", "lead.unrouted", "escalation"]
+SLACK_NOTICES: tuple[SlackNotice, ...] = ("lead.hot", "lead.unrouted", "escalation")
 
 
 class Webhook(_Model):
@@ -450,11 +454,12 @@ def _line_of(doc: Any, path: list[str | int]) -> int | None:
     node, line = doc, None
     for part in path:
         try:
-            if hasattr(node, "lc") and isinstance(node, dict) and part in node:
-                line = node.lc.key(part)[0] + 1
+            lc: Any = getattr(node, "lc", None)   # ruamel's line and column records
+            if lc is not None and isinstance(node, dict) and part in node:
+                line = lc.key(part)[0] + 1
                 node = node[part]
-            elif hasattr(node, "lc") and isinstance(node, list) and isinstance(part, int) and part < len(node):
-                line = node.lc.item(part)[0] + 1
+            elif lc is not None and isinstance(node, list) and isinstance(part, int) and part < len(node):
+                line = lc.item(part)[0] + 1
                 node = node[part]
             else:
                 break

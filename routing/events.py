@@ -131,7 +131,8 @@ def _opt_id(raw: Mapping[str, Any], key: str) -> str | None:
 
 def map_page(raw: Mapping[str, Any], pages: list[PageRule]) -> str:
     """The track event name a ``page`` call stands for (first matching rule, else ``Page Viewed``)."""
-    props = raw.get("properties") if isinstance(raw.get("properties"), dict) else {}
+    given = raw.get("properties")
+    props: dict[str, Any] = given if isinstance(given, dict) else {}
     name = raw.get("name") if isinstance(raw.get("name"), str) else None
     path = props.get("path") if isinstance(props.get("path"), str) else None
     for rule in pages:

@@ -124,7 +124,7 @@ def simulate(raw_events: Iterable[Any], rules: Rules, *, as_of: datetime | None 
     for lead_id in sorted(leads):
         lead = leads[lead_id]
         b = lead.history.score(rules.scoring, at) if at is not None else None
-        decision = routed.get(lead_id)
+        chosen = routed.get(lead_id)
         results.append(LeadResult(
             lead_id=lead_id,
             score=float(b.score) if b else 0.0,
@@ -133,9 +133,9 @@ def simulate(raw_events: Iterable[Any], rules: Rules, *, as_of: datetime | None 
             tier=b.tier if b else "cold",
             hot_at=lead.episode.hot_at,
             red_hot_at=lead.episode.red_hot_at,
-            rep=decision.rep_id if decision else None,
-            route=decision.route if decision else None,
-            reasons=decision_reasons(decision) if decision else [],
+            rep=chosen.rep_id if chosen else None,
+            route=chosen.route if chosen else None,
+            reasons=decision_reasons(chosen) if chosen else [],
         ))
     return Replay(results, summarize(results, at), errors)
 

@@ -258,13 +258,14 @@ _sqlite_writer = threading.Lock()
 def _transaction() -> Iterator[Session]:
     """A transaction of the alert path. SQLite has one writer at a time and its waiters poll
     with growing sleeps, first come not first served; so this process's threads queue on a
-    lock of their own and at most one of them waits on the database."""
+    lock of their own and at most one of them waits on the database, and the normal lane
+    starts no new batch meanwhile (:func:`worker.db.urgent`)."""
     rt = get_runtime()
     serial = rt.engine.dialect.name == "sqlite"
     if serial:
         _sqlite_writer.acquire()
     try:
-        with rt.sessions.begin() as session:
+        with db.urgent(rt.engine), rt.sessions.begin() as session:
             yield session
     finally:
         if serial:

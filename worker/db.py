@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -299,6 +304,64 @@ def make_engine(url: str) -> Engine:
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
                          connect_args={"connect_timeout": 5})
+
+
+# ---------------------------------------------------------------- SQLite: urgent writes first
+#
+# SQLite has one writer at a time, and a writer that finds the lock taken polls for it with
+# growing sleeps: first come is not first served. A drain of the normal lane holds the lock for
+# a whole batch (hundreds of events), and two of them can pass it back and forth while a demo
+# request's routing or an alert waits. So urgent writers (the fast lane, alert firing) hold a
+# shared lock on a file beside the database while they wait for and run their transaction, and
+# the normal lane takes that file's exclusive lock for an instant before each batch: it starts
+# no new batch while an urgent write is waiting. A kernel lock, so nobody polls and a process
+# that dies lets go. PostgreSQL locks rows and needs none of this.
+
+GATE_WAIT = 2.0   # the longest a normal-lane batch waits for urgent writes before going anyway
+
+
+def _gate_path(engine: Engine) -> str | None:
+    if engine.dialect.name != "sqlite":
+        return None
+    path = engine.url.database
+    return f"{path}-gate" if path and path != ":memory:" else None
+
+
+@contextmanager
+def urgent(engine: Engine) -> Iterator[None]:
+    """Around an urgent write transaction: the normal lane starts no batch until it is done."""
+    path = _gate_path(engine)
+    if path is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)   # shared: urgent writers never wait for one another here
+        yield
+    finally:
+        os.close(fd)
+
+
+def yield_to_urgent(engine: Engine) -> float:
+    """Before a normal-lane batch: wait (at most ``GATE_WAIT``) while urgent writes wait or run.
+    Returns the seconds waited."""
+    path = _gate_path(engine)
+    if path is None:
+        return 0.0
+    started = time.monotonic()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() - started >= GATE_WAIT:
+                    break
+                time.sleep(0.002)
+    finally:
+        os.close(fd)
+    return time.monotonic() - started
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:  # type: ignore[type-arg]

@@ -6,12 +6,13 @@ import logging
 import math
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 
 from celery.signals import worker_ready
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from worker import stream
+from worker import db, stream
 from worker.app import app
 from worker.db import now_utc
 from worker.pipeline import BatchResult, dead_letter, process_batch
@@ -54,7 +55,9 @@ def _apply_with_retries(entries: list[stream.Entry], lane: str) -> BatchResult:
     while True:
         rules = rt.rules
         try:
-            with rt.sessions.begin() as session:
+            # the fast lane goes first on SQLite; the normal lane lets it (worker.db.urgent)
+            gate = db.urgent(rt.engine) if lane == stream.FAST else nullcontext(db.yield_to_urgent(rt.engine))
+            with gate, rt.sessions.begin() as session:
                 return process_batch(session, entries, rules, now_utc(), Router(rules))
         except Exception as exc:  # sorted below: outage waits, anything else isolates the bad entry
             if _is_outage(exc):
