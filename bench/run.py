@@ -782,6 +782,7 @@ def main(argv: list[str] | None = None) -> int:
                  "scenarios": sorted(chosen),
                  "sizes": {"throughput_events": sizes.throughput_events, "noop_tasks": sizes.noop_tasks,
                            "crossings": sizes.crossings, "cadence_steps": sizes.cadence_steps,
+                           "cadence_crossings_per_s": sizes.cadence_crossings_per_s,
                            "cost_leads": [sizes.cost_small, sizes.cost_large], "rss_events": sizes.rss_events}},
     }
     started = time.monotonic()
