@@ -857,6 +857,7 @@ def send_all(items: list[_Send]) -> None:
 
 SETTLE_AFTER = timedelta(seconds=60)     # a status callback normally comes within seconds; then we ask
 SETTLE_WITHIN = timedelta(hours=24)      # older than that, the provider's own records are what is left
+SETTLE_AGAIN = timedelta(minutes=10)     # a lookup that could not tell is repeated this much later
 SETTLE_BATCH = 50
 _LINK = re.compile(r"/claim/([A-Za-z0-9_.-]+)")
 
@@ -881,7 +882,10 @@ def settle_maybe_sent(now: datetime | None = None) -> int:
                    db.Delivery.provider_id, db.Delivery.created_at, db.Delivery.updated_at, db.AlertStep.assignment_id)
             .outerjoin(db.AlertStep, db.AlertStep.id == db.Delivery.step_id)
             .where(db.Delivery.status == "maybe_sent", db.Delivery.channel == "sms",
-                   db.Delivery.updated_at <= now - SETTLE_AFTER, db.Delivery.created_at >= now - SETTLE_WITHIN)
+                   db.Delivery.updated_at <= now - SETTLE_AFTER, db.Delivery.created_at >= now - SETTLE_WITHIN,
+                   # without a provider id, only a message with a claim link can be recognized
+                   or_(db.Delivery.provider_id.is_not(None),
+                       and_(db.AlertStep.kind.in_(sorted(CLAIMABLE)), db.AlertStep.assignment_id.is_not(None))))
             .order_by(db.Delivery.id).limit(SETTLE_BATCH)).all()
     settled = 0
     for delivery_id, kind, to, recipient, lead_id, provider_id, created_at, updated_at, assignment_id in rows:
@@ -907,11 +911,11 @@ def settle_maybe_sent(now: datetime | None = None) -> int:
             settled += 1
         elif not took_any:
             settled += _not_at_provider(delivery_id, now)
-        else:   # messages to that number then, none of them ours: cannot tell; ask again later
+        else:   # messages to that number then, none of them ours: cannot tell yet; ask again later
             with rt.sessions.begin() as session:
                 session.execute(update(db.Delivery).where(db.Delivery.id == delivery_id,
                                                           db.Delivery.status == "maybe_sent")
-                                .values(updated_at=now))
+                                .values(updated_at=now + SETTLE_AGAIN - SETTLE_AFTER))
     return settled
 
 

@@ -22,6 +22,7 @@ import logging
 import math
 import signal
 import socket
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -149,16 +150,16 @@ def run_forever(tick_seconds: float | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     name = f"beat@{socket.gethostname()}"
     log.info("scheduler running, tick every %.2fs", interval)
+    done = threading.Event()
+    chores = start_housekeeping(done)
     last_beat = 0.0
     failures = 0
     while not stopping:
         started = time.monotonic()
         try:
             tick_once()
-            if started - last_beat > HEARTBEAT_EVERY:
+            if started - last_beat > HEARTBEAT_EVERY:   # says the tick itself is alive, for status
                 heartbeat(name)
-                flush_held()
-                settle_maybe_sent()
                 last_beat = started
             failures = 0
         except Exception as exc:  # Redis or the database away: keep ticking, they come back
@@ -167,5 +168,26 @@ def run_forever(tick_seconds: float | None = None) -> int:
                 else log.exception("tick failing repeatedly")
             time.sleep(min(5.0, 0.5 * failures))
         time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    done.set()
+    chores.join(timeout=2)   # a chore stuck on a provider does not hold up the exit for long
     log.info("scheduler stopped")
     return 0
+
+
+def start_housekeeping(done: threading.Event, every: float = HEARTBEAT_EVERY) -> threading.Thread:
+    """The scheduler's slow chores on a thread of their own: the hourly cap's summaries and asking
+    providers about "maybe sent" deliveries. They wait on providers; the tick, which every alert's
+    timing hangs on, must never wait behind them."""
+
+    def loop() -> None:
+        while not done.is_set():
+            for chore in (flush_held, settle_maybe_sent):
+                try:
+                    chore()
+                except Exception:  # Redis, the database or a provider away: next round
+                    log.warning("scheduler chore failed; next round in %.0fs", every, exc_info=True)
+            done.wait(every)
+
+    thread = threading.Thread(target=loop, name="beat-housekeeping", daemon=True)
+    thread.start()
+    return thread

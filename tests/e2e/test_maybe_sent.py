@@ -72,6 +72,10 @@ def test_a_message_of_someone_else_then_is_not_taken_for_ours(alert_env, provide
     assert {d.channel: d for d in deliveries(alert_env, mine.id)}["sms"].status == "maybe_sent"
     assert settle_maybe_sent(_later()) == 0      # a message to that number then, but not ours: cannot tell
     assert {d.channel: d for d in deliveries(alert_env, mine.id)}["sms"].status == "maybe_sent"
+    asked = len([r for r in providers.requests if r["method"] == "GET"])
+    assert settle_maybe_sent(_later(3)) == 0 and len([r for r in providers.requests if r["method"] == "GET"]) == asked
+    settle_maybe_sent(_later(13))                # ten minutes on, it asks again
+    assert len([r for r in providers.requests if r["method"] == "GET"]) == asked + 1
 
 
 def test_a_maybe_sent_sms_with_a_provider_id_is_looked_up_by_it(alert_env, providers, queued):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
@@ -31,3 +32,42 @@ def test_no_step_waits_for_less_than_its_due_time_nor_a_slot_longer(offsets_us):
     for eta, ids in slots:
         assert all(due[i] <= eta < due[i] + ETA_GRID for i in ids)
     assert [eta for eta, _ in slots] == sorted(eta for eta, _ in slots)
+
+
+def test_the_tick_never_waits_behind_a_chore_stuck_on_a_provider(monkeypatch):
+    import os
+    import signal
+    import threading
+
+    import worker.scheduler as scheduler
+
+    stuck = threading.Event()
+    release = threading.Event()
+
+    def hung_provider() -> int:
+        stuck.set()
+        release.wait(30)
+        return 0
+
+    ticks: list[float] = []
+
+    def tick() -> int:
+        ticks.append(time.monotonic())
+        if len(ticks) == 8:
+            os.kill(os.getpid(), signal.SIGTERM)   # run_forever's own handler: stop after this tick
+        return 0
+
+    monkeypatch.setattr(scheduler, "settle_maybe_sent", hung_provider)
+    monkeypatch.setattr(scheduler, "flush_held", lambda: 0)
+    monkeypatch.setattr(scheduler, "tick_once", tick)
+    monkeypatch.setattr(scheduler, "heartbeat", lambda name: None)
+    monkeypatch.setattr(scheduler, "get_runtime", lambda: type("Rt", (), {"settings": None})())
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        assert scheduler.run_forever(tick_seconds=0.05) == 0
+    finally:
+        release.set()
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+    assert stuck.is_set()              # the chore was stuck the whole time
+    assert len(ticks) == 8 and ticks[-1] - ticks[0] < 2   # ticking every 0.05 s, not every 30
