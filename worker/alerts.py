@@ -212,6 +212,7 @@ def claim_url(settings: Settings, rules: Rules, rep_id: str, assignment: db.Assi
 SEND_THREADS = 32
 MAX_BATCH = 24        # steps one batch may carry when it takes in late steps of other tasks
 BEHIND = timedelta(milliseconds=250)   # a step this late is taken by whichever batch runs first
+TAKE_IN_WITHIN = timedelta(seconds=60)  # ... unless it is later than this
 RECORD_ATTEMPTS = 3    # the providers have answered: a short database outage must not lose what they said
 
 
@@ -277,16 +278,20 @@ def _is_outage(exc: BaseException) -> bool:
 
 
 def _overdue(session: Session, now: datetime, leave_out: Sequence[int], limit: int) -> list[int]:
-    """Steps already ``BEHIND`` their due time, oldest first: their own tasks are stuck behind others."""
+    """Steps already ``BEHIND`` their due time, oldest first: their own tasks are stuck behind others.
+
+    Not those late by more than ``TAKE_IN_WITHIN``: the tick hands those over itself, and a step
+    that keeps failing (a bug, bad data) must not be carried into every batch."""
     if limit <= 0:
         return []
     return list(session.scalars(select(db.AlertStep.id)
                                 .where(db.AlertStep.status == "pending", db.AlertStep.due_at <= now - BEHIND,
+                                       db.AlertStep.due_at > now - TAKE_IN_WITHIN,
                                        db.AlertStep.id.not_in(leave_out))
                                 .order_by(db.AlertStep.due_at).limit(limit)))
 
 
-def _claim_steps(session: Session, step_ids: Sequence[int], now: datetime
+def _claim_steps(session: Session, step_ids: Sequence[int], now: datetime, *, take_in: bool = True
                  ) -> tuple[list[int], list[tuple[int, datetime]]]:
     """Compare-and-set ``pending`` → ``firing`` on the steps that are due: (won, pending but not due yet).
 
@@ -296,7 +301,7 @@ def _claim_steps(session: Session, step_ids: Sequence[int], now: datetime
     them claimed and do nothing. A step someone else claimed, or that was
     cancelled or collapsed, is in neither list."""
     me = f"{socket.gethostname()}:{get_runtime().pid}"
-    wanted = list(step_ids) + _overdue(session, now, step_ids, MAX_BATCH - len(step_ids))
+    wanted = list(step_ids) + (_overdue(session, now, step_ids, MAX_BATCH - len(step_ids)) if take_in else [])
     won = set(session.scalars(
         update(db.AlertStep)
         .where(db.AlertStep.id.in_(wanted), db.AlertStep.status == "pending", db.AlertStep.due_at <= now)
@@ -340,12 +345,14 @@ def fire(step_id: int) -> list[int]:
     return fire_steps([step_id]).follow_up
 
 
-def fire_steps(step_ids: Sequence[int]) -> Fired:
+def fire_steps(step_ids: Sequence[int], *, take_in: bool = True) -> Fired:
     """Fire the due steps among ``step_ids`` together; steps not due yet are handed back untouched.
 
-    The story: claim every due step and commit its delivery rows (one transaction);
-    send every message of the batch at once; record the answers and finish the
-    steps (one more transaction)."""
+    The story: claim every due step (and, with ``take_in``, others already late) and
+    commit its delivery rows (one transaction); send every message of the batch at
+    once; record the answers and finish the steps (one more transaction). A batch
+    that fails is fired again one step at a time and taking in nothing, so a step
+    that cannot be fired holds back no other."""
     from worker.ops import is_paused
 
     rt = get_runtime()
@@ -359,10 +366,10 @@ def fire_steps(step_ids: Sequence[int]) -> Fired:
         with _transaction() as session:
             if is_paused(session):
                 return out
-            won, out.early = _claim_steps(session, ids, now)
+            won, out.early = _claim_steps(session, ids, now, take_in=take_in)
             firing, drafts, timelines = _prepare(session, rt.rules, won, now, out, lateness)
     except Exception as exc:
-        if len(ids) == 1 or _is_outage(exc):
+        if (len(ids) == 1 and not take_in) or _is_outage(exc):
             raise
         # Nothing was committed: fire them one at a time, so one bad step holds back no other.
         log.exception("a batch of %d alert steps failed; firing them one at a time", len(ids))
@@ -387,7 +394,7 @@ def _one_by_one(step_ids: Sequence[int]) -> Fired:
     out = Fired()
     for step_id in step_ids:
         try:
-            out.add(fire_steps([step_id]))
+            out.add(fire_steps([step_id], take_in=False))
         except Exception as exc:
             if _is_outage(exc):
                 raise

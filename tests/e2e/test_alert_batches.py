@@ -363,3 +363,28 @@ def test_the_tick_collapses_an_overdue_first_alert_into_the_overdue_reminder(ale
     tick_once()
     assert [ids for ids, eta in queued if eta is None] == [[retry.id]]
     assert steps_of(alert_env, "down-1", 0)[0].status == "skipped"
+
+
+def test_a_step_that_cannot_be_fired_is_not_carried_into_other_batches(alert_env, providers, queued,
+                                                                       monkeypatch):
+    import worker.alerts
+    from worker.alerts import BEHIND, TAKE_IN_WITHIN
+
+    make_hot("poison-1", "fine-1", "fine-2")
+    ids = {lead: steps_of(alert_env, lead, 0)[0].id for lead in ("poison-1", "fine-1", "fine-2")}
+    make_due(alert_env, ids["poison-1"], ago=BEHIND.total_seconds() + 1)    # late: other batches take it in
+    real = worker.alerts.plan_recipients
+
+    def plan(session, rules, step, assignment, disabled=None):
+        if step.id == ids["poison-1"]:
+            raise RuntimeError("a bug in one step")
+        return real(session, rules, step, assignment, disabled)
+
+    monkeypatch.setattr(worker.alerts, "plan_recipients", plan)
+    worker.alerts.fire_steps([ids["fine-1"]])      # takes the bad step in, fails, fires its own alone
+    assert len(deliveries(alert_env, ids["fine-1"])) == 2
+    assert steps_of(alert_env, "poison-1", 0)[0].status == "pending"
+    make_due(alert_env, ids["poison-1"], ago=TAKE_IN_WITHIN.total_seconds() + 1)   # long stuck: left to its own task
+    sent = len(providers.requests)
+    worker.alerts.fire_steps([ids["fine-2"]])
+    assert len(deliveries(alert_env, ids["fine-2"])) == 2 and len(providers.requests) == sent + 2
