@@ -23,7 +23,7 @@ import re
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -35,7 +35,7 @@ from sqlalchemy import and_, func, insert, or_, select, union_all, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from routing.cadence import OPENING, escalates, in_cadence, validity_seconds
+from routing.cadence import OPENING, collapse_overdue, escalates, in_cadence, validity_seconds
 from routing.config import Rep, Rules
 from routing.messages import AlertText, LeadView, render_alert
 from routing.scoring import condition_holds, describe_condition
@@ -471,19 +471,19 @@ LATE_FIRST = timedelta(seconds=1)   # a first alert this late moves its cadence'
 
 
 def _one_per_cadence(session: Session, steps: list[db.AlertStep], now: datetime) -> list[db.AlertStep]:
-    """Of one cadence's alerts claimed together (all overdue), only the latest goes out; the others are skipped."""
-    latest: dict[int, db.AlertStep] = {}
+    """Of one cadence's alerts claimed together (all overdue), only the latest goes out; the others are
+    skipped, as the tick collapses them (:func:`routing.cadence.collapse_overdue`)."""
+    by_cadence: dict[int, dict[int, db.AlertStep]] = defaultdict(dict)
     for s in steps:
         if s.assignment_id is not None and in_cadence(s.kind, s.step):
-            if s.assignment_id not in latest or s.step > latest[s.assignment_id].step:
-                latest[s.assignment_id] = s
-    keep = []
-    for s in steps:
-        if s.assignment_id is not None and in_cadence(s.kind, s.step) and latest[s.assignment_id] is not s:
-            _finish(session, s, "skipped", now, COLLAPSED)
-        else:
-            keep.append(s)
-    return keep
+            by_cadence[s.assignment_id][s.step] = s
+    skipped: set[int] = set()
+    for group in by_cadence.values():
+        _keep, skip = collapse_overdue([(n, s.due_at) for n, s in group.items()], now)
+        for n in skip:
+            _finish(session, group[n], "skipped", now, COLLAPSED)
+            skipped.add(group[n].id)
+    return [s for s in steps if s.id not in skipped]
 
 
 def _move_reminders_after_late_first(session: Session, steps: list[db.AlertStep],

@@ -59,6 +59,20 @@ def make_due(env, *step_ids: int, ago: float = 0.0) -> None:
                   .values(due_at=now_utc() - timedelta(seconds=ago)))
 
 
+def cannot_plan(monkeypatch, step_id: int) -> None:
+    """A bug that strikes one step: planning its recipients raises."""
+    import worker.alerts
+
+    real = worker.alerts.plan_recipients
+
+    def plan(session, rules, step, assignment, disabled=None):
+        if step.id == step_id:
+            raise RuntimeError("a bug in one step")
+        return real(session, rules, step, assignment, disabled)
+
+    monkeypatch.setattr(worker.alerts, "plan_recipients", plan)
+
+
 def deliveries(env, step_id: int) -> list:
     from worker import db as models
 
@@ -194,14 +208,7 @@ def test_one_step_that_fails_holds_back_no_other_in_its_batch(alert_env, provide
 
     make_hot("ok-1", "bad-1", "ok-2")
     ids = {lead: steps_of(alert_env, lead, 0)[0].id for lead in ("ok-1", "bad-1", "ok-2")}
-    real = worker.alerts.plan_recipients
-
-    def plan(session, rules, step, assignment, disabled=None):
-        if step.id == ids["bad-1"]:
-            raise RuntimeError("a bug in one step")
-        return real(session, rules, step, assignment, disabled)
-
-    monkeypatch.setattr(worker.alerts, "plan_recipients", plan)
+    cannot_plan(monkeypatch, ids["bad-1"])
     worker.alerts.fire_steps(list(ids.values()))
     assert [len(deliveries(alert_env, ids[lead])) for lead in ("ok-1", "bad-1", "ok-2")] == [2, 0, 2]
     assert steps_of(alert_env, "bad-1", 0)[0].status == "pending"   # left for a later tick, not lost
@@ -373,14 +380,7 @@ def test_a_step_that_cannot_be_fired_is_not_carried_into_other_batches(alert_env
     make_hot("poison-1", "fine-1", "fine-2")
     ids = {lead: steps_of(alert_env, lead, 0)[0].id for lead in ("poison-1", "fine-1", "fine-2")}
     make_due(alert_env, ids["poison-1"], ago=BEHIND.total_seconds() + 1)    # late: other batches take it in
-    real = worker.alerts.plan_recipients
-
-    def plan(session, rules, step, assignment, disabled=None):
-        if step.id == ids["poison-1"]:
-            raise RuntimeError("a bug in one step")
-        return real(session, rules, step, assignment, disabled)
-
-    monkeypatch.setattr(worker.alerts, "plan_recipients", plan)
+    cannot_plan(monkeypatch, ids["poison-1"])
     worker.alerts.fire_steps([ids["fine-1"]])      # takes the bad step in, fails, fires its own alone
     assert len(deliveries(alert_env, ids["fine-1"])) == 2
     assert steps_of(alert_env, "poison-1", 0)[0].status == "pending"
