@@ -178,6 +178,18 @@ class Store:
         self.engine.dispose()
 
 
+def start_service(processes: Processes, rules: Path, **env: str) -> tuple[subprocess.Popen[bytes],
+                                                                          subprocess.Popen[bytes]]:
+    """A worker and a scheduler on batches of 20 and a 3 s reclaim, with ``env`` pointing them at the
+    Redis or the database a test is about to take away: (worker, beat)."""
+    from tests.e2e.test_alerts_flow import fast_rules
+
+    fast_rules(rules, first_contact_sla="60s")
+    processes.env.update({"LEADROUTER_BATCH_SIZE": "20", "LEADROUTER_RECLAIM_IDLE_SECONDS": "3", **env})
+    worker = processes.celery_worker(queues="events,fast,alerts", concurrency=2)
+    return worker, processes.leadrouter("beat", name="beat")
+
+
 def running(processes: Processes, *procs: subprocess.Popen[bytes]) -> bool:
     """True while every one of ``procs`` runs; a wait on the product stops at once when one has died."""
     for proc in procs:

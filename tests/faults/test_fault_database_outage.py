@@ -13,8 +13,8 @@ from pathlib import Path
 from sqlalchemy import select
 
 from tests.conftest import Processes, wait_until
-from tests.e2e.test_alerts_flow import fast_rules, hot_lead
-from tests.faults.support import ProxiedDatabase, Publisher, Store, background, running
+from tests.e2e.test_alerts_flow import hot_lead
+from tests.faults.support import ProxiedDatabase, Publisher, Store, background, running, start_service
 from worker import db
 
 OUTAGE_SECONDS = 20.0
@@ -24,11 +24,7 @@ def test_the_database_cut_off_mid_stream_loses_dead_letters_and_doubles_nothing(
         service_env: dict[str, str], processes: Processes, postgres_behind_proxy: ProxiedDatabase) -> None:
     pg = postgres_behind_proxy
     rules = Path(service_env["LEADROUTER_CONFIG"])
-    fast_rules(rules, first_contact_sla="60s")
-    processes.env.update({"DATABASE_URL": pg.url, "LEADROUTER_BATCH_SIZE": "20",
-                          "LEADROUTER_RECLAIM_IDLE_SECONDS": "3"})
-    worker = processes.celery_worker(queues="events,fast,alerts", concurrency=2)
-    beat = processes.leadrouter("beat", name="beat")
+    worker, beat = start_service(processes, rules, DATABASE_URL=pg.url)
     pub = Publisher(service_env["REDIS_URL"], rules)
     store = Store(pg.direct_url)
     try:

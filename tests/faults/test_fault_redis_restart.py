@@ -11,19 +11,15 @@ from pathlib import Path
 from sqlalchemy import select
 
 from tests.conftest import Processes, wait_until
-from tests.e2e.test_alerts_flow import fast_rules, hot_lead
-from tests.faults.support import PrivateRedis, Publisher, Store, background, running
+from tests.e2e.test_alerts_flow import hot_lead
+from tests.faults.support import PrivateRedis, Publisher, Store, background, running, start_service
 from worker import db
 
 
 def test_redis_killed_and_restarted_loses_and_doubles_nothing(
         service_env: dict[str, str], processes: Processes, own_redis: PrivateRedis) -> None:
     rules = Path(service_env["LEADROUTER_CONFIG"])
-    fast_rules(rules, first_contact_sla="60s")
-    processes.env.update({"REDIS_URL": own_redis.url, "LEADROUTER_BATCH_SIZE": "20",
-                          "LEADROUTER_RECLAIM_IDLE_SECONDS": "3"})
-    worker = processes.celery_worker(queues="events,fast,alerts", concurrency=2)
-    beat = processes.leadrouter("beat", name="beat")
+    worker, beat = start_service(processes, rules, REDIS_URL=own_redis.url)
     pub = Publisher(own_redis.url, rules)
     store = Store(service_env["DATABASE_URL"])
     try:
