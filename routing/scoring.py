@@ -216,8 +216,22 @@ def event_rule(scoring: Scoring, name: str):  # type: ignore[no-untyped-def]
     return rule
 
 
+Fit = tuple[tuple[tuple[str, float], ...], float, tuple[tuple[str, bool], ...]]
+
+
+def fit_of(traits: Mapping[str, Any], scoring: Scoring) -> Fit:
+    """What ``traits`` are worth: the points of each fit rule, their sum, and each red-hot condition met or not."""
+    fit_parts = tuple((r.name, fit_points(traits, r)) for r in scoring.fit)
+    qualification = tuple((describe_condition(c), condition_holds(traits, c)) for c in scoring.red_hot.all)
+    return fit_parts, sum(p for _, p in fit_parts), qualification
+
+
 def score(signals: Iterable[Signal], traits: Mapping[str, Any], scoring: Scoring, at: datetime) -> Breakdown:
     """The breakdown at ``at``: signals after ``at`` do not count."""
+    return _score(signals, fit_of(traits, scoring), scoring, at)
+
+
+def _score(signals: Iterable[Signal], fit: Fit, scoring: Scoring, at: datetime) -> Breakdown:
     by_name: dict[str, list[datetime]] = {}
     for s in signals:
         if s.timestamp <= at:
@@ -240,14 +254,12 @@ def score(signals: Iterable[Signal], traits: Mapping[str, Any], scoring: Scoring
         parts.append(EventPoints(name, len(stamps), counted, pts))
     parts.sort(key=lambda e: (-abs(e.points), e.name))
 
-    fit_parts = tuple((r.name, fit_points(traits, r)) for r in scoring.fit)
-    fit = sum(p for _, p in fit_parts)
-    qualification = tuple((describe_condition(c), condition_holds(traits, c)) for c in scoring.red_hot.all)
-    total = behavior + fit
+    fit_parts, fit_points_total, qualification = fit
+    total = behavior + fit_points_total
     hot = total >= scoring.thresholds.hot
     red_hot = hot and all(met for _, met in qualification)
     tier = RED_HOT if red_hot else HOT if hot else WARM if total >= scoring.thresholds.warm else COLD
-    return Breakdown(at, behavior, fit, tier, hot, red_hot, tuple(parts), fit_parts, qualification)
+    return Breakdown(at, behavior, fit_points_total, tier, hot, red_hot, tuple(parts), fit_parts, qualification)
 
 
 # ---------------------------------------------------------------- one event's effect
@@ -257,9 +269,18 @@ def score(signals: Iterable[Signal], traits: Mapping[str, Any], scoring: Scoring
 class LeadHistory:
     signals: tuple[Signal, ...] = ()
     trait_updates: tuple[TraitUpdate, ...] = ()
+    # The fit as of an instant, by which trait updates are in force then. Histories that differ only
+    # in their signals share it: one event's before and after, and the score stored after it.
+    _fits: dict[tuple[int, tuple[bool, ...]], tuple[Scoring, Fit]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def score(self, scoring: Scoring, at: datetime) -> Breakdown:
-        return score(self.signals, traits_as_of(self.trait_updates, at), scoring, at)
+        key = (id(scoring), tuple(u.timestamp <= at for u in self.trait_updates))
+        known = self._fits.get(key)
+        if known is None or known[0] is not scoring:
+            known = (scoring, fit_of(traits_as_of(self.trait_updates, at), scoring))
+            self._fits[key] = known
+        return _score(self.signals, known[1], scoring, at)
 
     def traits(self, at: datetime | None = None) -> dict[str, Any]:
         return traits_as_of(self.trait_updates, at)
@@ -268,7 +289,7 @@ class LeadHistory:
         return LeadHistory(self.signals + other.signals, self.trait_updates + other.trait_updates)
 
     def with_signal(self, s: Signal) -> LeadHistory:
-        return LeadHistory(self.signals + (s,), self.trait_updates)
+        return LeadHistory(self.signals + (s,), self.trait_updates, self._fits)
 
     def with_traits(self, u: TraitUpdate) -> LeadHistory:
         return LeadHistory(self.signals, self.trait_updates + (u,))

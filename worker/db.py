@@ -26,7 +26,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 UTC = UTC
@@ -286,9 +286,13 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+READ_ONLY = "leadrouter_read_only"
+
+
 def _sqlite_begin(conn: Any) -> None:
-    # Take the write lock at BEGIN: two processes never interleave read-then-write.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Take the write lock at BEGIN: two processes never interleave read-then-write. A read-only
+    # transaction (reading()) begins deferred: it reads a snapshot and locks nothing.
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> Engine:
@@ -362,6 +366,13 @@ def yield_to_urgent(engine: Engine) -> float:
     finally:
         os.close(fd)
     return time.monotonic() - started
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction: on SQLite it takes no write lock, so writers go on meanwhile."""
+    with engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
+        yield conn
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:  # type: ignore[type-arg]

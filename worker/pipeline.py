@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, update
-from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import flag_modified
+from sqlalchemy import Connection, bindparam, func, select, text, update
+from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm.attributes import set_committed_value
 
 from routing.config import Rules
 from routing.events import Event, EventError, normalize, parse_time
 from routing.leads import Applied, apply_event, merge_leads
 from routing.leads import Lead as CoreLead
-from routing.scoring import FYI, PRIORITY, ROUTE, EpisodeState, LeadHistory, Signal, TraitUpdate
+from routing.scoring import FYI, PRIORITY, ROUTE, Breakdown, EpisodeState, LeadHistory, Signal, TraitUpdate
 from worker import db
 from worker.stream import Entry
 
@@ -64,7 +64,9 @@ def lock_leads(session: Session, lead_ids: Iterable[str], now: datetime) -> dict
     session.execute(insert(db.Lead).on_conflict_do_nothing(index_elements=["id"]),
                     [{"id": lead_id, "created_at": now, "updated_at": now, "traits": {}, "breakdown": {}}
                      for lead_id in ids])
-    stmt = select(db.Lead).where(db.Lead.id.in_(ids)).order_by(db.Lead.id)
+    # traits and breakdown are written whole after scoring and rarely read here: not decoded unless read
+    stmt = (select(db.Lead).where(db.Lead.id.in_(ids)).order_by(db.Lead.id)
+            .options(defer(db.Lead.traits), defer(db.Lead.breakdown)))
     if dialect == "postgresql":
         stmt = stmt.with_for_update()
     return {lead.id: lead for lead in session.scalars(stmt)}
@@ -85,7 +87,7 @@ def load_history(session: Session, lead_id: str) -> LeadHistory:
 
 
 def core_lead(row: db.Lead, history: LeadHistory) -> CoreLead:
-    return CoreLead(row.id, history, EpisodeState(row.hot_at, row.red_hot_at, row.last_routed_at, row.hot_unalerted))
+    return CoreLead(row.id, history, _episode(row))
 
 
 def to_event(entry: Entry, rules: Rules) -> Event:
@@ -93,13 +95,13 @@ def to_event(entry: Entry, rules: Rules) -> Event:
     return normalize(entry.payload, source=entry.source, received_at=received, pages=rules.pages)
 
 
-def resolve_links(session: Session, events: list[Event]) -> dict[str, str]:
+def resolve_links(conn: Session | Connection, events: list[Event]) -> dict[str, str]:
     """Anonymous lead id → user lead id, for the anonymous ids these events mention."""
     anon = {f"anon:{e.anonymous_id}" for e in events if e.anonymous_id}
     anon |= {link[0] for e in events if (link := e.link)}
     if not anon:
         return {}
-    rows = session.execute(select(db.IdentityLink.anon_lead_id, db.IdentityLink.user_lead_id)
+    rows = conn.execute(select(db.IdentityLink.anon_lead_id, db.IdentityLink.user_lead_id)
                            .where(db.IdentityLink.anon_lead_id.in_(anon))).all()
     return dict(rows)
 
@@ -125,45 +127,149 @@ def merge_into(session: Session, anon: db.Lead, user: db.Lead, now: datetime) ->
     session.add(db.Trace(lead_id=user.id, at=now, kind="merged", detail={"from": anon.id}))
 
 
-def process_batch(session: Session, entries: list[Entry], rules: Rules, now: datetime, router: Any) -> BatchResult:
-    """Apply ``entries`` inside the caller's transaction. ``router`` turns hot episodes into assignments.
+# In-batch trait updates are ordered by their place in the batch, after every stored one, as their
+# event ids will be: the ids are only reserved under the write lock, after the batch is scored.
+SEQ_BASE = 1 << 62
 
-    A constant number of statements per batch in the common case: one query for the identity links, one
-    bulk insert and one locking select for the leads, one query for their histories, one for the keys
-    already stored, one to reserve event ids, one bulk insert of the scored events and one flush of the
-    lead rows. Events are scored in Python before they are written, so no row is updated after its
-    insert. Pending events are written before anything that may read them (a merge, the router).
+
+@dataclass(frozen=True)
+class Plan:
+    """One event's effect on its lead, worked out from the lead's state ``before`` and ``episode``."""
+
+    before: LeadHistory
+    episode: EpisodeState
+    applied: Applied
+    current: Breakdown              # the lead's score as of max(now, the event's timestamp)
+    breakdown: dict[str, Any]       # ``current`` as stored
+    traits: dict[str, Any]          # the lead's traits after the event
+
+
+@dataclass
+class Forecast:
+    """A batch parsed, and scored from the leads' stored state, before its write transaction.
+
+    Scoring is most of a batch's work. Done beforehand, on a snapshot, it does not hold the
+    write lock (SQLite has one for the whole database), so two workers score at the same
+    time. Under the lock :func:`process_batch` takes a plan only where the lead is exactly as
+    the plan assumed (same stored events, same episode, the same history within the batch);
+    anything else, such as an event another worker committed meanwhile or a merge, is scored
+    again there, so a forecast can be stale but never wrong.
     """
-    result = BatchResult()
+
+    events: list[Event]
+    rejected: list[tuple[Entry, str]]
+    duplicates: int                                 # repeats of a key within the batch
+    histories: dict[str, LeadHistory]               # as read, before any of the batch's events
+    versions: dict[str, tuple[int, int]]            # lead → (count, largest id) of the stored events read
+    plans: dict[int, Plan] = field(default_factory=dict)   # by position in ``events``
+
+
+def parse_entries(entries: list[Entry], rules: Rules) -> tuple[list[Event], list[tuple[Entry, str]], int]:
+    """Entries → events, the entries that are not events (with why), and how many repeat a key."""
     events: list[Event] = []
+    rejected: list[tuple[Entry, str]] = []
     seen: set[tuple[str, str]] = set()
+    duplicates = 0
     for entry in entries:
         try:
             ev = to_event(entry, rules)
         except EventError as exc:
-            dead_letter(session, entry, str(exc), now)
-            result.dead_lettered += 1
+            rejected.append((entry, str(exc)))
             continue
         if (ev.source, ev.message_id) in seen:
-            result.duplicates += 1
+            duplicates += 1
             continue
         seen.add((ev.source, ev.message_id))
         events.append(ev)
+    return events, rejected, duplicates
 
-    links = resolve_links(session, events)
+
+def forecast(conn: Session | Connection, entries: list[Entry], rules: Rules, now: datetime) -> Forecast:
+    """Parse ``entries`` and score them against what ``conn`` reads; writes nothing.
+
+    A lead whose event may merge it with another, or that crosses, is planned no further in the
+    batch: merges and routing happen under the write lock, and what follows them is scored there.
+    """
+    events, rejected, duplicates = parse_entries(entries, rules)
+    links = resolve_links(conn, events)
+    ids = _touched(events, links)
+    histories, versions = load_histories(conn, ids)
+    episodes = load_episodes(conn, ids)
+    stored = existing_keys(conn, [ev for ev in events if ev.lead_id is not None])
+    fc = Forecast(events, rejected, duplicates, histories, versions)
+    history, episode = dict(histories), dict(episodes)
+    done: set[str] = set()
+    for pos, ev in enumerate(events):
+        if ev.lead_id is None:
+            continue
+        if (link := ev.link) is not None:
+            anon_id, user_id = link
+            if anon_id not in links:
+                done.update(link)
+                links[anon_id] = user_id
+        lead_id = ev.user_id or links.get(ev.lead_id, ev.lead_id)
+        if lead_id in done or lead_id not in history or (ev.source, ev.message_id) in stored or ev.type == "other":
+            continue
+        plan = make_plan(lead_id, history[lead_id], episode.get(lead_id, EpisodeState()), ev, pos, rules, now)
+        fc.plans[pos] = plan
+        history[lead_id], episode[lead_id] = plan.applied.lead.history, plan.applied.lead.episode
+        if plan.applied.outcome.action is not None or plan.applied.contacted:
+            done.add(lead_id)
+    return fc
+
+
+def make_plan(lead_id: str, before: LeadHistory, episode: EpisodeState, ev: Event, pos: int, rules: Rules,
+              now: datetime) -> Plan:
+    applied = apply_event(CoreLead(lead_id, before, episode), ev, rules, now=now, seq=SEQ_BASE + pos)
+    after = applied.lead.history
+    current = after.score(rules.scoring, max(now, ev.timestamp))
+    return Plan(before, episode, applied, current, current.to_dict(), after.traits())
+
+
+def _touched(events: list[Event], links: dict[str, str]) -> set[str]:
+    """The leads ``events`` write to, links resolved, and both sides of every link."""
     touched: set[str] = set()
     for ev in events:
         if ev.lead_id:
             touched.add(links.get(ev.lead_id, ev.lead_id) if not ev.user_id else ev.user_id)
         if link := ev.link:
             touched.update(link)
-    rows = lock_leads(session, touched, now)
+    return touched
+
+
+def process_batch(session: Session, entries: list[Entry], rules: Rules, now: datetime, router: Any,
+                  fc: Forecast | None = None) -> BatchResult:
+    """Apply ``entries`` inside the caller's transaction. ``router`` turns hot episodes into assignments.
+
+    ``fc``: the batch as forecast before the transaction (:func:`forecast`); without one it is made here.
+    A constant number of statements per batch in the common case: one query for the identity links, one
+    bulk insert and one locking select for the leads, one query for the versions of their histories (and
+    one for any history that changed since the forecast), one for the keys already stored, one to reserve
+    event ids, one bulk insert of the scored events and one flush of the lead rows. Events are scored
+    before they are written, so no row is updated after its insert. Pending events are written before
+    anything that may read them (a merge, the router).
+    """
+    result = BatchResult()
+    if fc is None:
+        fc = forecast(session, entries, rules, now)
+    for entry, error in fc.rejected:
+        dead_letter(session, entry, error, now)
+    result.dead_lettered = len(fc.rejected)
+    result.duplicates = fc.duplicates
+    events = fc.events
+
+    links = resolve_links(session, events)
+    rows = lock_leads(session, _touched(events, links), now)
     # under the lead locks: every history before any insert, and the keys stored already
-    histories: dict[str, LeadHistory] = load_histories(session, rows)
-    live = [ev for ev in events if ev.lead_id is not None]
-    stored = existing_keys(session, live)
-    ids = iter(reserve_event_ids(session, sum((ev.source, ev.message_id) not in stored for ev in live)))
+    versions = event_versions(session, rows)
+    histories = {lead_id: fc.histories[lead_id] for lead_id in rows
+                 if lead_id in fc.histories and versions.get(lead_id) == fc.versions.get(lead_id)}
+    histories.update(load_histories(session, [lead_id for lead_id in rows if lead_id not in histories])[0])
+    live = [(pos, ev) for pos, ev in enumerate(events) if ev.lead_id is not None]
+    stored = existing_keys(session, [ev for _, ev in live])
+    ids = iter(reserve_event_ids(session, sum((ev.source, ev.message_id) not in stored for _, ev in live)))
     pending: list[dict[str, Any]] = []
+    scored: dict[str, db.Lead] = {}
 
     def flush_events() -> None:
         if pending:
@@ -176,7 +282,7 @@ def process_batch(session: Session, entries: list[Entry], rules: Rules, now: dat
             histories[lead_id] = load_history(session, lead_id)
         return histories[lead_id]
 
-    for ev in live:
+    for pos, ev in live:
         if (link := ev.link) is not None:
             anon_id, user_id = link
             if anon_id not in links:
@@ -206,9 +312,14 @@ def process_batch(session: Session, entries: list[Entry], rules: Rules, now: dat
             values.update(points=0.0, score_after=0.0, tier_after="cold", effect=None, stale=False)
             result.processed += 1
             continue
-        applied = apply_event(core_lead(row, before), ev, rules, now=now, seq=new_id)
+        episode = _episode(row)
+        plan = fc.plans.get(pos)
+        if plan is None or plan.before is not before or plan.episode != episode:
+            plan = make_plan(lead_id, before, episode, ev, pos, rules, now)
+        applied = plan.applied
         histories[lead_id] = applied.lead.history
-        values.update(_persist(row, applied, ev, rules, now))
+        values.update(_persist(row, plan, ev, rules, now))
+        scored[lead_id] = row
         result.processed += 1
         if applied.contacted:
             flush_events()
@@ -225,33 +336,62 @@ def process_batch(session: Session, entries: list[Entry], rules: Rules, now: dat
             result.due_steps += router.notify_owner(session, row, action, now)
     flush_events()
     session.flush()
+    write_scored(session, scored.values())
     return result
 
 
+# written by write_scored, not by the session's flush
 _SCORED_COLUMNS = ("hot_at", "red_hot_at", "last_routed_at", "hot_unalerted", "score", "behavior", "fit", "tier",
                    "breakdown", "traits", "event_count", "updated_at", "rules_hash")
 
 
-def load_histories(session: Session, rows: dict[str, db.Lead]) -> dict[str, LeadHistory]:
-    """The histories of all ``rows``' leads, by one query."""
-    if not rows:
-        return {}
-    found: dict[str, tuple[list[Signal], list[TraitUpdate]]] = {lead_id: ([], []) for lead_id in rows}
-    result = session.execute(
+def load_histories(conn: Session | Connection, lead_ids: Iterable[str]
+                   ) -> tuple[dict[str, LeadHistory], dict[str, tuple[int, int]]]:
+    """The histories of the leads ``lead_ids``, by one query, and the (count, largest id) of the events
+    each was read from: what :func:`event_versions` compares."""
+    ids = list(lead_ids)
+    if not ids:
+        return {}, {}
+    found: dict[str, tuple[list[Signal], list[TraitUpdate]]] = {lead_id: ([], []) for lead_id in ids}
+    versions: dict[str, tuple[int, int]] = {}
+    result = conn.execute(
         select(db.Event.lead_id, db.Event.id, db.Event.type, db.Event.name, db.Event.timestamp, db.Event.traits,
                db.Event.message_id)
-        .where(db.Event.lead_id.in_(list(rows))).order_by(db.Event.id)
+        .where(db.Event.lead_id.in_(ids)).order_by(db.Event.id)
     )
     for lead_id, rid, etype, name, ts, traits, mid in result:
         signals, updates = found[lead_id]
+        count, _ = versions.get(lead_id, (0, 0))
+        versions[lead_id] = (count + 1, rid)
         if etype == "track" and name:
             signals.append(Signal(name, ts, mid))
         elif etype in ("identify", "alias") and traits:
             updates.append(TraitUpdate(ts, traits, rid))
-    return {lead_id: LeadHistory(tuple(s), tuple(u)) for lead_id, (s, u) in found.items()}
+    return {lead_id: LeadHistory(tuple(s), tuple(u)) for lead_id, (s, u) in found.items()}, versions
 
 
-def existing_keys(session: Session, events: list[Event]) -> set[tuple[str, str]]:
+def event_versions(conn: Session | Connection, lead_ids: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """Lead → (count, largest id) of its stored events, for the leads that have any: one index-only query."""
+    ids = list(lead_ids)
+    if not ids:
+        return {}
+    stmt = (select(db.Event.lead_id, func.count(), func.max(db.Event.id))
+            .where(db.Event.lead_id.in_(ids)).group_by(db.Event.lead_id))
+    return {lead_id: (count, top) for lead_id, count, top in conn.execute(stmt)}
+
+
+def load_episodes(conn: Session | Connection, lead_ids: Iterable[str]) -> dict[str, EpisodeState]:
+    """The stored episode state of the leads ``lead_ids`` that exist."""
+    ids = list(lead_ids)
+    if not ids:
+        return {}
+    L = db.Lead
+    stmt = select(L.id, L.hot_at, L.red_hot_at, L.last_routed_at, L.hot_unalerted).where(L.id.in_(ids))
+    return {lead_id: EpisodeState(hot_at, red_hot_at, routed_at, bool(unalerted))
+            for lead_id, hot_at, red_hot_at, routed_at, unalerted in conn.execute(stmt)}
+
+
+def existing_keys(conn: Session | Connection, events: list[Event]) -> set[tuple[str, str]]:
     """The (source, message_id) keys of ``events`` the database holds already."""
     by_source: dict[str, list[str]] = {}
     for ev in events:
@@ -259,7 +399,7 @@ def existing_keys(session: Session, events: list[Event]) -> set[tuple[str, str]]
     keys: set[tuple[str, str]] = set()
     for source, mids in by_source.items():
         stmt = select(db.Event.message_id).where(db.Event.source == source, db.Event.message_id.in_(mids))
-        keys.update((source, mid) for mid in session.scalars(stmt))
+        keys.update((source, mid) for mid in conn.execute(stmt).scalars())
     return keys
 
 
@@ -306,25 +446,37 @@ def _store_episode(row: db.Lead, ep: EpisodeState) -> None:
     row.last_routed_at, row.hot_unalerted = ep.last_routed_at, ep.hot_unalerted
 
 
-def _persist(row: db.Lead, applied: Applied, ev: Event, rules: Rules, now: datetime) -> dict[str, Any]:
-    """Update the lead row; the event's scored columns."""
+def _episode(row: db.Lead) -> EpisodeState:
+    return EpisodeState(row.hot_at, row.red_hot_at, row.last_routed_at, bool(row.hot_unalerted))
+
+
+def _persist(row: db.Lead, plan: Plan, ev: Event, rules: Rules, now: datetime) -> dict[str, Any]:
+    """Set the lead row's scored columns, as stored values (:func:`write_scored` stores them at the end
+    of the batch, for every lead at once); the event's scored columns."""
+    applied = plan.applied
     tr = applied.transition
-    _store_episode(row, applied.lead.episode)
-    at = max(now, ev.timestamp)
-    current = applied.lead.history.score(rules.scoring, at)
-    row.score, row.behavior, row.fit, row.tier = current.score, current.behavior, current.fit, current.tier
-    row.breakdown = current.to_dict()
-    row.traits = applied.lead.history.traits()
-    row.event_count = (row.event_count or 0) + 1
-    row.updated_at = now
-    row.rules_hash = rules.hash
+    ep, current = applied.lead.episode, plan.current
+    scored = {"hot_at": ep.hot_at, "red_hot_at": ep.red_hot_at, "last_routed_at": ep.last_routed_at,
+              "hot_unalerted": ep.hot_unalerted, "score": current.score, "behavior": current.behavior,
+              "fit": current.fit, "tier": current.tier, "breakdown": plan.breakdown, "traits": plan.traits,
+              "event_count": (row.event_count or 0) + 1, "updated_at": now, "rules_hash": rules.hash}
+    for key, value in scored.items():
+        set_committed_value(row, key, value)
     if applied.contacted and row.contacted_at is None:
         row.contacted_at = ev.timestamp
-    for key in _SCORED_COLUMNS:   # the same columns for every scored lead: a flush is one executemany
-        flag_modified(row, key)
     effect = applied.outcome.action or ("stale hot" if applied.outcome.stale and tr.crossed_hot else None)
     return {"points": tr.after.behavior - tr.before.behavior, "score_after": tr.after.score,
             "tier_after": tr.after.tier, "effect": effect, "stale": applied.outcome.stale}
+
+
+def write_scored(session: Session, rows: Iterable[db.Lead]) -> None:
+    """Store the scored columns of ``rows`` as they stand now: one executemany UPDATE."""
+    params = [{"lead_id": row.id, **{key: getattr(row, key) for key in _SCORED_COLUMNS}} for row in rows]
+    if params:
+        leads = db.Lead.__table__
+        stmt = (update(leads).where(leads.c.id == bindparam("lead_id"))
+                .values({key: bindparam(key) for key in _SCORED_COLUMNS}))
+        session.execute(stmt, params)
 
 
 def dead_letter(session: Session, entry: Entry, error: str, now: datetime) -> None:

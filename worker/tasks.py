@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from worker import db, stream
 from worker.app import app
 from worker.db import now_utc
-from worker.pipeline import BatchResult, dead_letter, process_batch
+from worker.pipeline import BatchResult, dead_letter, forecast, process_batch
 from worker.runtime import get_runtime
 
 log = logging.getLogger("leadrouter.tasks")
@@ -54,11 +54,17 @@ def _apply_with_retries(entries: list[stream.Entry], lane: str) -> BatchResult:
     attempts = 0
     while True:
         rules = rt.rules
+        now = now_utc()
         try:
             # the fast lane goes first on SQLite; the normal lane lets it (worker.db.urgent)
-            gate = db.urgent(rt.engine) if lane == stream.FAST else nullcontext(db.yield_to_urgent(rt.engine))
-            with gate, rt.sessions.begin() as session:
-                return process_batch(session, entries, rules, now_utc(), Router(rules))
+            with db.urgent(rt.engine) if lane == stream.FAST else nullcontext():
+                # scored before the write lock, so workers score at the same time (worker.pipeline.Forecast)
+                with db.reading(rt.engine) as conn:
+                    fc = forecast(conn, entries, rules, now)
+                if lane != stream.FAST:
+                    db.yield_to_urgent(rt.engine)
+                with rt.sessions.begin() as session:
+                    return process_batch(session, entries, rules, now, Router(rules), fc)
         except Exception as exc:  # sorted below: outage waits, anything else isolates the bad entry
             if _is_outage(exc):
                 if waited >= OUTAGE_WAIT_LIMIT:
