@@ -185,21 +185,28 @@ def parse_entries(entries: list[Entry], rules: Rules) -> tuple[list[Event], list
 
 
 def forecast(conn: Session | Connection, entries: list[Entry], rules: Rules, now: datetime) -> Forecast:
-    """Parse ``entries`` and score them against what ``conn`` reads; writes nothing.
-
-    A lead whose event may merge it with another, or that crosses, is planned no further in the
-    batch: merges and routing happen under the write lock, and what follows them is scored there.
-    """
+    """Parse ``entries`` and score them against what ``conn`` reads; writes nothing."""
     events, rejected, duplicates = parse_entries(entries, rules)
     links = resolve_links(conn, events)
     ids = _touched(events, links)
     histories, versions = load_histories(conn, ids)
-    episodes = load_episodes(conn, ids)
     stored = existing_keys(conn, [ev for ev in events if ev.lead_id is not None])
     fc = Forecast(events, rejected, duplicates, histories, versions)
-    history, episode = dict(histories), dict(episodes)
+    plan_batch(fc, links, load_episodes(conn, ids), stored, rules, now)
+    return fc
+
+
+def plan_batch(fc: Forecast, links: dict[str, str], episodes: dict[str, EpisodeState],
+               stored: set[tuple[str, str]], rules: Rules, now: datetime) -> None:
+    """Plan each event of ``fc`` from the state read, in order, into ``fc.plans``.
+
+    A lead whose event may merge it with another, or that crosses, is planned no further in the
+    batch: merges and routing happen under the write lock, and what follows them is scored there.
+    """
+    links = dict(links)
+    history, episode = dict(fc.histories), dict(episodes)
     done: set[str] = set()
-    for pos, ev in enumerate(events):
+    for pos, ev in enumerate(fc.events):
         if ev.lead_id is None:
             continue
         if (link := ev.link) is not None:
@@ -215,7 +222,6 @@ def forecast(conn: Session | Connection, entries: list[Entry], rules: Rules, now
         history[lead_id], episode[lead_id] = plan.applied.lead.history, plan.applied.lead.episode
         if plan.applied.outcome.action is not None or plan.applied.contacted:
             done.add(lead_id)
-    return fc
 
 
 def make_plan(lead_id: str, before: LeadHistory, episode: EpisodeState, ev: Event, pos: int, rules: Rules,
@@ -241,7 +247,8 @@ def process_batch(session: Session, entries: list[Entry], rules: Rules, now: dat
                   fc: Forecast | None = None) -> BatchResult:
     """Apply ``entries`` inside the caller's transaction. ``router`` turns hot episodes into assignments.
 
-    ``fc``: the batch as forecast before the transaction (:func:`forecast`); without one it is made here.
+    ``fc``: the batch as forecast before the transaction (:func:`forecast`); without one it is planned
+    here, under the lead locks (the fast lane's few events: a second transaction would cost more).
     A constant number of statements per batch in the common case: one query for the identity links, one
     bulk insert and one locking select for the leads, one query for the versions of their histories (and
     one for any history that changed since the forecast), one for the keys already stored, one to reserve
@@ -251,22 +258,27 @@ def process_batch(session: Session, entries: list[Entry], rules: Rules, now: dat
     """
     result = BatchResult()
     if fc is None:
-        fc = forecast(session, entries, rules, now)
-    for entry, error in fc.rejected:
+        events, rejected, duplicates = parse_entries(entries, rules)
+    else:
+        events, rejected, duplicates = fc.events, fc.rejected, fc.duplicates
+    for entry, error in rejected:
         dead_letter(session, entry, error, now)
-    result.dead_lettered = len(fc.rejected)
-    result.duplicates = fc.duplicates
-    events = fc.events
+    result.dead_lettered, result.duplicates = len(rejected), duplicates
 
     links = resolve_links(session, events)
     rows = lock_leads(session, _touched(events, links), now)
-    # under the lead locks: every history before any insert, and the keys stored already
-    versions = event_versions(session, rows)
-    histories = {lead_id: fc.histories[lead_id] for lead_id in rows
-                 if lead_id in fc.histories and versions.get(lead_id) == fc.versions.get(lead_id)}
-    histories.update(load_histories(session, [lead_id for lead_id in rows if lead_id not in histories])[0])
     live = [(pos, ev) for pos, ev in enumerate(events) if ev.lead_id is not None]
+    # under the lead locks: every history before any insert, and the keys stored already
     stored = existing_keys(session, [ev for _, ev in live])
+    if fc is None:   # planned here, under the locks, from what nothing can change meanwhile
+        fc = Forecast(events, rejected, duplicates, *load_histories(session, rows))
+        plan_batch(fc, links, {lead_id: _episode(row) for lead_id, row in rows.items()}, stored, rules, now)
+        histories = dict(fc.histories)
+    else:            # the forecast's histories, where no event was stored for the lead since
+        versions = event_versions(session, rows)
+        histories = {lead_id: fc.histories[lead_id] for lead_id in rows
+                     if lead_id in fc.histories and versions.get(lead_id) == fc.versions.get(lead_id)}
+        histories.update(load_histories(session, [lead_id for lead_id in rows if lead_id not in histories])[0])
     ids = iter(reserve_event_ids(session, sum((ev.source, ev.message_id) not in stored for _, ev in live)))
     pending: list[dict[str, Any]] = []
     scored: dict[str, db.Lead] = {}

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 
@@ -42,7 +45,7 @@ def drain_once(lane: str) -> tuple[int, BatchResult]:
         return 0, BatchResult()
     result = _apply_with_retries(entries, lane)
     stream.ack(r, lane, [e.id for e in entries])
-    dispatch_steps(result.due_steps)
+    dispatch_steps(result.due_steps, inline=lane == stream.FAST)
     return len(entries), result
 
 
@@ -56,15 +59,15 @@ def _apply_with_retries(entries: list[stream.Entry], lane: str) -> BatchResult:
         rules = rt.rules
         now = now_utc()
         try:
-            # the fast lane goes first on SQLite; the normal lane lets it (worker.db.urgent)
-            with db.urgent(rt.engine) if lane == stream.FAST else nullcontext():
+            fc = None
+            if lane != stream.FAST:
                 # scored before the write lock, so workers score at the same time (worker.pipeline.Forecast)
                 with db.reading(rt.engine) as conn:
                     fc = forecast(conn, entries, rules, now)
-                if lane != stream.FAST:
-                    db.yield_to_urgent(rt.engine)
-                with rt.sessions.begin() as session:
-                    return process_batch(session, entries, rules, now, Router(rules), fc)
+                db.yield_to_urgent(rt.engine)
+            # the fast lane goes first on SQLite; the normal lane let it, just above (worker.db.urgent)
+            with db.urgent(rt.engine) if lane == stream.FAST else nullcontext(), rt.sessions.begin() as session:
+                return process_batch(session, entries, rules, now, Router(rules), fc)
         except Exception as exc:  # sorted below: outage waits, anything else isolates the bad entry
             if _is_outage(exc):
                 if waited >= OUTAGE_WAIT_LIMIT:
@@ -110,13 +113,14 @@ def _apply_one_by_one(entries: list[stream.Entry]) -> BatchResult:
     return total
 
 
-def dispatch_steps(step_ids: Iterable[int], eta: datetime | None = None) -> int:
+def dispatch_steps(step_ids: Iterable[int], eta: datetime | None = None, *, inline: bool = False) -> int:
     """Queue alert steps for firing, in batches; returns how many were queued.
 
     A step queued in the last few seconds (by a second scheduler, or by the drain
     that made it before a tick saw it) is left out. That only saves work: the
     compare-and-set in :func:`worker.alerts.fire_steps` is what makes a step fire
-    once. ``eta``: the steps are due then, and the task waits for it.
+    once. ``eta``: the steps are due then, and the task waits for it. ``inline``:
+    fire the first batch on a thread of this process instead (:func:`fire_inline`).
     """
     ids = list(dict.fromkeys(step_ids))
     if not ids:
@@ -128,8 +132,41 @@ def dispatch_steps(step_ids: Iterable[int], eta: datetime | None = None) -> int:
     for step_id in ids:
         pipe.set(DISPATCH_KEY.format(step_id), 1, nx=True, px=hold)
     fresh = [step_id for step_id, queued in zip(ids, pipe.execute(), strict=True) if queued]
+    n = len(fresh)
+    if inline and eta is None and fresh and fire_inline(fresh[:FIRE_BATCH]):
+        fresh = fresh[FIRE_BATCH:]
     queue_steps(fresh, eta)
-    return len(fresh)
+    return n
+
+
+# The fast lane fires the first alerts of the crossings it routes itself, on threads of its own
+# process: a demo request's alert then waits for no queue and no other process. The drain goes
+# on meanwhile, so a slow provider never holds up routing; with this many batches in flight
+# already, further steps go to the alert workers as usual.
+INLINE_FIRING = 2
+_inline: tuple[int, ThreadPoolExecutor, threading.BoundedSemaphore] | None = None
+
+
+def fire_inline(step_ids: list[int]) -> bool:
+    """Fire ``step_ids`` on a thread of this process; False (nothing done) when all are busy."""
+    global _inline
+    if _inline is None or _inline[0] != os.getpid():   # threads do not survive a fork
+        _inline = (os.getpid(), ThreadPoolExecutor(INLINE_FIRING, thread_name_prefix="fire-inline"),
+                   threading.BoundedSemaphore(INLINE_FIRING))
+    _pid, pool, slots = _inline
+    if not slots.acquire(blocking=False):
+        return False
+
+    def run() -> None:
+        try:
+            fire_steps(step_ids, take_in=False)   # late steps of other leads are the alert workers' to take in
+        except Exception:  # the steps stay pending or firing: the scheduler hands them over again
+            log.exception("firing alert steps %s in the fast lane failed", step_ids)
+        finally:
+            slots.release()
+
+    pool.submit(run)
+    return True
 
 
 def queue_steps(step_ids: list[int], eta: datetime | None = None) -> None:
@@ -195,11 +232,11 @@ def _drain_at_start(**_: object) -> None:
 
 
 @app.task(name="leadrouter.fire_steps", ignore_result=True)
-def fire_steps(step_ids: list[int]) -> None:
+def fire_steps(step_ids: list[int], take_in: bool = True) -> None:
     """Fire a batch of due steps; queue what that made due, and give back steps that came early."""
     from worker.alerts import fire_steps as fire
 
-    fired = fire(step_ids)
+    fired = fire(step_ids, take_in=take_in)
     dispatch_steps(fired.follow_up)
     now = now_utc()
     early: dict[datetime, list[int]] = {}

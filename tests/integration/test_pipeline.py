@@ -8,6 +8,8 @@ PostgreSQL. Workers consume only the ``events`` and ``fast`` queues.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -312,6 +314,16 @@ def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(pipeline: Pipeline)
     for i in range(0, len(events), 50):
         pipeline.publish(events[i:i + 50])
     wait_until(lambda: pipeline.count(db.Event) > 0, message=f"the first worker to start\n{pipeline.processes.logs()}")
+
+    def frozen_holding_a_batch() -> bool:
+        """Freeze the worker; True if it holds entries it has read, else let it go on and try again."""
+        os.killpg(first.pid, signal.SIGSTOP)
+        if sum(stream.pending_count(pipeline.redis, lane) for lane in stream.LANES) > 0:
+            return True
+        os.killpg(first.pid, signal.SIGCONT)
+        return False
+
+    wait_until(frozen_holding_a_batch, interval=0.01, message="the worker mid-batch")
     pipeline.processes.kill(first)   # SIGKILL to the whole process group, mid-drain
     killed_at = time.monotonic()
     stored = pipeline.count(db.Event)
