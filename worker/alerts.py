@@ -345,6 +345,34 @@ def fire(step_id: int) -> list[int]:
     return fire_steps([step_id]).follow_up
 
 
+@dataclass
+class Claimed:
+    """Steps claimed and their delivery rows written, in a transaction that has yet to commit;
+    :func:`send_claimed` takes it from there once it has."""
+
+    now: datetime
+    won: list[int] = field(default_factory=list)        # the steps claimed: no one else fires them
+    out: Fired = field(default_factory=Fired)
+    firing: list[_Firing] = field(default_factory=list)
+    drafts: list[_Draft] = field(default_factory=list)
+    timelines: dict[str, Timeline] = field(default_factory=dict)
+    lateness: list[float] = field(default_factory=list)
+
+
+def claim(session: Session, rules: Rules, step_ids: Sequence[int], now: datetime, *, take_in: bool = True
+          ) -> Claimed:
+    """In the caller's transaction: claim the due steps among ``step_ids`` and write their deliveries."""
+    from worker.ops import is_paused
+
+    claimed = Claimed(now)
+    if is_paused(session):
+        return claimed
+    claimed.won, claimed.out.early = _claim_steps(session, step_ids, now, take_in=take_in)
+    claimed.firing, claimed.drafts, claimed.timelines = _prepare(session, rules, claimed.won, now, claimed.out,
+                                                                 claimed.lateness)
+    return claimed
+
+
 def fire_steps(step_ids: Sequence[int], *, take_in: bool = True) -> Fired:
     """Fire the due steps among ``step_ids`` together; steps not due yet are handed back untouched.
 
@@ -353,30 +381,28 @@ def fire_steps(step_ids: Sequence[int], *, take_in: bool = True) -> Fired:
     once; record the answers and finish the steps (one more transaction). A batch
     that fails is fired again one step at a time and taking in nothing, so a step
     that cannot be fired holds back no other."""
-    from worker.ops import is_paused
-
-    rt = get_runtime()
     ids = list(dict.fromkeys(step_ids))
-    out = Fired()
     if not ids:
-        return out
-    now = now_utc()
-    lateness: list[float] = []
+        return Fired()
     try:
         with _transaction() as session:
-            if is_paused(session):
-                return out
-            won, out.early = _claim_steps(session, ids, now, take_in=take_in)
-            firing, drafts, timelines = _prepare(session, rt.rules, won, now, out, lateness)
+            claimed = claim(session, get_runtime().rules, ids, now_utc(), take_in=take_in)
     except Exception as exc:
         if (len(ids) == 1 and not take_in) or _is_outage(exc):
             raise
         # Nothing was committed: fire them one at a time, so one bad step holds back no other.
         log.exception("a batch of %d alert steps failed; firing them one at a time", len(ids))
         return _one_by_one(ids)
-    for seconds in lateness:
+    return send_claimed(claimed)
+
+
+def send_claimed(claimed: Claimed) -> Fired:
+    """After the commit that claimed them: send every message at once, record the answers, finish the steps."""
+    rt = get_runtime()
+    out, firing = claimed.out, claimed.firing
+    for seconds in claimed.lateness:
         metrics.observe("scheduler_lateness_seconds", seconds)
-    sends = _compose(rt.rules, rt.settings, drafts, timelines, now)
+    sends = _compose(rt.rules, rt.settings, claimed.drafts, claimed.timelines, claimed.now)
     by_step: dict[int | None, list[_Send]] = {}
     for item in sends:
         by_step.setdefault(item.step_id, []).append(item)

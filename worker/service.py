@@ -6,8 +6,8 @@ delays a demo request, and neither event lane delays a reminder:
 - ``events``: prefork processes draining the normal lane (CPU-bound scoring in
   batch transactions);
 - ``fast``: prefork processes for the fast lane (high-value events); each fires
-  the first alerts of the crossings it routes itself, on threads of its own
-  (``worker.tasks.fire_inline``);
+  the first alerts of the crossings it routes itself, claimed in the routing
+  transaction and sent on threads of its own (``worker.tasks.drain_once``);
 - ``alerts``: processes whose threads fire alert steps, one process per unit
   of ``--alert-concurrency``. Firing a batch of steps mostly waits, on the
   providers and on the database, so threads keep several batches in flight

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from celery.signals import worker_ready
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -20,6 +21,12 @@ from worker.app import app
 from worker.db import now_utc
 from worker.pipeline import BatchResult, dead_letter, forecast, process_batch
 from worker.runtime import get_runtime
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from routing.config import Rules
+    from worker.alerts import Claimed, Fired
 
 log = logging.getLogger("leadrouter.tasks")
 OUTAGE_WAIT_LIMIT = 600.0   # seconds a drain waits for the database before leaving its batch pending
@@ -43,13 +50,72 @@ def drain_once(lane: str) -> tuple[int, BatchResult]:
                                 reclaim_idle_ms=int(rt.settings.reclaim_idle_seconds * 1000))
     if not entries:
         return 0, BatchResult()
-    result = _apply_with_retries(entries, lane)
+    pool, slots = _inline_firing()
+    inline = lane == stream.FAST and slots.acquire(blocking=False)   # a free thread to send on
+    try:
+        result, claimed = _apply_with_retries(entries, lane, claim=inline)
+    except BaseException:
+        if inline:
+            slots.release()
+        raise
+    if claimed is not None and claimed.won:
+        pool.submit(_send_inline, claimed, slots)   # the thread frees its slot when done
+    elif inline:
+        slots.release()
     stream.ack(r, lane, [e.id for e in entries])
-    dispatch_steps(result.due_steps, inline=lane == stream.FAST)
+    won = set(claimed.won) if claimed is not None else set()
+    dispatch_steps([step_id for step_id in result.due_steps if step_id not in won])
     return len(entries), result
 
 
-def _apply_with_retries(entries: list[stream.Entry], lane: str) -> BatchResult:
+# The fast lane fires the first alerts of the crossings it routes itself: it claims them and writes
+# their deliveries in the batch's own transaction, and sends them on a thread of its own process
+# right after the commit. A demo request's alert then waits for no queue, no other process and
+# no second transaction, and the drain goes on meanwhile, so a slow provider never holds up
+# routing. With this many sends in flight already, the steps go to the alert workers as usual.
+INLINE_FIRING = 2
+_inline: tuple[int, ThreadPoolExecutor, threading.BoundedSemaphore] | None = None
+
+
+def _inline_firing() -> tuple[ThreadPoolExecutor, threading.BoundedSemaphore]:
+    """This process's threads for inline firing and the semaphore of their free slots."""
+    global _inline
+    if _inline is None or _inline[0] != os.getpid():   # threads do not survive a fork
+        _inline = (os.getpid(), ThreadPoolExecutor(max(1, INLINE_FIRING), thread_name_prefix="fire-inline"),
+                   threading.BoundedSemaphore(INLINE_FIRING))
+    return _inline[1], _inline[2]
+
+
+def _send_inline(claimed: Claimed, slots: threading.BoundedSemaphore) -> None:
+    from worker.alerts import send_claimed
+
+    try:
+        _after_firing(send_claimed(claimed))
+    except Exception:  # the steps stay firing: the scheduler takes them back after a minute
+        log.exception("sending alert steps %s from the fast lane failed", claimed.won)
+    finally:
+        slots.release()
+
+
+def _claim_due(session: Session, rules: Rules, step_ids: list[int]) -> Claimed | None:
+    """Claim the batch's due steps in its transaction, behind a savepoint: if that fails, the routing
+    still commits and the steps, still pending, go to the alert workers."""
+    from worker.alerts import claim
+
+    try:
+        with session.begin_nested():
+            return claim(session, rules, step_ids, now_utc(), take_in=False)
+    except Exception as exc:
+        if _is_outage(exc):
+            raise
+        log.exception("claiming alert steps %s in the fast lane failed; the alert workers will", step_ids)
+        return None
+
+
+def _apply_with_retries(entries: list[stream.Entry], lane: str, claim: bool = False
+                        ) -> tuple[BatchResult, Claimed | None]:
+    """Apply the batch in one transaction, waiting out a database outage; with ``claim``, the due alert
+    steps it makes are claimed in the same transaction."""
     from worker.assign import Router
 
     rt = get_runtime()
@@ -67,7 +133,11 @@ def _apply_with_retries(entries: list[stream.Entry], lane: str) -> BatchResult:
                 db.yield_to_urgent(rt.engine)
             # the fast lane goes first on SQLite; the normal lane let it, just above (worker.db.urgent)
             with db.urgent(rt.engine) if lane == stream.FAST else nullcontext(), rt.sessions.begin() as session:
-                return process_batch(session, entries, rules, now, Router(rules), fc)
+                result = process_batch(session, entries, rules, now, Router(rules), fc)
+                # one batch's worth: a burst of crossings leaves the rest to the alert workers, in parallel
+                claimed = _claim_due(session, rules, result.due_steps[:FIRE_BATCH]) \
+                    if claim and result.due_steps else None
+            return result, claimed
         except Exception as exc:  # sorted below: outage waits, anything else isolates the bad entry
             if _is_outage(exc):
                 if waited >= OUTAGE_WAIT_LIMIT:
@@ -81,7 +151,7 @@ def _apply_with_retries(entries: list[stream.Entry], lane: str) -> BatchResult:
             if attempts < 2:
                 continue  # a deadlock victim or a lost race: once more as a whole
             log.exception("batch failed; applying its %d entries one by one", len(entries))
-            return _apply_one_by_one(entries)
+            return _apply_one_by_one(entries), None
 
 
 def _apply_one_by_one(entries: list[stream.Entry]) -> BatchResult:
@@ -113,14 +183,13 @@ def _apply_one_by_one(entries: list[stream.Entry]) -> BatchResult:
     return total
 
 
-def dispatch_steps(step_ids: Iterable[int], eta: datetime | None = None, *, inline: bool = False) -> int:
+def dispatch_steps(step_ids: Iterable[int], eta: datetime | None = None) -> int:
     """Queue alert steps for firing, in batches; returns how many were queued.
 
     A step queued in the last few seconds (by a second scheduler, or by the drain
     that made it before a tick saw it) is left out. That only saves work: the
     compare-and-set in :func:`worker.alerts.fire_steps` is what makes a step fire
-    once. ``eta``: the steps are due then, and the task waits for it. ``inline``:
-    fire the first batch on a thread of this process instead (:func:`fire_inline`).
+    once. ``eta``: the steps are due then, and the task waits for it.
     """
     ids = list(dict.fromkeys(step_ids))
     if not ids:
@@ -132,41 +201,8 @@ def dispatch_steps(step_ids: Iterable[int], eta: datetime | None = None, *, inli
     for step_id in ids:
         pipe.set(DISPATCH_KEY.format(step_id), 1, nx=True, px=hold)
     fresh = [step_id for step_id, queued in zip(ids, pipe.execute(), strict=True) if queued]
-    n = len(fresh)
-    if inline and eta is None and fresh and fire_inline(fresh[:FIRE_BATCH]):
-        fresh = fresh[FIRE_BATCH:]
     queue_steps(fresh, eta)
-    return n
-
-
-# The fast lane fires the first alerts of the crossings it routes itself, on threads of its own
-# process: a demo request's alert then waits for no queue and no other process. The drain goes
-# on meanwhile, so a slow provider never holds up routing; with this many batches in flight
-# already, further steps go to the alert workers as usual.
-INLINE_FIRING = 2
-_inline: tuple[int, ThreadPoolExecutor, threading.BoundedSemaphore] | None = None
-
-
-def fire_inline(step_ids: list[int]) -> bool:
-    """Fire ``step_ids`` on a thread of this process; False (nothing done) when all are busy."""
-    global _inline
-    if _inline is None or _inline[0] != os.getpid():   # threads do not survive a fork
-        _inline = (os.getpid(), ThreadPoolExecutor(INLINE_FIRING, thread_name_prefix="fire-inline"),
-                   threading.BoundedSemaphore(INLINE_FIRING))
-    _pid, pool, slots = _inline
-    if not slots.acquire(blocking=False):
-        return False
-
-    def run() -> None:
-        try:
-            fire_steps(step_ids, take_in=False)   # late steps of other leads are the alert workers' to take in
-        except Exception:  # the steps stay pending or firing: the scheduler hands them over again
-            log.exception("firing alert steps %s in the fast lane failed", step_ids)
-        finally:
-            slots.release()
-
-    pool.submit(run)
-    return True
+    return len(fresh)
 
 
 def queue_steps(step_ids: list[int], eta: datetime | None = None) -> None:
@@ -232,11 +268,15 @@ def _drain_at_start(**_: object) -> None:
 
 
 @app.task(name="leadrouter.fire_steps", ignore_result=True)
-def fire_steps(step_ids: list[int], take_in: bool = True) -> None:
+def fire_steps(step_ids: list[int]) -> None:
     """Fire a batch of due steps; queue what that made due, and give back steps that came early."""
     from worker.alerts import fire_steps as fire
 
-    fired = fire(step_ids, take_in=take_in)
+    _after_firing(fire(step_ids))
+
+
+def _after_firing(fired: Fired) -> None:
+    """Queue what firing made due, and give back the steps that came early."""
     dispatch_steps(fired.follow_up)
     now = now_utc()
     early: dict[datetime, list[int]] = {}

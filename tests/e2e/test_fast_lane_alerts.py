@@ -1,13 +1,28 @@
-"""The fast lane fires the first alerts of the crossings it routes itself, on threads of its own."""
+"""The fast lane fires the first alerts of the crossings it routes itself: claimed in the batch's
+transaction, sent on a thread of its own right after the commit."""
 
 from __future__ import annotations
-
-import threading
 
 from sqlalchemy import select
 
 from tests.conftest import wait_until
 from tests.e2e.test_alerts_flow import db, hot_lead, send
+
+
+def steps(env) -> list[tuple[int, str]]:
+    from worker import db as models
+
+    with db(env) as s:
+        return [tuple(r) for r in s.execute(select(models.AlertStep.step, models.AlertStep.status)
+                                            .order_by(models.AlertStep.id))]
+
+
+def drain_all() -> None:
+    from worker import stream
+    from worker.tasks import drain_once
+
+    while drain_once(stream.NORMAL)[0] + drain_once(stream.FAST)[0]:
+        pass
 
 
 def test_a_crossing_first_alert_goes_out_from_the_fast_lane_with_no_alert_worker(alert_env, processes, providers):
@@ -19,37 +34,54 @@ def test_a_crossing_first_alert_goes_out_from_the_fast_lane_with_no_alert_worker
 
     wait_until(lambda: len(providers.sms()) >= 1 and len(providers.emails()) >= 1, timeout=30,
                message="the first alert, by SMS and email")
+    wait_until(lambda: steps(alert_env)[0] == (0, "done"), timeout=10, message="the first step finished")
+    assert all(status == "pending" for _, status in steps(alert_env)[1:])   # reminders wait for the scheduler
     with db(alert_env) as s:
-        steps = s.execute(select(models.AlertStep.step, models.AlertStep.status)
-                          .order_by(models.AlertStep.step)).all()
         deliveries = s.execute(select(models.Delivery.channel, models.Delivery.status)).all()
-    assert steps[0] == (0, "done")
-    assert all(status == "pending" for _, status in steps[1:])      # reminders wait for the scheduler
-    assert sorted(channel for channel, _ in deliveries) == ["email", "sms"]
+    assert sorted(deliveries) == [("email", "sent"), ("sms", "sent")]
     assert len(providers.sms()) == 1
 
 
-def test_with_its_threads_busy_the_fast_lane_hands_steps_to_the_alert_workers(queued, monkeypatch):
+def test_the_first_alert_is_claimed_in_the_routing_transaction_and_not_queued(alert_env, providers, queued):
+    send(hot_lead("claimed"))
+    drain_all()
+
+    assert queued == []                             # nothing handed to the alert workers
+    wait_until(lambda: len(providers.sms()) == 1, timeout=10, message="the first alert sent from this process")
+    wait_until(lambda: steps(alert_env)[0] == (0, "done"), timeout=10, message="the first step finished")
+
+
+def test_with_its_threads_busy_the_fast_lane_hands_the_first_alert_to_the_alert_workers(
+        alert_env, providers, queued, monkeypatch):
     import worker.tasks as tasks
 
-    release = threading.Event()
-    fired: list[list[int]] = []
-
-    def slow_fire(step_ids: list[int], take_in: bool = True) -> None:
-        assert not take_in
-        fired.append(step_ids)
-        release.wait(10)
-
-    monkeypatch.setattr(tasks, "fire_steps", type("Task", (), {"__call__": staticmethod(slow_fire),
-                                                                "apply_async": staticmethod(tasks.fire_steps.apply_async)})())
     monkeypatch.setattr(tasks, "INLINE_FIRING", 1)
     monkeypatch.setattr(tasks, "_inline", None)
+    _pool, slots = tasks._inline_firing()
+    assert slots.acquire(blocking=False)            # its one thread is busy sending
+    try:
+        send(hot_lead("busy"))
+        drain_all()
+    finally:
+        slots.release()
 
-    assert tasks.dispatch_steps([101], inline=True) == 1
-    wait_until(lambda: fired == [[101]], timeout=5, message="the first step fired on the thread")
-    assert tasks.dispatch_steps([102], inline=True) == 1      # the one thread is busy: queued instead
-    assert queued == [([102], None)]
-    release.set()
-    wait_until(lambda: tasks.fire_inline([103]), timeout=5, message="the thread free again")
-    wait_until(lambda: fired == [[101], [103]], timeout=5, message="the next step fired on the thread")
-    assert queued == [([102], None)]
+    assert steps(alert_env)[0] == (0, "pending")    # not claimed here ...
+    assert [ids for ids, _eta in queued] == [[1]]    # ... but queued for the alert workers
+    assert providers.sms() == []
+
+
+def test_if_claiming_fails_the_lead_is_still_routed_and_the_step_queued(alert_env, providers, queued, monkeypatch):
+    import worker.alerts as alerts
+    from worker import db as models
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("cannot claim")
+
+    monkeypatch.setattr(alerts, "claim", broken)
+    send(hot_lead("broken"))
+    drain_all()
+
+    with db(alert_env) as s:
+        assert s.scalar(select(models.Assignment.rep_id)) is not None
+    assert steps(alert_env)[0] == (0, "pending")
+    assert [ids for ids, _eta in queued] == [[1]]

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from tests.conftest import hold_alerts
 from tests.fuzz.strategies import FUZZ, event_dicts, odd_events
 from tests.fuzz.support import Api
 from worker import db, stream
@@ -20,13 +21,12 @@ from worker import db, stream
 @pytest.fixture
 def no_alerts(fuzz_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Steps a drain makes due are recorded, not sent to Celery: this is about the events, not the alerts."""
-    from worker import tasks
     from worker.app import app
 
     assert app.conf.broker_url == fuzz_env["REDIS_URL"], "Celery would talk to another Redis than the test's"
 
     due: list[int] = []
-    monkeypatch.setattr(tasks, "dispatch_steps", lambda ids, eta=None: due.extend(ids) or len(due))
+    hold_alerts(monkeypatch, due)
     return due
 
 

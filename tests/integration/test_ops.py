@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, hold_alerts
 from worker import db
 
 EMAIL = "jane.doe@acme-corp.com"
@@ -31,10 +31,8 @@ def env(service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[st
     path = Path(service_env["LEADROUTER_CONFIG"])
     text = path.read_text().replace("Mon-Fri 08:00-18:00", ALWAYS).replace("Mon-Fri 09:00-17:30", ALWAYS)
     path.write_text(text.replace('    holidays: ["2026-12-25"]\n', ""))
-    import worker.tasks
-
-    # due alerts would go to a Celery worker; here they stay pending rows, which is what the views read
-    monkeypatch.setattr(worker.tasks, "dispatch_steps", lambda ids: None)
+    # due alerts would go out; here they stay pending rows, which is what the views read
+    hold_alerts(monkeypatch)
     return service_env
 
 

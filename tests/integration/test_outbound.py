@@ -47,11 +47,10 @@ def env(service_env: dict[str, str], receiver: WebhookReceiver, monkeypatch: pyt
                  {"url": f"{receiver.url}/crm/owners", "events": ["lead.assigned", "lead.claimed"]}])
     slack = f"{receiver.url}/slack/T0001/B0001/secret"
     monkeypatch.setenv("SLACK_WEBHOOK_URL", slack)
-    import worker.tasks
-    from tests.conftest import _reset_process_state
+    from tests.conftest import _reset_process_state, hold_alerts
 
     _reset_process_state()
-    monkeypatch.setattr(worker.tasks, "dispatch_steps", lambda ids: None)   # alerts are not under test here
+    hold_alerts(monkeypatch)   # alerts are not under test here
     return {**service_env, "SLACK_WEBHOOK_URL": slack}
 
 
