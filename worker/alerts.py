@@ -211,7 +211,7 @@ def claim_url(settings: Settings, rules: Rules, rep_id: str, assignment: db.Assi
 # so this many threads carry about 100 requests a second; a waiting thread costs next to nothing.
 SEND_THREADS = 32
 MAX_BATCH = 24        # steps one batch may carry when it takes in late steps of other tasks
-BEHIND = timedelta(milliseconds=250)   # a step this late is taken by whichever batch runs first
+BEHIND = timedelta(milliseconds=100)   # a step this late is taken by whichever batch runs first
 TAKE_IN_WITHIN = timedelta(seconds=60)  # ... unless it is later than this
 RECORD_ATTEMPTS = 3    # the providers have answered: a short database outage must not lose what they said
 
