@@ -252,7 +252,8 @@ def process_batch(session: Session, entries: list[Entry], rules: Rules, now: dat
     A constant number of statements per batch in the common case: one query for the identity links, one
     bulk insert and one locking select for the leads, one query for the versions of their histories (and
     one for any history that changed since the forecast), one for the keys already stored, one to reserve
-    event ids, one bulk insert of the scored events and one flush of the lead rows. Events are scored
+    event ids, one bulk insert of the scored events and one executemany of the leads' scored columns
+    (:func:`write_scored`). Events are scored
     before they are written, so no row is updated after its insert. Pending events are written before
     anything that may read them (a merge, the router).
     """
