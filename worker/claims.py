@@ -90,10 +90,13 @@ def claim(session: Session, rules: Rules, lead_id: str, who: str, now: datetime,
     session.add(db.Trace(lead_id=lead_id, at=now, kind="claimed", actor=who, detail={"via": via}))
     Router(rules).outbound.lead_event(session, "lead.claimed", lead, now, assignment=a, rep=who,
                                       detail={"via": via})
-    first_sent = session.scalar(select(func.min(db.Delivery.sent_at))
+    # A reply can overtake the sender recording the provider's answer: a delivery not yet settled
+    # counts from when it was written, just before it left.
+    first_sent = session.scalar(select(func.min(func.coalesce(db.Delivery.sent_at, db.Delivery.created_at)))
                                 .join(db.AlertStep, db.AlertStep.id == db.Delivery.step_id)
                                 .join(db.Assignment, db.Assignment.id == db.AlertStep.assignment_id)
-                                .where(db.Assignment.episode_id == a.episode_id))
+                                .where(db.Assignment.episode_id == a.episode_id,
+                                       db.Delivery.status.not_in(("held", "failed"))))
     if first_sent is not None:
         metrics.observe("time_to_claim_seconds", max(0.0, (now - first_sent).total_seconds()))
     name = (rules.rep(who).display if rules.rep(who) else who)

@@ -85,3 +85,36 @@ def test_if_claiming_fails_the_lead_is_still_routed_and_the_step_queued(alert_en
         assert s.scalar(select(models.Assignment.rep_id)) is not None
     assert steps(alert_env)[0] == (0, "pending")
     assert [ids for ids, _eta in queued] == [[1]]
+
+
+def test_a_reply_that_overtakes_the_senders_record_still_times_the_claim(alert_env, providers, client, monkeypatch):
+    import threading
+
+    import worker.alerts as alerts
+    import worker.claims as claims
+    from tests.e2e.test_alerts_flow import signed_sms
+    from worker import db as models
+
+    held = threading.Event()
+    real_deliver = alerts.deliver
+
+    def deliver_then_wait(items):          # the provider has it; its answer is not recorded yet
+        real_deliver(items)
+        held.wait(10)
+
+    observed: list[tuple[str, float]] = []
+    monkeypatch.setattr(alerts, "deliver", deliver_then_wait)
+    monkeypatch.setattr(claims.metrics, "observe", lambda name, seconds, **_: observed.append((name, seconds)))
+    try:
+        send(hot_lead("quick"))
+        drain_all()
+        wait_until(lambda: len(providers.sms()) == 1, timeout=10, message="the first alert at the provider")
+        with db(alert_env) as s:
+            assert s.scalar(select(models.Delivery.sent_at).where(models.Delivery.channel == "sms")) is None
+        rep_phone = providers.sms()[0]["To"]
+        assert "Claimed" in signed_sms(client, rep_phone, "1", "SM" + "5" * 32).text
+    finally:
+        held.set()
+
+    waits = [seconds for name, seconds in observed if name == "time_to_claim_seconds"]
+    assert len(waits) == 1 and 0 <= waits[0] < 10
