@@ -73,6 +73,9 @@ def test_a_claim_racing_a_due_reminder_lets_out_at_most_the_step_in_flight(
         pub.publish([e for lead in leads for e in hot_lead(lead)])
 
         def reminders_due() -> dict[str, float] | None:
+            # read once every first alert is out: a first alert that went out late moves its reminders
+            if len(store.rows(db.AlertStep, db.AlertStep.step == 0, db.AlertStep.status == "done")) < len(leads):
+                return None
             steps = store.rows(db.AlertStep, db.AlertStep.step == 1)
             return {s.lead_id: s.due_at.timestamp() for s in steps} if len(steps) == len(leads) else None
 
