@@ -73,17 +73,7 @@ def lock_leads(session: Session, lead_ids: Iterable[str], now: datetime) -> dict
 
 
 def load_history(session: Session, lead_id: str) -> LeadHistory:
-    rows = session.execute(
-        select(db.Event.id, db.Event.type, db.Event.name, db.Event.timestamp, db.Event.traits, db.Event.message_id)
-        .where(db.Event.lead_id == lead_id).order_by(db.Event.id)
-    ).all()
-    signals, updates = [], []
-    for rid, etype, name, ts, traits, mid in rows:
-        if etype == "track" and name:
-            signals.append(Signal(name, ts, mid))
-        elif etype in ("identify", "alias") and traits:
-            updates.append(TraitUpdate(ts, traits, rid))
-    return LeadHistory(tuple(signals), tuple(updates))
+    return load_histories(session, [lead_id])[0][lead_id]
 
 
 def core_lead(row: db.Lead, history: LeadHistory) -> CoreLead:

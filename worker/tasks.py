@@ -50,15 +50,15 @@ def drain_once(lane: str) -> tuple[int, BatchResult]:
                                 reclaim_idle_ms=int(rt.settings.reclaim_idle_seconds * 1000))
     if not entries:
         return 0, BatchResult()
-    pool, slots = _inline_firing()
-    inline = lane == stream.FAST and slots.acquire(blocking=False)   # a free thread to send on
+    pool, slots = _inline_firing() if lane == stream.FAST else (None, None)
+    inline = slots is not None and slots.acquire(blocking=False)   # a free thread to send on
     try:
         result, claimed = _apply_with_retries(entries, lane, claim=inline)
     except BaseException:
         if inline:
             slots.release()
         raise
-    if claimed is not None and claimed.won:
+    if inline and claimed is not None and claimed.won:
         pool.submit(_send_inline, claimed, slots)   # the thread frees its slot when done
     elif inline:
         slots.release()
