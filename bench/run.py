@@ -64,14 +64,14 @@ class Sizes:
     cadence_crossings_per_s: float
     cost_small: int
     cost_large: int
-    cost_events: int
+    cost_batches: int   # batches drained on each database
     rss_events: int
 
 
 FULL = Sizes(throughput_events=20_000, noop_tasks=10_000, crossings=150, background_per_s=200, backlog=50_000,
-             cadence_steps=500, cadence_crossings_per_s=20, cost_small=10_000, cost_large=1_000_000, cost_events=5_000, rss_events=200_000)
+             cadence_steps=500, cadence_crossings_per_s=20, cost_small=10_000, cost_large=1_000_000, cost_batches=20, rss_events=200_000)
 QUICK = Sizes(throughput_events=5_000, noop_tasks=2_000, crossings=30, background_per_s=100, backlog=5_000,
-              cadence_steps=50, cadence_crossings_per_s=20, cost_small=10_000, cost_large=100_000, cost_events=2_000, rss_events=20_000)
+              cadence_steps=50, cadence_crossings_per_s=20, cost_small=10_000, cost_large=100_000, cost_batches=6, rss_events=20_000)
 
 
 # ---------------------------------------------------------------- events
@@ -559,6 +559,8 @@ def bulk_load_leads(url: str, start: int, stop: int) -> None:
                                2.0, 3.0, "cold", False))
             _insert(cur, engine.dialect.name, leads, events)
             raw.commit()
+        if engine.dialect.name == "sqlite":   # as an import leaves it: the WAL copied into the database
+            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         raw.close()
         engine.dispose()
@@ -585,48 +587,65 @@ def _insert(cur: Any, dialect: str, leads: list[tuple[Any, ...]], events: list[t
     cur.executemany(f"INSERT INTO events ({EVENT_COLS}) VALUES ({', '.join('?' * 14)})", map(sqlite_row, events))
 
 
-def drain_cost_us(world: World, leads: int, n_events: int, tag: str) -> float:
-    """Median µs per event of ``drain_once`` (read, one transaction, ack) on events of random existing leads."""
-    from worker import stream
+def drain_costs_us(world: World, urls: dict[int, str], batches: int) -> dict[int, float]:
+    """Median µs per event of ``drain_once`` (read, forecast, one transaction, ack) on batches of
+    events of random existing leads, for each database in ``urls`` (by its number of leads).
+
+    The databases take turns batch by batch, in an order that swaps every round: this machine's
+    speed drifts within minutes, and measured one after the other the two would not see the
+    same machine."""
+    from worker import runtime, stream
     from worker.db import now_utc
+    from worker.settings import Settings
     from worker.tasks import drain_once
 
-    rng = random.Random(leads)
-    batch = 500
+    batch = Settings().batch_size
     received = now_utc().isoformat()
+    rngs = {leads: random.Random(leads) for leads in urls}
+    runtimes = {leads: runtime.Runtime(Settings(DATABASE_URL=url)) for leads, url in urls.items()}
+    per_event: dict[int, list[float]] = {leads: [] for leads in urls}
 
-    def queue(n: int, label: str) -> None:
-        items = [("default", received, {"type": "track", "messageId": f"{label}-{j}",
-                                        "userId": f"user-{rng.randrange(leads):07d}",
-                                        "event": LOW_VALUE[j % len(LOW_VALUE)]}) for j in range(n)]
-        stream.append(world.redis, stream.NORMAL, items)
-
-    queue(batch, f"{tag}-warm")
-    drain_once(stream.NORMAL)
-    queue(n_events, tag)
-    per_event: list[float] = []
-    while True:
+    def drain(leads: int, label: str) -> float:
+        rng = rngs[leads]
+        stream.append(world.redis, stream.NORMAL, [
+            ("default", received, {"type": "track", "messageId": f"{leads}-{label}-{j}",
+                                   "userId": f"user-{rng.randrange(leads):07d}",
+                                   "event": LOW_VALUE[j % len(LOW_VALUE)]}) for j in range(batch)])
+        runtime._runtime = runtimes[leads]   # drain_once works on the process's runtime: this database's
         started = time.perf_counter()
         n, _ = drain_once(stream.NORMAL)
-        if n == 0:
-            break
-        per_event.append((time.perf_counter() - started) / n * 1e6)
-    return statistics.median(per_event)
+        elapsed = time.perf_counter() - started
+        assert n == batch, f"drained {n} of {batch}"
+        return elapsed / n * 1e6
+
+    try:
+        for leads in urls:
+            drain(leads, "warm")
+        runtime.settle_process()   # as a worker process is, once started
+        order = list(urls)
+        for i in range(batches):
+            for leads in order if i % 2 == 0 else order[::-1]:
+                per_event[leads].append(drain(leads, str(i)))
+    finally:
+        runtime.reset_runtime()
+        for rt in runtimes.values():
+            rt.engine.dispose()
+    for leads, costs in per_event.items():
+        log(f"  {leads} leads: {statistics.median(costs):.0f} µs/event (batches: {[round(c) for c in costs]})")
+    return {leads: statistics.median(costs) for leads, costs in per_event.items()}
 
 
 def per_event_cost(bench: Bench) -> float:
     s = bench.sizes
     with bench.scenario("cost") as world:
-        log(f"per_event_cost: bulk-loading {s.cost_small} leads")
-        bulk_load_leads(world.url, 0, s.cost_small)
-        small = drain_cost_us(world, s.cost_small, s.cost_events, "small")
-        log(f"  {s.cost_small} leads: {small:.0f} µs/event; loading up to {s.cost_large}")
+        small_url = bench.databases.create("cost-small")
+        log(f"per_event_cost: bulk-loading {s.cost_small} and {s.cost_large} leads")
         t = time.monotonic()
-        bulk_load_leads(world.url, s.cost_small, s.cost_large)
+        bulk_load_leads(small_url, 0, s.cost_small)
+        bulk_load_leads(world.url, 0, s.cost_large)
         log(f"  loaded in {time.monotonic() - t:.0f}s")
-        large = drain_cost_us(world, s.cost_large, s.cost_events, "large")
-        log(f"  {s.cost_large} leads: {large:.0f} µs/event")
-    return round(large / small, 2)
+        costs = drain_costs_us(world, {s.cost_small: small_url, s.cost_large: world.url}, s.cost_batches)
+    return round(costs[s.cost_large] / costs[s.cost_small], 2)
 
 
 # ---------------------------------------------------------------- plot
@@ -783,7 +802,8 @@ def main(argv: list[str] | None = None) -> int:
                  "sizes": {"throughput_events": sizes.throughput_events, "noop_tasks": sizes.noop_tasks,
                            "crossings": sizes.crossings, "cadence_steps": sizes.cadence_steps,
                            "cadence_crossings_per_s": sizes.cadence_crossings_per_s,
-                           "cost_leads": [sizes.cost_small, sizes.cost_large], "rss_events": sizes.rss_events}},
+                           "cost_leads": [sizes.cost_small, sizes.cost_large],
+                           "cost_batches": sizes.cost_batches, "rss_events": sizes.rss_events}},
     }
     started = time.monotonic()
     failed: list[str] = []

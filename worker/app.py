@@ -68,11 +68,12 @@ app.conf.update(
 
 @worker_process_init.connect
 def _init_process(**_: object) -> None:
-    from worker.runtime import get_runtime
+    from worker.runtime import get_runtime, settle_process
 
     setup_logging()
     get_runtime().after_fork()
     _warm_up()
+    settle_process()
 
 
 @worker_init.connect

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -128,3 +129,12 @@ def get_runtime() -> Runtime:
 def reset_runtime() -> None:
     global _runtime
     _runtime = None
+
+
+def settle_process() -> None:
+    """Once a long-running process is set up: what start-up built (modules, the rules, the engine,
+    the provider clients) lives as long as the process, so the garbage collector stops scanning
+    it. A full collection of a worker's start-up objects takes about 40 ms and came every few
+    batches; afterwards it scans only what the batches left behind."""
+    gc.collect()
+    gc.freeze()

@@ -35,7 +35,7 @@ from routing.cadence import collapse_overdue, in_cadence
 from worker import db, stream
 from worker.alerts import flush_held, settle_maybe_sent
 from worker.db import now_utc
-from worker.runtime import get_runtime
+from worker.runtime import get_runtime, settle_process
 
 log = logging.getLogger("leadrouter.scheduler")
 
@@ -150,6 +150,7 @@ def run_forever(tick_seconds: float | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     name = f"beat@{socket.gethostname()}"
     log.info("scheduler running, tick every %.2fs", interval)
+    settle_process()
     done = threading.Event()
     chores = start_housekeeping(done)
     last_beat = 0.0

@@ -61,6 +61,7 @@ def test_the_tick_never_waits_behind_a_chore_stuck_on_a_provider(monkeypatch):
     monkeypatch.setattr(scheduler, "flush_held", lambda: 0)
     monkeypatch.setattr(scheduler, "tick_once", tick)
     monkeypatch.setattr(scheduler, "heartbeat", lambda name: None)
+    monkeypatch.setattr(scheduler, "settle_process", lambda: None)   # not the test process
     monkeypatch.setattr(scheduler, "get_runtime", lambda: type("Rt", (), {"settings": None})())
     previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     try:
