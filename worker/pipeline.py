@@ -474,8 +474,7 @@ def _persist(row: db.Lead, plan: Plan, ev: Event, rules: Rules, now: datetime) -
 
 def write_scored(session: Session, rows: Iterable[db.Lead]) -> None:
     """Store the scored columns of ``rows`` as they stand now: one executemany UPDATE."""
-    params = [{"lead_id": row.id, **{key: getattr(row, key) for key in _SCORED_COLUMNS}}
-              for row in sorted(rows, key=lambda row: row.id)]
+    params = [{"lead_id": row.id, **{key: getattr(row, key) for key in _SCORED_COLUMNS}} for row in rows]
     if params:
         leads = db.Lead.__table__
         stmt = (update(leads).where(leads.c.id == bindparam("lead_id"))
