@@ -306,6 +306,7 @@ def throughput_and_rss(bench: Bench, measure_throughput: bool, measure_rss: bool
             noop_rate = run_noop(world, s.noop_tasks)
             log(f"  no-op: {noop_rate:.0f} tasks/s")
         worker = world.procs.celery("worker.app", "events,fast,alerts", 2, "worker")
+        world.procs.beat()   # as deployed; on PostgreSQL it keeps the planner statistics current
         world.publish(low_value_events("warm", 50, 50))
         world.wait_committed(50, 120)
         base = world.events_committed()

@@ -175,14 +175,21 @@ def run_forever(tick_seconds: float | None = None) -> int:
     return 0
 
 
+def keep_statistics() -> None:
+    """PostgreSQL's planner statistics for our tables, where autovacuum has not kept them current."""
+    analyzed = db.refresh_statistics(get_runtime().engine)
+    if analyzed:
+        log.info("analyzed %s: their planner statistics were behind", ", ".join(analyzed))
+
+
 def start_housekeeping(done: threading.Event, every: float = HEARTBEAT_EVERY) -> threading.Thread:
-    """The scheduler's slow chores on a thread of their own: the hourly cap's summaries and asking
-    providers about "maybe sent" deliveries. They wait on providers; the tick, which every alert's
-    timing hangs on, must never wait behind them."""
+    """The scheduler's slow chores on a thread of their own: the hourly cap's summaries, asking
+    providers about "maybe sent" deliveries and the planner statistics. They wait on providers or
+    scan tables; the tick, which every alert's timing hangs on, must never wait behind them."""
 
     def loop() -> None:
         while not done.is_set():
-            for chore in (flush_held, settle_maybe_sent):
+            for chore in (flush_held, settle_maybe_sent, keep_statistics):
                 try:
                     chore()
                 except Exception:  # Redis, the database or a provider away: next round

@@ -62,6 +62,7 @@ def test_the_tick_never_waits_behind_a_chore_stuck_on_a_provider(monkeypatch):
     monkeypatch.setattr(scheduler, "tick_once", tick)
     monkeypatch.setattr(scheduler, "heartbeat", lambda name: None)
     monkeypatch.setattr(scheduler, "settle_process", lambda: None)   # not the test process
+    monkeypatch.setattr(scheduler, "keep_statistics", lambda: None)
     monkeypatch.setattr(scheduler, "get_runtime", lambda: type("Rt", (), {"settings": None})())
     previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     try:
