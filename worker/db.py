@@ -325,7 +325,7 @@ def make_engine(url: str) -> Engine:
 # back into the database now and then (a checkpoint, with an fsync of each file). By default the
 # commit that takes the WAL past 1,000 pages does that itself, holding up its caller: with many
 # leads a batch changes pages all over the database, so at a million leads nearly every batch
-# paid for a checkpoint (about 40 ms of a 150 ms batch). Here a thread of each writing process
+# paid for one (about 40 ms of a 500-event batch). Here a thread of each writing process
 # checkpoints right after its commits (at most every ``CHECKPOINT_GAP``), in PASSIVE mode: it
 # takes no lock that readers or writers wait for, and the worker goes on meanwhile (a drain
 # reads its next batch). Once a checkpoint has copied the whole WAL, the next writer starts
