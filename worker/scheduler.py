@@ -193,9 +193,9 @@ def start_housekeeping(done: threading.Event) -> list[threading.Thread]:
     every ``STATISTICS_EVERY``. They wait on providers or scan tables; the tick, which every
     alert's timing hangs on, must never wait behind them."""
 
-    def loop(chores: Callable[[], tuple[Callable[[], object], ...]], every: float) -> None:
+    def loop(chores: tuple[Callable[[], object], ...], every: float) -> None:
         while not done.is_set():
-            for chore in chores():
+            for chore in chores:
                 try:
                     chore()
                 except Exception:  # Redis, the database or a provider away: next round
@@ -203,10 +203,10 @@ def start_housekeeping(done: threading.Event) -> list[threading.Thread]:
             done.wait(every)
 
     threads = [
-        threading.Thread(target=loop, args=(lambda: (flush_held, settle_maybe_sent), HEARTBEAT_EVERY),
+        threading.Thread(target=loop, args=((flush_held, settle_maybe_sent), HEARTBEAT_EVERY),
                          name="beat-housekeeping", daemon=True),
-        threading.Thread(target=loop, args=(lambda: (keep_statistics,), STATISTICS_EVERY),
-                         name="beat-statistics", daemon=True),
+        threading.Thread(target=loop, args=((keep_statistics,), STATISTICS_EVERY), name="beat-statistics",
+                         daemon=True),
     ]
     for thread in threads:
         thread.start()
