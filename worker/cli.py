@@ -301,9 +301,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_beat(args: argparse.Namespace) -> int:
     import threading
 
+    from worker.logs import setup_logging
     from worker.outbound import start_background
     from worker.scheduler import run_forever
 
+    setup_logging()
     stop = threading.Event()
     sender = start_background(stop)      # outbound webhooks and Slack, on threads of their own
     try:

@@ -183,6 +183,11 @@ def test_each_step_fires_once_with_two_schedulers(alert_env, processes, provider
     assert per and all(n == 1 for *_, n in per)
     sids = Counter((m["To"], m["Body"]) for m in providers.sms())
     assert all(n == 1 for n in sids.values()), "an SMS went out twice"
+    for name in ("beat-a", "beat-b"):   # each scheduler logs as the other processes do: JSON lines, masked
+        log = next(processes.logdir.glob(f"{name}-*.log")).read_text()
+        lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+        assert any(line["logger"] == "leadrouter.scheduler" and line["msg"].startswith("scheduler running")
+                   for line in lines), log
 
 
 def test_claim_page_shows_on_get_and_claims_on_post(stack, providers, client, alert_env):
