@@ -22,6 +22,10 @@ import pytest
 from bench.stack import RedisServer as BenchRedis
 from bench.stack import free_port as free_port  # re-exported for the tests
 
+# pytest imports this file as ``conftest`` and the tests import it as ``tests.conftest``: make
+# that one module, so state kept here (the running test's processes) is the same for both.
+sys.modules.setdefault("tests.conftest", sys.modules[__name__])
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config" / "routing.yaml"
 ACCEPTANCE = ROOT.parent / "shared" / "acceptance"
@@ -139,6 +143,35 @@ def _reset_process_state() -> None:
     reset_runtime()
 
 
+def children_of(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (a Celery worker's pool, say)."""
+    out: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.add(int(entry))
+    return out
+
+
+def handles_sigusr1(pid: int) -> bool:
+    """Whether ``pid`` has a handler for SIGUSR1 (the signal would otherwise end it)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            caught = next(line.split()[1] for line in fh if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(caught, 16) & (1 << (signal.SIGUSR1 - 1)))
+
+
+_LIVE: list[Processes] = []   # the running test's processes, for ``wait_until``'s report on a timeout
+
+
 class Processes:
     """Product processes a test starts; every one is killed at teardown."""
 
@@ -146,6 +179,7 @@ class Processes:
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self.logdir = logdir
         self.procs: list[subprocess.Popen[bytes]] = []
+        _LIVE.append(self)
 
     def start(self, *args: str, name: str = "proc", extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")
@@ -176,10 +210,23 @@ class Processes:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.logdir.glob("*.log"))
+    def logs(self, tail: int = 3000) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}" for p in self.logdir.glob("*.log"))
+
+    def report(self) -> str:
+        """The logs as they are now, ending with the thread stacks of each live process started here
+        that writes them on ``kill -USR1`` (the scheduler, the API, a Celery worker's main process;
+        never a pool process, for which SIGUSR1 is the soft time limit)."""
+        asked = [proc for proc in self.procs if proc.poll() is None and handles_sigusr1(proc.pid)]
+        for proc in asked:
+            os.kill(proc.pid, signal.SIGUSR1)
+        if asked:
+            time.sleep(1.0)
+        return self.logs(tail=12_000)
 
     def stop_all(self) -> None:
+        if self in _LIVE:
+            _LIVE.remove(self)
         for p in self.procs:
             if p.poll() is None:
                 try:
@@ -210,7 +257,8 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, message
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            report = "".join(f"\n{procs.report()}" for procs in _LIVE)
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}{report}")
         time.sleep(interval)
 
 

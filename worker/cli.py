@@ -301,11 +301,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_beat(args: argparse.Namespace) -> int:
     import threading
 
-    from worker.logs import setup_logging
+    from worker.logs import dump_stacks_on_sigusr1, setup_logging
     from worker.outbound import start_background
     from worker.scheduler import run_forever
 
     setup_logging()
+    dump_stacks_on_sigusr1()
     stop = threading.Event()
     sender = start_background(stop)      # outbound webhooks and Slack, on threads of their own
     try:
@@ -319,9 +320,10 @@ def cmd_beat(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from worker.logs import setup_logging
+    from worker.logs import dump_stacks_on_sigusr1, setup_logging
 
     setup_logging()
+    dump_stacks_on_sigusr1()
     uvicorn.run("worker.api:create_app", factory=True, host=args.host, port=args.port, log_config=None,
                 access_log=False)
     return 0

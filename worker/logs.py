@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import re
+import signal
 import sys
 import time
 
@@ -41,6 +43,14 @@ class JsonFormatter(logging.Formatter):
 
 
 _done = False
+
+
+def dump_stacks_on_sigusr1() -> None:
+    """``kill -USR1`` writes the stack of each of this process's threads to its stderr and the process
+    carries on: what a process that looks stuck is doing (code locations only, no data). For the
+    scheduler and the API; a Celery worker's main process has a SIGUSR1 handler of its own that logs
+    the same, and in its pool processes SIGUSR1 is the soft time limit."""
+    faulthandler.register(signal.SIGUSR1, file=sys.__stderr__ or sys.stderr, all_threads=True)
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -69,7 +69,7 @@ def test_a_claim_racing_a_due_reminder_lets_out_at_most_the_step_in_flight(
     client_lock = threading.Lock()
     leads = [f"g-{i}" for i in range(len(OFFSETS))]
     try:
-        wait_until(lambda: pub.workers_ready(1), timeout=30, message=f"the workers\n{processes.logs()}")
+        wait_until(lambda: pub.workers_ready(1), timeout=30, message="the workers")
         pub.publish([e for lead in leads for e in hot_lead(lead)])
 
         def reminders_due() -> dict[str, float] | None:
@@ -79,7 +79,7 @@ def test_a_claim_racing_a_due_reminder_lets_out_at_most_the_step_in_flight(
             steps = store.rows(db.AlertStep, db.AlertStep.step == 1)
             return {s.lead_id: s.due_at.timestamp() for s in steps} if len(steps) == len(leads) else None
 
-        due = wait_until(reminders_due, timeout=30, message=f"every lead's cadence\n{processes.logs()}")
+        due = wait_until(reminders_due, timeout=30, message="every lead's cadence")
         warm_up(client)   # the claims below must take milliseconds, not this process's first-use costs
         claimed: dict[str, tuple[float, float, bool]] = {}
 
@@ -107,8 +107,7 @@ def test_a_claim_racing_a_due_reminder_lets_out_at_most_the_step_in_flight(
         quiet_after = max(due.values()) + 4.0 + 1.0   # the 3rd reminder is due 4 s after the 1st
         wait_until(lambda: time.time() > quiet_after and not store.rows(
             db.AlertStep, db.AlertStep.status.in_(["pending", "firing"]), db.AlertStep.step < 100) and not store.rows(
-            db.Delivery, db.Delivery.status == "pending"), timeout=30, message=f"the cadences to settle\n"
-                                                                            f"{processes.logs()}")
+            db.Delivery, db.Delivery.status == "pending"), timeout=30, message="the cadences to settle")
 
         deliveries = {d.id: d for d in store.rows(db.Delivery)}
         late: dict[str, set[int]] = defaultdict(set)   # lead -> steps with a request after its claim returned

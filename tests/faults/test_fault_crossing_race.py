@@ -43,7 +43,7 @@ def test_many_workers_pushing_one_lead_over_the_threshold_at_once_route_it_once(
                                               track(f"{lead}-demo", lead, "Demo Requested", seconds_ago=90))]
         pub.publish(warm)
         wait_until(lambda: store.count(db.Event) == len(warm) and pub.drained(), timeout=40,
-                   message=f"the leads to warm up\n{processes.logs()}")
+                   message="the leads to warm up")
         assert {(lead.score, lead.tier) for lead in store.rows(db.Lead)} == {(70, "warm")}
 
         at = ts(30)
@@ -70,7 +70,7 @@ def test_many_workers_pushing_one_lead_over_the_threshold_at_once_route_it_once(
         assert errors == []
         everything = warm + crossing
         wait_until(lambda: store.count(db.Event) >= len(everything) and pub.drained(), timeout=60,
-                   message=f"the crossings\n{processes.logs()}")
+                   message="the crossings")
         store.exactly_once(everything)
 
         with store.sessions() as s:
@@ -91,7 +91,7 @@ def test_many_workers_pushing_one_lead_over_the_threshold_at_once_route_it_once(
                                       .group_by(db.Delivery.lead_id, db.Delivery.channel)).all())
 
         sent = wait_until(lambda: len(first_alerts_sent()) == 2 * len(LEADS) and first_alerts_sent(), timeout=30,
-                          message=f"the first alerts\n{processes.logs()}")
+                          message="the first alerts")
         assert sorted(sent) == sorted((lead, channel, 1) for lead in LEADS for channel in ("email", "sms"))
         assert len({name for name in pub.held_by()}) >= 3, "several worker processes took part"
     finally:

@@ -46,13 +46,13 @@ def test_stopped_schedulers_resume_without_a_burst_and_send_each_due_alert_once(
     store = Store(alert_env["DATABASE_URL"])
     stopped: list[int] = []
     try:
-        wait_until(lambda: pub.workers_ready(1), timeout=30, message=f"the workers\n{processes.logs()}")
+        wait_until(lambda: pub.workers_ready(1), timeout=30, message="the workers")
         pub.publish([e for lead in LEADS for e in hot_lead(lead)])
         steps = wait_until(lambda: len(s := store.rows(db.AlertStep, db.AlertStep.step.in_([1, 2, 3]))) == 9 and s,
-                           timeout=30, message=f"the cadences\n{processes.logs()}")
+                           timeout=30, message="the cadences")
         # the first alerts go out from the drain, not the scheduler: let them, this is about the reminders
         wait_until(lambda: store.count(db.AlertStep, db.AlertStep.step == 0, db.AlertStep.status == "done") == 3,
-                   timeout=10, message=f"the first alerts\n{processes.logs()}")
+                   timeout=10, message="the first alerts")
         for beat in (beat_a, beat_b):
             os.killpg(beat.pid, signal.SIGSTOP)
             stopped.append(beat.pid)
@@ -72,10 +72,10 @@ def test_stopped_schedulers_resume_without_a_burst_and_send_each_due_alert_once(
             return all(s.status in ("done", "skipped", "cancelled") for s in rows) and not store.rows(
                 db.Delivery, db.Delivery.status == "pending")
 
-        wait_until(lambda: settled(1) and settled(2), timeout=20, message=f"the overdue reminders\n{processes.logs()}")
+        wait_until(lambda: settled(1) and settled(2), timeout=20, message="the overdue reminders")
         processes.kill(beat_a)   # kill -9; a fresh scheduler joins the one left
         beat_c = processes.leadrouter("beat", name="beat-c")
-        wait_until(lambda: settled(3), timeout=20, message=f"the last reminder\n{processes.logs()}")
+        wait_until(lambda: settled(3), timeout=20, message="the last reminder")
 
         statuses = {(s.lead_id, s.step): s.status for s in store.rows(db.AlertStep, db.AlertStep.step.in_([1, 2, 3]))}
         for lead in LEADS:

@@ -17,8 +17,8 @@ from contextlib import contextmanager
 
 import sqlalchemy as sa
 
-from tests.conftest import Processes, RedisServer, wait_until
-from tests.faults.support import Publisher, Store, TcpProxy, background, children_of
+from tests.conftest import Processes, RedisServer, children_of, wait_until
+from tests.faults.support import Publisher, Store, TcpProxy, background
 from worker import db
 
 QUEUES = "events,fast"
@@ -64,7 +64,7 @@ def test_a_pool_child_killed_before_its_commit_is_replaced_and_its_batch_claimed
         first = background("k1", 100)
         pub.publish(first)
         wait_until(lambda: store.count(db.Event) == len(first) and pub.drained(), timeout=40,
-                   message=f"the first wave\n{processes.logs()}")
+                   message="the first wave")
 
         second = background("k2", 200)
         with database_write_lock(service_env["DATABASE_URL"]):
@@ -86,7 +86,7 @@ def test_a_pool_child_killed_before_its_commit_is_replaced_and_its_batch_claimed
         pub.publish(third)
         everything = first + second + third
         wait_until(lambda: store.count(db.Event) >= len(everything) and pub.drained(), timeout=60,
-                   message=f"every event after the kill\n{processes.logs()}")
+                   message="every event after the kill")
         store.exactly_once(everything)
         assert store.count(db.DeadLetter) == 0
         assert pub.held_by().get(victim, 0) == 0      # taken over by another consumer (XAUTOCLAIM)
@@ -110,7 +110,7 @@ def test_a_worker_group_killed_after_its_commit_and_before_its_ack_doubles_nothi
     try:
         events = background("a", 800, leads=60)
         pub.publish(events, chunk=400)
-        wait_until(lambda: store.count(db.Event) >= 30, timeout=40, message=f"processing\n{processes.logs()}")
+        wait_until(lambda: store.count(db.Event) >= 30, timeout=40, message="processing")
 
         for _ in range(20):
             proxy.hold()
@@ -135,7 +135,7 @@ def test_a_worker_group_killed_after_its_commit_and_before_its_ack_doubles_nothi
 
         replacement = processes.celery_worker(queues=QUEUES, concurrency=2)
         wait_until(lambda: store.count(db.Event) >= len(events) and pub.drained(), timeout=60,
-                   message=f"every event after the restart\n{processes.logs()}")
+                   message="every event after the restart")
         store.exactly_once(events)
         assert store.count(db.DeadLetter) == 0
         assert replacement.poll() is None

@@ -78,7 +78,7 @@ class Pipeline:
 
     def wait_events(self, n: int, timeout: float = 30.0) -> None:
         wait_until(lambda: self.count(db.Event) >= n and self.drained(), timeout=timeout,
-                   message=f"{n} events stored and the stream drained\n{self.processes.logs()}")
+                   message=f"{n} events stored and the stream drained")
         assert self.count(db.Event) == n
 
 
@@ -313,7 +313,7 @@ def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(pipeline: Pipeline)
               for i in range(600)]
     for i in range(0, len(events), 50):
         pipeline.publish(events[i:i + 50])
-    wait_until(lambda: pipeline.count(db.Event) > 0, message=f"the first worker to start\n{pipeline.processes.logs()}")
+    wait_until(lambda: pipeline.count(db.Event) > 0, message="the first worker to start")
 
     def frozen_holding_a_batch() -> bool:
         """Freeze the worker; True if it holds entries it has read, else let it go on and try again."""
@@ -384,7 +384,7 @@ def test_an_entry_that_fails_processing_is_dead_lettered_and_the_batch_goes_on(p
     pipeline.worker(concurrency=1)   # drains what it finds at start: no kick needed
 
     wait_until(lambda: pipeline.count(db.DeadLetter) >= 3 and pipeline.drained(),
-               message=f"three dead letters\n{pipeline.processes.logs()}")
+               message="three dead letters")
     pipeline.wait_events(2)
     lead = pipeline.lead("u-dl")
     assert lead is not None and lead.score == 15 and lead.event_count == 2

@@ -1,12 +1,16 @@
-"""A worker process, once set up, keeps what start-up built out of the garbage collector's scans."""
+"""How a long-running process is set up: start-up objects kept out of the garbage collector's scans;
+thread stacks on ``kill -USR1``."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, handles_sigusr1, wait_until
 
 PROBE = """
 import gc, json
@@ -24,3 +28,20 @@ def test_a_worker_process_freezes_its_start_up_objects(service_env):
     # what is left to scan is a small part of it
     assert probe["frozen"] > 20_000
     assert probe["tracked"] < probe["frozen"] / 10
+
+
+def test_kill_usr1_writes_the_schedulers_thread_stacks_to_its_log_and_it_carries_on(service_env, processes):
+    beat = processes.leadrouter("beat", name="beat")
+    log = next(processes.logdir.glob("beat-*.log"))
+    wait_until(lambda: "scheduler running" in log.read_text(), timeout=30, message="the scheduler to start")
+    assert handles_sigusr1(beat.pid)
+
+    def dumped() -> bool:
+        os.kill(beat.pid, signal.SIGUSR1)   # as often as it takes: the handler stays, the process carries on
+        time.sleep(0.5)
+        text = log.read_text()
+        # its main loop (the current thread), then its housekeeping threads once they run
+        return "Current thread 0x" in text and "in run_forever" in text and " in loop" in text
+
+    wait_until(dumped, timeout=20, interval=0.5, message="the scheduler's stacks")
+    assert beat.poll() is None
