@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from routing.config import load_rules
 from routing.events import iso
-from tests.conftest import Processes, free_port
+from tests.conftest import Processes, free_port, wait_until
 from tests.conftest import RedisServer as _RedisServer
 from worker import db, stream
 from worker.publish import publish, queue_for
@@ -68,6 +68,18 @@ class PrivateRedis(_RedisServer):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
         super().stop()
+
+    def wait_written(self, timeout: float = 5.0) -> None:
+        """Until every write acknowledged so far is in the AOF file, where a ``kill -9`` of Redis no
+        longer reaches it. With ``appendfsync everysec`` Redis acknowledges a write before it writes
+        it out, and holds it back for up to 2 s while the previous second's fsync is still running:
+        on a busy disk a ``kill -9`` right after a write loses it, whatever its client does."""
+        r = redis.Redis.from_url(self.url)
+        try:
+            wait_until(lambda: r.info("persistence")["aof_buffer_length"] == 0, timeout=timeout, interval=0.005,
+                       message="Redis to write its AOF buffer")
+        finally:
+            r.close()
 
 
 class Publisher:
