@@ -26,7 +26,7 @@ test-unit: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy routing
+	$(BIN)/mypy routing worker
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

@@ -40,7 +40,7 @@ from zoneinfo import ZoneInfo
 from routing.config import Rep, Rules, Team
 from routing.hours import describe_off, is_working, next_shift_start, parse_hours
 
-Route = Literal["account_owner", "team", "queued", "on_call", "unrouted"]
+Route = Literal["account_owner", "team", "queued", "on_call", "unrouted", "manual"]   # manual: `lead assign`
 Status = Literal["chosen", "eligible", "skipped"]
 
 AWAY_INDEFINITELY = datetime.max.replace(tzinfo=UTC)

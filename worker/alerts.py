@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import and_, func, insert, or_, select, union_all, update
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -524,7 +524,7 @@ def _move_reminders_after_late_first(session: Session, steps: list[db.AlertStep]
     for s in session.scalars(select(db.AlertStep).where(db.AlertStep.assignment_id.in_(late),
                                                         db.AlertStep.status == "pending",
                                                         db.AlertStep.step > 0, db.AlertStep.step < 100)):
-        s.due_at = s.due_at + late[s.assignment_id]
+        s.due_at = s.due_at + late[cast(int, s.assignment_id)]   # in_(late): never NULL
     for assignment_id, by in late.items():
         assignment = assignments.get(assignment_id)
         if assignment is not None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import CursorResult, func, select, text, update
 from sqlalchemy.orm import Session
 
 from routing.cadence import plan_cadence
@@ -51,11 +51,11 @@ def routing_state(session: Session, rules: Rules, domain: str | None, now: datet
     ).all()
     per_rep: dict[str, dict[str, int]] = {}
     for rep_id, team_id, n in week:
-        per_rep.setdefault(rep_id, {})[team_id or ""] = n
+        per_rep.setdefault(cast(str, rep_id), {})[team_id or ""] = n   # rep_id IS NOT NULL above
     away = dict(session.execute(select(db.RepState.rep_id, db.RepState.away_until)).all())
     reps = {
         r.id: RepState(
-            away_until=away.get(r.id) if away.get(r.id) and away[r.id] > now else None,
+            away_until=until if (until := away.get(r.id)) and until > now else None,
             open_leads=open_counts.get(r.id, 0),
             assigned_7d=per_rep.get(r.id, {}),
         )
@@ -194,11 +194,11 @@ class Router:
 
     def contacted(self, session: Session, lead: db.Lead, ev: Event, now: datetime) -> None:
         """``Lead Contacted`` stops the cadence; the assignment stays (the rep is working it)."""
-        steps = session.execute(
+        steps = cast("CursorResult[Any]", session.execute(
             update(db.AlertStep)
             .where(db.AlertStep.lead_id == lead.id, db.AlertStep.status == "pending")
             .values(status="cancelled", note="lead contacted")
-        )
+        ))
         session.execute(update(db.HotEpisode).where(db.HotEpisode.lead_id == lead.id, db.HotEpisode.status == "open")
                         .values(status="contacted", closed_at=now))
         session.add(db.Trace(lead_id=lead.id, at=now, kind="contacted",

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from routing.config import Rules
@@ -76,10 +77,10 @@ def claim(session: Session, rules: Rules, lead_id: str, who: str, now: datetime,
         lead.owner = who
         router.outbound.lead_event(session, "lead.assigned", lead, now, assignment=a, previous_rep=previous_rep)
         router.outbound.lead_event(session, "lead.reassigned", lead, now, assignment=a, previous_rep=previous_rep)
-    won = session.execute(update(db.Assignment)
-                          .where(db.Assignment.id == a.id, db.Assignment.current.is_(True),
-                                 db.Assignment.claimed_at.is_(None))
-                          .values(claimed_at=now, claimed_by=who)).rowcount
+    won = cast("CursorResult[Any]", session.execute(
+        update(db.Assignment)
+        .where(db.Assignment.id == a.id, db.Assignment.current.is_(True), db.Assignment.claimed_at.is_(None))
+        .values(claimed_at=now, claimed_by=who))).rowcount
     if won != 1:
         return AckResult(False, f"Already claimed{_owned_by(lead, rules)}.", owner=lead.owner)
     _cancel_pending(session, a.id, f"claimed by {who}")
@@ -99,7 +100,7 @@ def claim(session: Session, rules: Rules, lead_id: str, who: str, now: datetime,
                                        db.Delivery.status.not_in(("held", "failed"))))
     if first_sent is not None:
         metrics.observe("time_to_claim_seconds", max(0.0, (now - first_sent).total_seconds()))
-    name = (rules.rep(who).display if rules.rep(who) else who)
+    name = rep.display if (rep := rules.rep(who)) else who
     return AckResult(True, f"Claimed: {_lead_name(lead)} is yours, {name}.", owner=who)
 
 

@@ -63,8 +63,10 @@ def _json_lines(text: str, path: str) -> Iterator[Any]:
             continue
         try:
             yield json.loads(line)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             yield _BadLine(n, f"{path}:{n}: malformed JSON: {exc.msg} at column {exc.colno}")
+        except ValueError as exc:   # not a JSONDecodeError: an integer too long to convert
+            yield _BadLine(n, f"{path}:{n}: malformed JSON: {exc}")
 
 
 class _BadLine(dict):  # type: ignore[type-arg]
@@ -161,7 +163,7 @@ def _share(x: float) -> str:
     return f"{x:.0%}"
 
 
-def _arrows(pairs: Sequence[tuple[Any, Any]]) -> list[str]:
+def _arrows(pairs: Sequence[tuple[Any, ...]]) -> list[str]:
     """``before -> after`` with the arrows lined up down the column; None shows as ``-``."""
     shown = [("-" if a is None else str(a), "-" if b is None else str(b)) for a, b in pairs]
     width = max((len(a) for a, _ in shown), default=0)
@@ -202,7 +204,8 @@ def _render_compare(cmp: dict[str, Any], path: str, before_hash: str, after_hash
         tiers = _arrows([tuple(t.replace("_", "-") if t else t for t in c["tier"]) for c in changed])
         reps = _arrows([tuple(c["rep"]) for c in changed])
         scores = _arrows([tuple(_num(x) if x is not None else None for x in c["score"]) for c in changed])
-        rows = [(c["lead_id"], t, r, sc) for c, t, r, sc in zip(changed, tiers, reps, scores, strict=True)]
+        rows: list[tuple[Any, ...]] = [(c["lead_id"], t, r, sc)
+                                       for c, t, r, sc in zip(changed, tiers, reps, scores, strict=True)]
         lines += ["", _table(rows, ["lead", "tier before -> after", "rep before -> after", "score"])]
     if cmp["per_rep"]:
         rows = [(rep, v["before"], v["after"], f"{v['change']:+d}", _share(v["share_before"]),

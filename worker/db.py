@@ -312,8 +312,11 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         if path and path != ":memory:":
-            event.listen(engine, "commit", lambda conn: conn.get_execution_options().get(READ_ONLY)
-                         or CHECKPOINTER.written(path))
+            def _written(conn: Connection) -> None:
+                if not conn.get_execution_options().get(READ_ONLY):
+                    CHECKPOINTER.written(path)
+
+            event.listen(engine, "commit", _written)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
                          connect_args={"connect_timeout": 5})

@@ -19,7 +19,7 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 VAR = Path("var")
 DEMO_RETRIES = ["8s", "16s", "30s"]
@@ -206,7 +206,7 @@ def _play_demo(env: dict[str, str], port: int, stopping: dict[str, bool]) -> Non
     from worker.runtime import get_runtime
 
     rt = get_runtime()
-    story = _story(iso(now_utc()))
+    story = _story(cast(str, iso(now_utc())))   # iso() of a datetime is a str
     say("demo: Jane from Acme reads the pricing page and a case study, anonymously")
     publish(rt.redis, story[:2], rt.rules)
     time.sleep(1.0)

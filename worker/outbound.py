@@ -276,8 +276,8 @@ class Sender:
                     started.append((row.id, row.event_id, row.event, row.receiver, row.body))
         with self.lock:
             self.busy.update(r[0] for r in started)
-        for row in started:
-            self.pool.submit(self._deliver, *row)
+        for args in started:
+            self.pool.submit(self._deliver, *args)
         return len(started)
 
     def _deliver(self, row_id: int, event_id: str, event: str, receiver: str, body: str) -> None:

@@ -10,12 +10,12 @@ returned so the caller can dispatch them right after the commit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, bindparam, func, select, text, update
+from sqlalchemy import Connection, Table, bindparam, func, select, text, update
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -26,6 +26,12 @@ from routing.leads import Lead as CoreLead
 from routing.scoring import FYI, PRIORITY, ROUTE, Breakdown, EpisodeState, LeadHistory, Signal, TraitUpdate
 from worker import db
 from worker.stream import Entry
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    # the dialect's own insert(): both Insert classes have on_conflict_do_nothing()
+    DialectInsert = Callable[..., postgresql.Insert | sqlite.Insert]
 
 log = logging.getLogger("leadrouter.pipeline")
 
@@ -39,14 +45,15 @@ class BatchResult:
     due_steps: list[int] = field(default_factory=list)
 
 
-def insert_ignore(session: Session, model: type, values: dict[str, Any], conflict: list[str]) -> Any:
+def insert_ignore(session: Session, model: type[db.Base], values: dict[str, Any], conflict: list[str]) -> Any:
     """INSERT … ON CONFLICT DO NOTHING on either database; the new primary key or None."""
     dialect = session.get_bind().dialect.name
+    insert: DialectInsert
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    pk = list(model.__table__.primary_key.columns)[0]
+    pk = list(cast(Table, model.__table__).primary_key.columns)[0]
     stmt = insert(model).values(**values).on_conflict_do_nothing(index_elements=conflict).returning(pk)
     return session.execute(stmt).scalar_one_or_none()
 
@@ -57,6 +64,7 @@ def lock_leads(session: Session, lead_ids: Iterable[str], now: datetime) -> dict
     if not ids:
         return {}
     dialect = session.get_bind().dialect.name
+    insert: DialectInsert
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
@@ -300,7 +308,8 @@ def process_batch(session: Session, entries: list[Entry], rules: Rules, now: dat
                 insert_ignore(session, db.IdentityLink,
                               {"anon_lead_id": anon_id, "user_lead_id": user_id, "linked_at": now}, ["anon_lead_id"])
                 links[anon_id] = user_id
-        lead_id = ev.user_id or links.get(ev.lead_id, ev.lead_id)
+        event_lead = cast(str, ev.lead_id)   # a live event always has one
+        lead_id = ev.user_id or links.get(event_lead, event_lead)
         row = rows.get(lead_id) or lock_leads(session, [lead_id], now)[lead_id]
         rows[lead_id] = row
         before = history(lead_id)   # read before the insert: the event must not count in its own "before"
@@ -421,6 +430,7 @@ def reserve_event_ids(session: Session, n: int) -> list[int]:
 def insert_events(session: Session, values: list[dict[str, Any]]) -> None:
     """Insert scored events; a key that another transaction stored meanwhile fails the batch (it is retried)."""
     dialect = session.get_bind().dialect.name
+    insert: DialectInsert
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
@@ -476,7 +486,7 @@ def write_scored(session: Session, rows: Iterable[db.Lead]) -> None:
     """Store the scored columns of ``rows`` as they stand now: one executemany UPDATE."""
     params = [{"lead_id": row.id, **{key: getattr(row, key) for key in _SCORED_COLUMNS}} for row in rows]
     if params:
-        leads = db.Lead.__table__
+        leads = cast(Table, db.Lead.__table__)
         stmt = (update(leads).where(leads.c.id == bindparam("lead_id"))
                 .values({key: bindparam(key) for key in _SCORED_COLUMNS}))
         session.execute(stmt, params)

@@ -12,7 +12,7 @@ import json
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -96,14 +96,15 @@ def read_batch(r: redis.Redis, lane: str, consumer: str, count: int, *, reclaim_
 
 def _read_batch(r: redis.Redis, lane: str, consumer: str, count: int, reclaim_idle_ms: int) -> list[Entry]:
     key = stream_key(lane)
-    mine = r.xreadgroup(GROUP, consumer, {key: "0"}, count=count)
+    # RESP2 replies: [[key, entries]], or empty
+    mine = cast("list[list[Any]]", r.xreadgroup(GROUP, consumer, {key: "0"}, count=count))
     entries = _decode(mine[0][1]) if mine else []
     if len(entries) < count:
         claimed = r.xautoclaim(key, GROUP, consumer, min_idle_time=reclaim_idle_ms, start_id="0-0",
                                count=count - len(entries))
         entries += _decode(claimed[1])
     if len(entries) < count:
-        fresh = r.xreadgroup(GROUP, consumer, {key: ">"}, count=count - len(entries))
+        fresh = cast("list[list[Any]]", r.xreadgroup(GROUP, consumer, {key: ">"}, count=count - len(entries)))
         if fresh:
             entries += _decode(fresh[0][1])
     return entries

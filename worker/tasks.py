@@ -50,8 +50,8 @@ def drain_once(lane: str) -> tuple[int, BatchResult]:
                                 reclaim_idle_ms=int(rt.settings.reclaim_idle_seconds * 1000))
     if not entries:
         return 0, BatchResult()
-    pool, slots = _inline_firing() if lane == stream.FAST else (None, None)
-    inline = slots is not None and slots.acquire(blocking=False)   # a free thread to send on
+    pool, slots = _inline_firing()   # made once per process; its threads start on the first send
+    inline = lane == stream.FAST and slots.acquire(blocking=False)   # a free thread to send on
     try:
         result, claimed = _apply_with_retries(entries, lane, claim=inline)
     except BaseException:

@@ -450,7 +450,9 @@ def _check_token(token: str, now: datetime) -> tuple[Any, HTMLResponse | None]:
 
 def _lead_details(lead: db.Lead) -> str:
     t = lead.traits or {}
-    company = t.get("company") if isinstance(t.get("company"), dict) else {}
+    company = t.get("company")
+    if not isinstance(company, dict):
+        company = {}
     rows = [("Name", t.get("name")), ("Title", t.get("title")), ("Company", company.get("name")),
             ("Phone", t.get("phone")), ("Email", t.get("email")),
             ("Score", f"{lead.score:g} ({lead.tier.replace('_', '-')})")]

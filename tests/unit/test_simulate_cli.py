@@ -143,6 +143,17 @@ def test_bad_lines_are_reported_and_the_rest_replayed(tmp_path: Path) -> None:
     assert "u-demo" in done.stdout
 
 
+def test_a_number_too_long_to_read_is_a_bad_line_not_a_crash(tmp_path: Path) -> None:
+    path = write_events(tmp_path, EVENTS)
+    with path.open("a") as fh:   # valid JSON that Python refuses: an integer of over 4,300 digits
+        fh.write('{"type": "track", "n": ' + "9" * 5000 + "}\n")
+    done = leadrouter("simulate", "--events", str(path), "--config", str(CONFIG))
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert re.search(rf"^error: .*events\.jsonl:{len(EVENTS) + 1}: malformed JSON", done.stderr, re.M)
+    assert "u-demo" in done.stdout
+
+
 def test_compare_lists_changed_leads_and_the_rep_split_in_a_table(tmp_path: Path) -> None:
     done = leadrouter("simulate", "--events", str(write_events(tmp_path, EVENTS)), "--config", str(CONFIG),
                       "--compare", str(SAAS))
