@@ -143,22 +143,6 @@ def _reset_process_state() -> None:
     reset_runtime()
 
 
-def children_of(pid: int) -> set[int]:
-    """The live child processes of ``pid`` (a Celery worker's pool, say)."""
-    out: set[int] = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.add(int(entry))
-    return out
-
-
 def handles_sigusr1(pid: int) -> bool:
     """Whether ``pid`` has a handler for SIGUSR1 (the signal would otherwise end it)."""
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import select
 import signal
 import socket
@@ -206,6 +207,22 @@ def running(processes: Processes, *procs: subprocess.Popen[bytes]) -> bool:
     for proc in procs:
         assert proc.poll() is None, f"{proc.args!r} exited with {proc.returncode}\n{processes.logs()}"
     return True
+
+
+def children_of(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (a Celery worker's pool)."""
+    out: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.add(int(entry))
+    return out
 
 
 def delivery_id_of(request: Mapping[str, Any]) -> int | None:
