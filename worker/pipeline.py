@@ -30,10 +30,18 @@ from worker.stream import Entry
 if TYPE_CHECKING:
     from sqlalchemy.dialects import postgresql, sqlite
 
-    # the dialect's own insert(): both Insert classes have on_conflict_do_nothing()
-    DialectInsert = Callable[..., postgresql.Insert | sqlite.Insert]
-
 log = logging.getLogger("leadrouter.pipeline")
+
+
+def dialect_insert(session: Session) -> Callable[..., postgresql.Insert | sqlite.Insert]:
+    """The database's own ``insert()``: the one with ``on_conflict_do_nothing()``."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert
 
 
 @dataclass
@@ -47,12 +55,7 @@ class BatchResult:
 
 def insert_ignore(session: Session, model: type[db.Base], values: dict[str, Any], conflict: list[str]) -> Any:
     """INSERT … ON CONFLICT DO NOTHING on either database; the new primary key or None."""
-    dialect = session.get_bind().dialect.name
-    insert: DialectInsert
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    insert = dialect_insert(session)
     pk = list(cast(Table, model.__table__).primary_key.columns)[0]
     stmt = insert(model).values(**values).on_conflict_do_nothing(index_elements=conflict).returning(pk)
     return session.execute(stmt).scalar_one_or_none()
@@ -63,19 +66,13 @@ def lock_leads(session: Session, lead_ids: Iterable[str], now: datetime) -> dict
     ids = sorted(set(lead_ids))
     if not ids:
         return {}
-    dialect = session.get_bind().dialect.name
-    insert: DialectInsert
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    session.execute(insert(db.Lead).on_conflict_do_nothing(index_elements=["id"]),
+    session.execute(dialect_insert(session)(db.Lead).on_conflict_do_nothing(index_elements=["id"]),
                     [{"id": lead_id, "created_at": now, "updated_at": now, "traits": {}, "breakdown": {}}
                      for lead_id in ids])
     # traits and breakdown are written whole after scoring and rarely read here: not decoded unless read
     stmt = (select(db.Lead).where(db.Lead.id.in_(ids)).order_by(db.Lead.id)
             .options(defer(db.Lead.traits), defer(db.Lead.breakdown)))
-    if dialect == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update()
     return {lead.id: lead for lead in session.scalars(stmt)}
 
@@ -429,13 +426,7 @@ def reserve_event_ids(session: Session, n: int) -> list[int]:
 
 def insert_events(session: Session, values: list[dict[str, Any]]) -> None:
     """Insert scored events; a key that another transaction stored meanwhile fails the batch (it is retried)."""
-    dialect = session.get_bind().dialect.name
-    insert: DialectInsert
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(db.Event).on_conflict_do_nothing(index_elements=["source", "message_id"]).returning(db.Event.id)
+    stmt = dialect_insert(session)(db.Event).on_conflict_do_nothing(index_elements=["source", "message_id"]).returning(db.Event.id)
     # render_nulls: one statement for all rows, not one per pattern of None values
     inserted = len(session.execute(stmt, values, execution_options={"render_nulls": True}).all())
     if inserted != len(values):
