@@ -969,10 +969,10 @@ def _carries_link(text: str, secret: str, rep_id: str, lead_id: str, assignment_
 
 def _not_at_provider(delivery_id: int, now: datetime) -> int:
     with get_runtime().sessions.begin() as session:
-        return session.execute(update(db.Delivery).where(db.Delivery.id == delivery_id,
-                                                         db.Delivery.status == "maybe_sent")
+        return db.changed_rows(session, update(db.Delivery)
+                               .where(db.Delivery.id == delivery_id, db.Delivery.status == "maybe_sent")
                                .values(status="failed", error_kind="transient", updated_at=now,
-                                       error="not sent: the provider took no message for this number then")).rowcount
+                                       error="not sent: the provider took no message for this number then"))
 
 
 # ---------------------------------------------------------------- the hourly cap's summary
@@ -999,9 +999,9 @@ def flush_held(now: datetime | None = None) -> int:
             rep = rules.rep(rep_id)
             if rep is None or _hourly_count(session, rep_id, now) >= rules.alerts.hourly_cap:
                 continue
-            won = session.execute(update(db.Delivery).where(db.Delivery.id.in_([d.id for d in rows]),
-                                                            db.Delivery.status == "held")
-                                  .values(status="summarized", updated_at=now)).rowcount
+            won = db.changed_rows(session, update(db.Delivery)
+                                  .where(db.Delivery.id.in_([d.id for d in rows]), db.Delivery.status == "held")
+                                  .values(status="summarized", updated_at=now))
             if won != len(rows):
                 continue
             lead_ids = list(dict.fromkeys(d.lead_id for d in rows))

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from routing.cadence import plan_cadence
@@ -194,15 +194,13 @@ class Router:
 
     def contacted(self, session: Session, lead: db.Lead, ev: Event, now: datetime) -> None:
         """``Lead Contacted`` stops the cadence; the assignment stays (the rep is working it)."""
-        steps = cast("CursorResult[Any]", session.execute(
-            update(db.AlertStep)
-            .where(db.AlertStep.lead_id == lead.id, db.AlertStep.status == "pending")
-            .values(status="cancelled", note="lead contacted")
-        ))
+        cancelled = db.changed_rows(session, update(db.AlertStep)
+                                    .where(db.AlertStep.lead_id == lead.id, db.AlertStep.status == "pending")
+                                    .values(status="cancelled", note="lead contacted"))
         session.execute(update(db.HotEpisode).where(db.HotEpisode.lead_id == lead.id, db.HotEpisode.status == "open")
                         .values(status="contacted", closed_at=now))
         session.add(db.Trace(lead_id=lead.id, at=now, kind="contacted",
-                             detail={"event": ev.message_id, "cancelled_steps": steps.rowcount}))
+                             detail={"event": ev.message_id, "cancelled_steps": cancelled}))
         if not self.outbound.wants("lead.contacted"):
             return
         current = session.scalar(select(db.Assignment).where(db.Assignment.lead_id == lead.id,

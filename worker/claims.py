@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from routing.config import Rules
@@ -77,10 +76,10 @@ def claim(session: Session, rules: Rules, lead_id: str, who: str, now: datetime,
         lead.owner = who
         router.outbound.lead_event(session, "lead.assigned", lead, now, assignment=a, previous_rep=previous_rep)
         router.outbound.lead_event(session, "lead.reassigned", lead, now, assignment=a, previous_rep=previous_rep)
-    won = cast("CursorResult[Any]", session.execute(
-        update(db.Assignment)
-        .where(db.Assignment.id == a.id, db.Assignment.current.is_(True), db.Assignment.claimed_at.is_(None))
-        .values(claimed_at=now, claimed_by=who))).rowcount
+    won = db.changed_rows(session, update(db.Assignment)
+                          .where(db.Assignment.id == a.id, db.Assignment.current.is_(True),
+                                 db.Assignment.claimed_at.is_(None))
+                          .values(claimed_at=now, claimed_by=who))
     if won != 1:
         return AckResult(False, f"Already claimed{_owned_by(lead, rules)}.", owner=lead.owner)
     _cancel_pending(session, a.id, f"claimed by {who}")

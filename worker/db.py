@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 from sqlalchemy import (
@@ -31,8 +31,9 @@ from sqlalchemy import (
     event,
     text,
 )
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.engine import Connection, CursorResult, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.sql import Executable
 
 UTC = UTC
 
@@ -491,3 +492,8 @@ def make_sessionmaker(engine: Engine) -> sessionmaker:  # type: ignore[type-arg]
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
+
+
+def changed_rows(session: Session, stmt: Executable) -> int:
+    """Run an UPDATE; how many rows it changed (for a compare-and-set: whether this one won)."""
+    return cast("CursorResult[Any]", session.execute(stmt)).rowcount

@@ -219,10 +219,9 @@ def lead_command(session: Session, rules: Rules, action: str, lead_id: str, rep_
 
 def _cancel_lead_steps(session: Session, lead_id: str, why: str) -> int:
     # unrouted notices hang off an assignment that was never current: cancel by lead, not by assignment
-    res = session.execute(update(db.AlertStep)
-                          .where(db.AlertStep.lead_id == lead_id, db.AlertStep.status == "pending")
-                          .values(status="cancelled", note=why))
-    return int(res.rowcount or 0)  # type: ignore[attr-defined]
+    return db.changed_rows(session, update(db.AlertStep)
+                           .where(db.AlertStep.lead_id == lead_id, db.AlertStep.status == "pending")
+                           .values(status="cancelled", note=why))
 
 
 def _trace(session: Session, lead_id: str, now: datetime, kind: str, actor: str | None,

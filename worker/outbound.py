@@ -266,12 +266,11 @@ class Sender:
         started = []
         with self.sessions.begin() as session:
             for row in head_of_line(session, now, free, busy):
-                won = session.execute(
-                    update(db.OutboundWebhook)
-                    .where(db.OutboundWebhook.id == row.id, db.OutboundWebhook.status == "pending",
-                           or_(db.OutboundWebhook.lease_until.is_(None), db.OutboundWebhook.lease_until < now))
-                    .values(lease_until=now + policy.timeout + LEASE_MARGIN)
-                ).rowcount
+                won = db.changed_rows(session, update(db.OutboundWebhook)
+                                      .where(db.OutboundWebhook.id == row.id, db.OutboundWebhook.status == "pending",
+                                             or_(db.OutboundWebhook.lease_until.is_(None),
+                                                 db.OutboundWebhook.lease_until < now))
+                                      .values(lease_until=now + policy.timeout + LEASE_MARGIN))
                 if won == 1:
                     started.append((row.id, row.event_id, row.event, row.receiver, row.body))
         with self.lock:

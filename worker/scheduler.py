@@ -100,9 +100,9 @@ def eta_slots(soon: list[tuple[int, datetime]]) -> list[tuple[datetime, list[int
 
 def release_stuck(session: Any, now: Any) -> int:
     """Steps left ``firing`` by a worker that died go back to pending; their deliveries stay as written."""
-    return session.execute(update(db.AlertStep)
+    return db.changed_rows(session, update(db.AlertStep)
                            .where(db.AlertStep.status == "firing", db.AlertStep.claimed_at < now - STUCK_AFTER)
-                           .values(status="pending", note="released after a worker stopped mid-step")).rowcount
+                           .values(status="pending", note="released after a worker stopped mid-step"))
 
 
 def tick_once() -> int:
