@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from routing.config import Rules
+from routing.config import Rules, Scoring
 from routing.events import Event
 from routing.scoring import (
     EpisodeState,
@@ -15,6 +15,7 @@ from routing.scoring import (
     TraitUpdate,
     Transition,
     decide,
+    first_crossings,
     transition,
 )
 
@@ -31,14 +32,15 @@ class Lead:
 @dataclass(frozen=True)
 class Applied:
     lead: Lead
-    transition: Transition
+    transition: Transition      # the score at the event's own instant without and with it: what the event scored
+    arrival: Transition         # the score as of the lead's newest event without and with it: what it opened
     outcome: Outcome
     contacted: bool
 
 
 def add_to_history(history: LeadHistory, event: Event, seq: int) -> LeadHistory:
     if event.type == "track" and event.name:
-        history = history.with_signal(Signal(event.name, event.timestamp, event.message_id))
+        history = history.with_signal(Signal(event.name, event.timestamp, event.message_id, seq))
     if event.traits and event.type in ("identify", "alias", "track"):
         # track calls may carry traits too (Segment's context.traits is not used for scoring)
         if event.type != "track":
@@ -47,16 +49,25 @@ def add_to_history(history: LeadHistory, event: Event, seq: int) -> LeadHistory:
 
 
 def apply_event(lead: Lead, event: Event, rules: Rules, *, now: datetime, seq: int) -> Applied:
-    """Score ``lead`` at the event's timestamp without and with ``event`` and decide what it opens."""
+    """Score ``lead`` as of its newest event without and with ``event``, and decide what the arrival opens.
+
+    ``seq`` is the event's place in arrival order (it breaks timestamp ties on the timeline). The
+    transition is judged as of the lead's newest event, this one included, so an event that arrives
+    late counts where the lead stands now. ``hot_at`` and ``red_hot_at`` follow the timeline: an
+    event newer than every other can only add a first crossing at its own instant; any other
+    arrival re-reads the timeline, where a crossing may move earlier, later or away.
+    """
     after = add_to_history(lead.history, event, seq)
-    tr = transition(lead.history, after, rules.scoring, event.timestamp)
     latest = _latest(lead.history)
-    if latest is not None and latest > event.timestamp and not (tr.crossed_hot or tr.crossed_red_hot):
-        # A late event (say an identify overtaken by a demo request in the fast lane) may not cross at
-        # its own instant but still lift the lead over the threshold as of the newest event: that counts.
-        late = transition(lead.history, after, rules.scoring, latest)
-        if late.crossed_hot or late.crossed_red_hot:
-            tr = late
+    in_order = latest is None or event.timestamp > latest
+    own = transition(lead.history, after, rules.scoring, event.timestamp)
+    tr = own if in_order or latest is None else transition(lead.history, after, rules.scoring, latest)
+    if in_order:
+        ep = lead.episode
+        crossings = (ep.hot_at if ep.hot_at is not None or not tr.crossed_hot else event.timestamp,
+                     ep.red_hot_at if ep.red_hot_at is not None or not tr.crossed_red_hot else event.timestamp)
+    else:
+        crossings = first_crossings(after, rules.scoring)
     outcome = decide(
         lead.episode,
         tr,
@@ -64,9 +75,10 @@ def apply_event(lead: Lead, event: Event, rules: Rules, *, now: datetime, seq: i
         now=now,
         max_event_age=rules.alerts.max_event_age,
         rehot_after=timedelta(days=rules.scoring.rehot_after_days),
+        crossings=crossings,
     )
     contacted = event.type == "track" and (event.name or "").casefold() == CONTACTED.casefold()
-    return Applied(Lead(lead.lead_id, after, outcome.state), tr, outcome, contacted)
+    return Applied(Lead(lead.lead_id, after, outcome.state), own, tr, outcome, contacted)
 
 
 def _latest(history: LeadHistory) -> datetime | None:
@@ -74,16 +86,14 @@ def _latest(history: LeadHistory) -> datetime | None:
     return max(stamps) if stamps else None
 
 
-def merge_leads(user: Lead, anon: Lead) -> Lead:
-    """The anonymous history joins the user's lead; the user's episode survives."""
-    ep_u, ep_a = user.episode, anon.episode
-    first = [t for t in (ep_u.hot_at, ep_a.hot_at) if t is not None]
-    first_red = [t for t in (ep_u.red_hot_at, ep_a.red_hot_at) if t is not None]
+def merge_leads(user: Lead, anon: Lead, scoring: Scoring) -> Lead:
+    """The anonymous history joins the user's lead and its timeline is read again; the user's episode survives."""
+    history = user.history.merged(anon.history)
+    hot_at, red_hot_at = first_crossings(history, scoring)
     episode = replace(
-        ep_u,
-        hot_at=min(first) if first else None,
-        red_hot_at=min(first_red) if first_red else None,
-        last_routed_at=ep_u.last_routed_at or ep_a.last_routed_at,
+        user.episode,
+        hot_at=hot_at,
+        red_hot_at=red_hot_at,
+        last_routed_at=user.episode.last_routed_at or anon.episode.last_routed_at,
     )
-    return Lead(user.lead_id, user.history.merged(anon.history), episode)
-
+    return Lead(user.lead_id, history, episode)

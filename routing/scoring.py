@@ -25,6 +25,7 @@ class Signal:
     name: str
     timestamp: datetime
     message_id: str = ""
+    seq: int = 0            # arrival order: breaks timestamp ties on the lead's timeline
 
 
 @dataclass(frozen=True)
@@ -295,6 +296,66 @@ class LeadHistory:
         return LeadHistory(self.signals, self.trait_updates + (u,))
 
 
+def first_crossings(history: LeadHistory, scoring: Scoring) -> tuple[datetime | None, datetime | None]:
+    """``hot_at`` and ``red_hot_at`` on the lead's timeline: its events in timestamp order (ties by arrival).
+
+    An event crosses when the score at its instant, counting the events before it, is below the
+    threshold and, counting it too, at or above; decay between events never crosses. Events that
+    share a timestamp are one moment and cross together, so the answer does not depend on the order
+    in which tied events arrived, and a crossing never names an instant whose score is below the
+    threshold. One pass, keeping each event name's most recent ``max_count`` timestamps: linear in
+    the history.
+    """
+    timeline: list[tuple[datetime, int, Signal | TraitUpdate]] = [(s.timestamp, s.seq, s) for s in history.signals]
+    timeline += [(u.timestamp, u.seq, u) for u in history.trait_updates]
+    timeline.sort(key=lambda item: (item[0], item[1]))
+    recent: dict[str, list[datetime]] = {}       # event name -> its newest max_count timestamps, oldest first
+    limits: dict[str, tuple[int, float]] = {}    # event name -> (max_count, points), for names that score
+    traits: dict[str, Any] = {}
+    fit = fit_of(traits, scoring)
+    hot_at: datetime | None = None
+    red_hot_at: datetime | None = None
+    hot_line = scoring.thresholds.hot
+
+    def state_at(at: datetime) -> tuple[bool, bool]:
+        behavior = 0.0
+        for name, stamps in recent.items():
+            points = limits[name][1]
+            for ts in stamps:
+                behavior += points * decay_factor(at - ts, scoring)
+        hot = behavior + fit[1] >= hot_line
+        return hot, hot and all(met for _, met in fit[2])
+
+    i = 0
+    while i < len(timeline) and (hot_at is None or red_hot_at is None):
+        at = timeline[i][0]
+        was_hot, was_red_hot = state_at(at)
+        changed_traits = False
+        while i < len(timeline) and timeline[i][0] == at:
+            item = timeline[i][2]
+            i += 1
+            if isinstance(item, TraitUpdate):
+                traits = deep_merge(traits, item.traits)
+                changed_traits = True
+                continue
+            if item.name not in limits:
+                rule = event_rule(scoring, item.name)
+                if rule is None:        # an unknown event name scores nothing
+                    continue
+                limits[item.name] = (rule.max_count, float(rule.points))
+            stamps = recent.setdefault(item.name, [])
+            stamps.append(item.timestamp)
+            del stamps[: -limits[item.name][0]]
+        if changed_traits:
+            fit = fit_of(traits, scoring)
+        hot, red_hot = state_at(at)
+        if hot_at is None and hot and not was_hot:
+            hot_at = at
+        if red_hot_at is None and red_hot and not was_red_hot:
+            red_hot_at = at
+    return hot_at, red_hot_at
+
+
 @dataclass(frozen=True)
 class Transition:
     """What one event at ``at`` did: the score at ``at`` without it and with it."""
@@ -347,18 +408,22 @@ def decide(
     now: datetime,
     max_event_age: timedelta,
     rehot_after: timedelta,
+    crossings: tuple[datetime | None, datetime | None] | None = None,
 ) -> Outcome:
-    """Apply SPEC §3's crossing rules to one event's transition.
+    """Apply SPEC §3's episode rules to one event's arrival.
 
-    ``event_at`` is the event's timestamp, ``now`` the processing instant.
+    ``tr`` is the lead's score as of its newest event without and with this one: an episode opens
+    (or an FYI goes out) only when the event turns the lead hot as it stands now, so a late event
+    on a lead that is hot throughout does nothing. ``crossings`` are ``hot_at`` and ``red_hot_at`` on
+    the timeline with the event (:func:`first_crossings`); without them, a crossing at ``event_at``
+    is taken to be the timeline's first when none was recorded. ``event_at`` is the event's
+    timestamp, ``now`` the processing instant.
     """
     stale = now - event_at > max_event_age
-    hot_at = state.hot_at
-    red_hot_at = state.red_hot_at
-    if tr.crossed_hot and hot_at is None:
-        hot_at = event_at
-    if tr.crossed_red_hot and red_hot_at is None:
-        red_hot_at = event_at
+    if crossings is None:
+        crossings = (state.hot_at if state.hot_at is not None or not tr.crossed_hot else event_at,
+                     state.red_hot_at if state.red_hot_at is not None or not tr.crossed_red_hot else event_at)
+    hot_at, red_hot_at = crossings
     new = EpisodeState(hot_at, red_hot_at, state.last_routed_at, state.hot_unalerted)
 
     opens = tr.crossed_hot or (state.hot_unalerted and tr.after.hot)

@@ -99,7 +99,7 @@ def simulate(raw_events: Iterable[Any], rules: Rules, *, as_of: datetime | None 
         if link is not None:
             anon_id, user_id = link
             if anon_id in leads and anon_id not in links:
-                leads[user_id] = merge_leads(leads.get(user_id, Lead(user_id)), leads.pop(anon_id))
+                leads[user_id] = merge_leads(leads.get(user_id, Lead(user_id)), leads.pop(anon_id), rules.scoring)
                 if anon_id in routed and user_id not in routed:
                     routed[user_id] = routed.pop(anon_id)
             links[anon_id] = user_id

@@ -296,7 +296,8 @@ def process_batch(session: Session, entries: list[Entry], rules: Rules, now: dat
             if anon_id not in links:
                 anon_row, user_row = rows[anon_id], rows[user_id]
                 if anon_row.merged_into is None and anon_row.event_count > 0:
-                    merged = merge_leads(core_lead(user_row, history(user_id)), core_lead(anon_row, history(anon_id)))
+                    merged = merge_leads(core_lead(user_row, history(user_id)), core_lead(anon_row, history(anon_id)),
+                                         rules.scoring)
                     flush_events()
                     merge_into(session, anon_row, user_row, now)
                     histories[user_id] = merged.history
@@ -373,7 +374,7 @@ def load_histories(conn: Session | Connection, lead_ids: Iterable[str]
         count, _ = versions.get(lead_id, (0, 0))
         versions[lead_id] = (count + 1, rid)
         if etype == "track" and name:
-            signals.append(Signal(name, ts, mid))
+            signals.append(Signal(name, ts, mid, rid))
         elif etype in ("identify", "alias") and traits:
             updates.append(TraitUpdate(ts, traits, rid))
     return {lead_id: LeadHistory(tuple(s), tuple(u)) for lead_id, (s, u) in found.items()}, versions
@@ -468,7 +469,8 @@ def _persist(row: db.Lead, plan: Plan, ev: Event, rules: Rules, now: datetime) -
         set_committed_value(row, key, value)
     if applied.contacted and row.contacted_at is None:
         row.contacted_at = ev.timestamp
-    effect = applied.outcome.action or ("stale hot" if applied.outcome.stale and tr.crossed_hot else None)
+    stale_hot = applied.outcome.stale and applied.arrival.crossed_hot
+    effect = applied.outcome.action or ("stale hot" if stale_hot else None)
     return {"points": tr.after.behavior - tr.before.behavior, "score_after": tr.after.score,
             "tier_after": tr.after.tier, "effect": effect, "stale": applied.outcome.stale}
 
