@@ -13,20 +13,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from routing.config import Alerts
+from routing.kinds import CADENCE, OPENING, StepKind
 
-FIRST, RETRY, REASSIGN = "first", "retry", "reassign"
-# The kinds of step that alert the owner as part of one cadence: its first alert (under whatever
-# name the assignment began: a red-hot priority alert, a reassignment, an operator's assign) and
-# its reminders. Overdue ones collapse into the latest; a late first alert moves the reminders.
-OPENING = frozenset({FIRST, "priority", "reassigned", "manual"})
-CADENCE = OPENING | {RETRY}
+__all__ = ["CADENCE", "OPENING", "FIRST", "RETRY", "REASSIGN"]
+
+FIRST, RETRY, REASSIGN = StepKind.FIRST, StepKind.RETRY, StepKind.REASSIGN
 MIN_VALIDITY, MAX_VALIDITY = 1, 36000  # Twilio's ValidityPeriod bounds (seconds)
 
 
 @dataclass(frozen=True, slots=True)
 class PlannedStep:
     step: int           # 0 = first alert, 1..n = retries, n+1 = reassignment
-    kind: str           # first | retry | reassign
+    kind: StepKind      # first, retry or reassign
     due_at: datetime
     escalate: bool      # the rep's manager is alerted too
 

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from routing.kinds import CLAIMABLE, MessageKind
 from routing.scoring import get_trait
 
 REPLY = "Reply 1 to claim, 2 to pass"
 SMS_MAX = 306                                   # septets in two concatenated segments (2 x 153)
-CLAIMABLE = frozenset({"first", "retry", "escalation", "reassign", "priority"})
-KINDS = CLAIMABLE | {"fyi", "unrouted"}
+KINDS = frozenset(MessageKind)
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"   # no 0/O, 1/I/L: read aloud and typed on a phone
 
 # ---------------------------------------------------------------- GSM-7

@@ -35,8 +35,19 @@ from sqlalchemy import and_, func, insert, or_, select, union_all, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from routing.cadence import OPENING, collapse_overdue, escalates, in_cadence, validity_seconds
+from routing.cadence import collapse_overdue, escalates, in_cadence, validity_seconds
 from routing.config import Rep, Rules
+from routing.kinds import (
+    CLAIMABLE,
+    CLAIMABLE_STEPS,
+    EXPIRING,
+    OPENING,
+    DeliveryStatus,
+    MessageKind,
+    StepKind,
+    StepStatus,
+    message_of,
+)
 from routing.messages import AlertText, LeadView, render_alert
 from routing.scoring import condition_holds, describe_condition
 from worker import db, metrics
@@ -60,7 +71,6 @@ from worker.tokens import ClaimToken, sign
 
 log = logging.getLogger("leadrouter.alerts")
 
-CLAIMABLE = {"first", "retry", "escalation", "reassign", "priority"}
 TIMELINE = 20   # engagement events an alert shows
 
 
@@ -110,7 +120,7 @@ class Planned:
     recipient: str          # rep id, or the address itself for unrouted notices
     channel: str            # sms | email
     to: str
-    kind: str               # message kind for routing.messages
+    kind: MessageKind
     rep_name: str
     claim_rep: str | None   # whose claim token goes in the message
 
@@ -170,11 +180,11 @@ def plan_recipients(session: Session, rules: Rules, step: db.AlertStep, assignme
 
     ``disabled`` looks up a rep's switched-off channels; a batch passes one that
     answers from rows it loaded together."""
-    if step.kind == "unrouted":
+    if step.kind == StepKind.UNROUTED:
         out = []
         for addr in rules.routing.unrouted_notify:
             channel = "sms" if addr.startswith("+") else "email"
-            out.append(Planned(addr, channel, addr, "unrouted", "RevOps", None))
+            out.append(Planned(addr, channel, addr, MessageKind.UNROUTED, "RevOps", None))
         return out
     if assignment is None or assignment.rep_id is None:
         return []
@@ -182,13 +192,15 @@ def plan_recipients(session: Session, rules: Rules, step: db.AlertStep, assignme
     if rep is None:
         log.error("step %s: rep %s is no longer in the rules", step.id, assignment.rep_id)
         return []
-    kind = {"first": "first", "priority": "priority", "reassigned": "reassign", "retry": "retry",
-            "fyi": "fyi", "manual": "first"}.get(step.kind, step.kind)
-    people: list[tuple[Rep, str]] = [] if step.kind == "escalation" else [(rep, kind)]
-    if (step.kind == "escalation" or (step.kind == "retry" and escalates(step.step, rules.alerts))) and rep.manager:
+    kind = message_of(step.kind)
+    if kind is None:
+        return []
+    people: list[tuple[Rep, MessageKind]] = [] if step.kind == StepKind.ESCALATION else [(rep, kind)]
+    if (step.kind == StepKind.ESCALATION or (step.kind == StepKind.RETRY and escalates(step.step, rules.alerts))) \
+            and rep.manager:
         manager = rules.rep(rep.manager)
         if manager is not None:
-            people.append((manager, "escalation"))
+            people.append((manager, MessageKind.ESCALATION))
     out = []
     for person, msg_kind in people:
         off = disabled(person.id) if disabled is not None else _disabled(session, person.id)
@@ -236,7 +248,7 @@ class _Send:
     channel: str
     message: OutboundMessage
     first_alert_of: int | None  # episode id when this is the episode's first alert (speed-to-lead)
-    outcome: str = "pending"
+    outcome: DeliveryStatus = DeliveryStatus.PENDING
     provider_id: str | None = None
     error: str | None = None
     error_kind: str | None = None
@@ -285,7 +297,7 @@ def _overdue(session: Session, now: datetime, leave_out: Sequence[int], limit: i
     if limit <= 0:
         return []
     return list(session.scalars(select(db.AlertStep.id)
-                                .where(db.AlertStep.status == "pending", db.AlertStep.due_at <= now - BEHIND,
+                                .where(db.AlertStep.status == StepStatus.PENDING, db.AlertStep.due_at <= now - BEHIND,
                                        db.AlertStep.due_at > now - TAKE_IN_WITHIN,
                                        db.AlertStep.id.not_in(leave_out))
                                 .order_by(db.AlertStep.due_at).limit(limit)))
@@ -304,8 +316,8 @@ def _claim_steps(session: Session, step_ids: Sequence[int], now: datetime, *, ta
     wanted = list(step_ids) + (_overdue(session, now, step_ids, MAX_BATCH - len(step_ids)) if take_in else [])
     won = set(session.scalars(
         update(db.AlertStep)
-        .where(db.AlertStep.id.in_(wanted), db.AlertStep.status == "pending", db.AlertStep.due_at <= now)
-        .values(status="firing", claimed_by=me, claimed_at=now)
+        .where(db.AlertStep.id.in_(wanted), db.AlertStep.status == StepStatus.PENDING, db.AlertStep.due_at <= now)
+        .values(status=StepStatus.FIRING, claimed_by=me, claimed_at=now)
         .returning(db.AlertStep.id)
         .execution_options(synchronize_session=False)))
     lost = [i for i in step_ids if i not in won]
@@ -313,7 +325,7 @@ def _claim_steps(session: Session, step_ids: Sequence[int], now: datetime, *, ta
     if lost:
         early = [(i, at) for i, at in session.execute(
             select(db.AlertStep.id, db.AlertStep.due_at)
-            .where(db.AlertStep.id.in_(lost), db.AlertStep.status == "pending", db.AlertStep.due_at > now))]
+            .where(db.AlertStep.id.in_(lost), db.AlertStep.status == StepStatus.PENDING, db.AlertStep.due_at > now))]
     return [i for i in wanted if i in won], early
 
 
@@ -334,7 +346,7 @@ def _hourly_counts(session: Session, rep_ids: Iterable[str], now: datetime) -> d
     if not ids:
         return {}
     rows = session.execute(select(db.Delivery.recipient, func.count(func.distinct(db.Delivery.step_id)))
-                           .where(db.Delivery.recipient.in_(ids), db.Delivery.status != "held",
+                           .where(db.Delivery.recipient.in_(ids), db.Delivery.status != DeliveryStatus.HELD,
                                   db.Delivery.created_at > now - timedelta(hours=1))
                            .group_by(db.Delivery.recipient))
     return {recipient: int(n) for recipient, n in rows}
@@ -454,10 +466,10 @@ def _prepare(session: Session, rules: Rules, step_ids: list[int], now: datetime,
         lead = leads.get(step.lead_id)
         why = _called_off(step, assignment, lead)
         if why is not None or lead is None:
-            _finish(session, step, "cancelled", now, why or "lead closed")
-        elif step.kind == "reassign":
+            _finish(session, step, StepStatus.CANCELLED, now, why or "lead closed")
+        elif step.kind == StepKind.REASSIGN:
             out.follow_up += _reassign(session, rules, lead, assignment, now)
-            _finish(session, step, "done", now, f"reassigned to {lead.owner or 'nobody'}")
+            _finish(session, step, StepStatus.DONE, now, f"reassigned to {lead.owner or 'nobody'}")
         else:
             live.append((step, assignment, lead))
     disabled = _disabled_channels(session, rules, [a for _, a, _ in live])
@@ -465,10 +477,10 @@ def _prepare(session: Session, rules: Rules, step_ids: list[int], now: datetime,
         planned = plan_recipients(session, rules, step, assignment, disabled)
         if planned:
             todo.append((step, assignment, lead, planned))
-            if assignment is not None and any(p.kind == "escalation" for p in planned):
+            if assignment is not None and any(p.kind == MessageKind.ESCALATION for p in planned):
                 _announce_escalation(session, rules, step, assignment, lead, planned, now)
         else:
-            _finish(session, step, "done", now, "nobody to alert")
+            _finish(session, step, StepStatus.DONE, now, "nobody to alert")
     drafts = _write_all(session, rules, todo, now)
     with_drafts = {d.step.id for d in drafts}
     firing = []
@@ -476,7 +488,7 @@ def _prepare(session: Session, rules: Rules, step_ids: list[int], now: datetime,
         if step.id in with_drafts:
             firing.append(_Firing(step, assignment))
         else:   # held by the hourly cap, or already written by an earlier attempt at this step
-            _finish(session, step, "done", now)
+            _finish(session, step, StepStatus.DONE, now)
     return firing, drafts, _timelines(session, {d.lead.id for d in drafts})
 
 
@@ -487,9 +499,9 @@ def _announce_escalation(session: Session, rules: Rules, step: db.AlertStep, ass
                              .where(db.OutboundWebhook.lead_id == lead.id, db.OutboundWebhook.event == "escalation",
                                     db.OutboundWebhook.created_at >= assignment.created_at).limit(1))
     if already is None:
-        manager = next(p.recipient for p in planned if p.kind == "escalation")
+        manager = next(p.recipient for p in planned if p.kind == MessageKind.ESCALATION)
         Emitter.for_rules(rules).slack(session, "escalation", lead, now, rep=assignment.rep_id, manager=manager,
-                                       retry=max(step.step, 1) if step.kind == "retry" else 0)
+                                       retry=max(step.step, 1) if step.kind == StepKind.RETRY else 0)
 
 
 COLLAPSED = "overdue; collapsed into a later step"
@@ -507,7 +519,7 @@ def _one_per_cadence(session: Session, steps: list[db.AlertStep], now: datetime)
     for group in by_cadence.values():
         _keep, skip = collapse_overdue([(n, s.due_at) for n, s in group.items()], now)
         for n in skip:
-            _finish(session, group[n], "skipped", now, COLLAPSED)
+            _finish(session, group[n], StepStatus.SKIPPED, now, COLLAPSED)
             skipped.add(group[n].id)
     return [s for s in steps if s.id not in skipped]
 
@@ -522,7 +534,7 @@ def _move_reminders_after_late_first(session: Session, steps: list[db.AlertStep]
     if not late:
         return
     for s in session.scalars(select(db.AlertStep).where(db.AlertStep.assignment_id.in_(late),
-                                                        db.AlertStep.status == "pending",
+                                                        db.AlertStep.status == StepStatus.PENDING,
                                                         db.AlertStep.step > 0, db.AlertStep.step < 100)):
         s.due_at = s.due_at + late[cast(int, s.assignment_id)]   # in_(late): never NULL
     for assignment_id, by in late.items():
@@ -537,13 +549,13 @@ def _collapse_earlier(session: Session, steps: list[db.AlertStep], now: datetime
     """A retry that fires takes the place of its cadence's earlier alerts still waiting (its first alert,
     earlier retries): they are overdue, and a reminder must never follow its successor. (The tick
     collapses them too; this holds whoever handed the steps over.)"""
-    retries = [(s.assignment_id, s.step) for s in steps if s.kind == "retry" and s.assignment_id is not None]
+    retries = [(s.assignment_id, s.step) for s in steps if s.kind == StepKind.RETRY and s.assignment_id is not None]
     if retries:
         session.execute(update(db.AlertStep)
-                        .where(db.AlertStep.status == "pending", db.AlertStep.kind.in_(sorted(OPENING | {"retry"})),
+                        .where(db.AlertStep.status == StepStatus.PENDING, db.AlertStep.kind.in_(sorted(OPENING | {StepKind.RETRY})),
                                or_(*(and_(db.AlertStep.assignment_id == a, db.AlertStep.step < n)
                                      for a, n in retries)))
-                        .values(status="skipped", fired_at=now, note=COLLAPSED)
+                        .values(status=StepStatus.SKIPPED, fired_at=now, note=COLLAPSED)
                         .execution_options(synchronize_session=False))
 
 
@@ -551,10 +563,10 @@ def _called_off(step: db.AlertStep, assignment: db.Assignment | None, lead: db.L
     """Why a claimed step must not alert anyone any more, if it must not."""
     if lead is None or lead.closed_at is not None:
         return "lead closed"
-    if step.kind != "unrouted" and (assignment is None or not assignment.current
+    if step.kind != StepKind.UNROUTED and (assignment is None or not assignment.current
                                     or assignment.claimed_at is not None):
         return "no longer current"
-    if step.kind not in ("fyi", "priority", "unrouted") and step.step > 0 and lead.contacted_at is not None \
+    if step.kind not in (StepKind.FYI, StepKind.PRIORITY, StepKind.UNROUTED) and step.step > 0 and lead.contacted_at is not None \
             and assignment is not None and lead.contacted_at >= assignment.created_at:
         return "lead contacted"
     return None
@@ -627,7 +639,7 @@ def _write_all(session: Session, rules: Rules,
         for p in fresh:
             is_held = held.get(p.recipient, False)
             rows.append({"step_id": step.id, "lead_id": lead.id, "recipient": p.recipient, "channel": p.channel,
-                         "to": p.to, "status": "held" if is_held else "pending", "created_at": now,
+                         "to": p.to, "status": DeliveryStatus.HELD if is_held else DeliveryStatus.PENDING, "created_at": now,
                          "updated_at": now})
             if not is_held:
                 drafts.append((step, assignment, lead, p))
@@ -668,13 +680,12 @@ def _compose(rules: Rules, settings: Settings, drafts: list[_Draft], timelines: 
         text = texts[key]
         if isinstance(text, Exception):
             unsent = OutboundMessage(delivery_id=str(d.delivery_id), channel=p.channel, to=p.to, subject=None, text="")
-            out.append(_Send(d.delivery_id, step.id, p.recipient, p.channel, unsent, None, outcome="failed",
+            out.append(_Send(d.delivery_id, step.id, p.recipient, p.channel, unsent, None, outcome=DeliveryStatus.FAILED,
                              error=f"message not composed: {type(text).__name__}: {text}"[:500],
                              error_kind="invalid", answered_at=now_utc()))
             continue
         validity = None
-        if p.channel == "sms" and assignment is not None and step.kind in ("first", "retry", "priority",
-                                                                           "reassigned", "manual"):
+        if p.channel == "sms" and assignment is not None and step.kind in EXPIRING:
             validity = validity_seconds(step.step, assignment.start_at, rules.alerts, now)
         msg = OutboundMessage(delivery_id=str(d.delivery_id), channel=p.channel, to=p.to,
                               subject=text.subject if p.channel != "sms" else None,
@@ -706,7 +717,7 @@ def deliver(items: Sequence[_Send]) -> None:
     The SDKs block on I/O, so threads overlap the round trips: a step's SMS and
     email, and every step of a batch, are in flight together."""
     settings = get_runtime().settings
-    items = [item for item in items if item.outcome == "pending"]
+    items = [item for item in items if item.outcome == DeliveryStatus.PENDING]
     if len(items) <= 1:
         for item in items:
             _attempt(item, settings)
@@ -717,16 +728,16 @@ def deliver(items: Sequence[_Send]) -> None:
 def _attempt(item: _Send, settings: Settings) -> None:
     try:
         result = send_with_retry(channel_for(item.channel, settings), item.message, attempts=3, max_retry_after=10)
-        item.outcome, item.provider_id = "sent", result.provider_id
+        item.outcome, item.provider_id = DeliveryStatus.SENT, result.provider_id
     except TransportError as err:
         item.error_kind, item.error = err.kind, f"{err.code or err.status or ''} {err.message}".strip()
-        item.outcome = "maybe_sent" if err.kind == "maybe_sent" else "failed"
+        item.outcome = DeliveryStatus.MAYBE_SENT if err.kind == "maybe_sent" else DeliveryStatus.FAILED
         if err.kind == "account":
             log.error("provider account problem on %s, operators must act: %s", item.channel, err.message)
         else:
             log.warning("delivery %s on %s: %s", item.delivery_id, item.channel, err.message)
     except Exception as exc:  # an SDK bug must not leave the row pending forever
-        item.outcome, item.error_kind, item.error = "maybe_sent", "maybe_sent", f"{type(exc).__name__}: {exc}"
+        item.outcome, item.error_kind, item.error = DeliveryStatus.MAYBE_SENT, "maybe_sent", f"{type(exc).__name__}: {exc}"
         log.exception("delivery %s on %s failed unexpectedly", item.delivery_id, item.channel)
     item.answered_at = now_utc()
 
@@ -757,7 +768,7 @@ def _record(session: Session, items: Sequence[_Send]) -> list[float]:
     for it in items:
         row = {"id": it.delivery_id, "status": it.outcome, "provider_id": it.provider_id, "error": it.error,
                "error_kind": it.error_kind, "updated_at": it.answered_at or now}
-        if it.outcome == "sent":
+        if it.outcome == DeliveryStatus.SENT:
             row["sent_at"] = it.answered_at or now
         rows.append(row)
     session.execute(update(db.Delivery), rows)
@@ -766,7 +777,7 @@ def _record(session: Session, items: Sequence[_Send]) -> list[float]:
             disable_channel(session, it.recipient, it.channel, it.error or "recipient error", now)
     firsts: dict[int, tuple[int, datetime]] = {}   # step id -> (episode id, its first answer)
     for it in items:
-        if it.first_alert_of is not None and it.step_id is not None and it.outcome == "sent":
+        if it.first_alert_of is not None and it.step_id is not None and it.outcome == DeliveryStatus.SENT:
             at = it.answered_at or now
             if it.step_id not in firsts or at < firsts[it.step_id][1]:
                 firsts[it.step_id] = (it.first_alert_of, at)
@@ -789,9 +800,9 @@ def _settle(session: Session, rules: Rules, firing: list[_Firing], sends: list[_
     follow_up: list[int] = []
     done = []
     for f in firing:
-        done.append({"id": f.step.id, "status": "done",
+        done.append({"id": f.step.id, "status": StepStatus.DONE,
                      "fired_at": max((s.answered_at for s in f.sends if s.answered_at), default=now_utc())})
-        if f.assignment is not None and f.step.kind not in ("unrouted", "fyi") and _all_failed(f.sends, f.assignment):
+        if f.assignment is not None and f.step.kind not in (StepKind.UNROUTED, StepKind.FYI) and _all_failed(f.sends, f.assignment):
             follow_up += _escalate_now(session, rules, f.step, f.assignment)
     session.execute(update(db.AlertStep), done)
     return follow_up, speed
@@ -821,7 +832,7 @@ def _all_failed(results: list[_Send], assignment: db.Assignment | None) -> bool:
     if assignment is None or assignment.rep_id is None:
         return False
     mine = [r for r in results if r.recipient == assignment.rep_id]
-    return bool(mine) and all(r.outcome == "failed" for r in mine)
+    return bool(mine) and all(r.outcome == DeliveryStatus.FAILED for r in mine)
 
 
 def _escalate_now(session: Session, rules: Rules, step: db.AlertStep, assignment: db.Assignment) -> list[int]:
@@ -831,7 +842,7 @@ def _escalate_now(session: Session, rules: Rules, step: db.AlertStep, assignment
         return []
     n = session.scalar(select(func.count()).select_from(db.AlertStep)
                        .where(db.AlertStep.assignment_id == assignment.id, db.AlertStep.step >= 100)) or 0
-    extra = db.AlertStep(assignment_id=assignment.id, lead_id=assignment.lead_id, step=100 + n, kind="escalation",
+    extra = db.AlertStep(assignment_id=assignment.id, lead_id=assignment.lead_id, step=100 + n, kind=StepKind.ESCALATION,
                          due_at=now_utc(), note="every channel of the rep failed")
     session.add(extra)
     session.flush()
@@ -914,11 +925,11 @@ def settle_maybe_sent(now: datetime | None = None) -> int:
             select(db.Delivery.id, db.Delivery.channel, db.Delivery.to, db.Delivery.recipient, db.Delivery.lead_id,
                    db.Delivery.provider_id, db.Delivery.created_at, db.Delivery.updated_at, db.AlertStep.assignment_id)
             .outerjoin(db.AlertStep, db.AlertStep.id == db.Delivery.step_id)
-            .where(db.Delivery.status == "maybe_sent", db.Delivery.channel == "sms",
+            .where(db.Delivery.status == DeliveryStatus.MAYBE_SENT, db.Delivery.channel == "sms",
                    db.Delivery.updated_at <= now - SETTLE_AFTER, db.Delivery.created_at >= now - SETTLE_WITHIN,
                    # without a provider id, only a message with a claim link can be recognized
                    or_(db.Delivery.provider_id.is_not(None),
-                       and_(db.AlertStep.kind.in_(sorted(CLAIMABLE)), db.AlertStep.assignment_id.is_not(None))))
+                       and_(db.AlertStep.kind.in_(sorted(CLAIMABLE_STEPS)), db.AlertStep.assignment_id.is_not(None))))
             .order_by(db.Delivery.id).limit(SETTLE_BATCH)).all()
     settled = 0
     for delivery_id, kind, to, recipient, lead_id, provider_id, created_at, updated_at, assignment_id in rows:
@@ -947,7 +958,7 @@ def settle_maybe_sent(now: datetime | None = None) -> int:
         else:   # messages to that number then, none of them ours: cannot tell yet; ask again later
             with rt.sessions.begin() as session:
                 session.execute(update(db.Delivery).where(db.Delivery.id == delivery_id,
-                                                          db.Delivery.status == "maybe_sent")
+                                                          db.Delivery.status == DeliveryStatus.MAYBE_SENT)
                                 .values(updated_at=now + SETTLE_AGAIN - SETTLE_AFTER))
     return settled
 
@@ -970,8 +981,8 @@ def _carries_link(text: str, secret: str, rep_id: str, lead_id: str, assignment_
 def _not_at_provider(delivery_id: int, now: datetime) -> int:
     with get_runtime().sessions.begin() as session:
         return db.changed_rows(session, update(db.Delivery)
-                               .where(db.Delivery.id == delivery_id, db.Delivery.status == "maybe_sent")
-                               .values(status="failed", error_kind="transient", updated_at=now,
+                               .where(db.Delivery.id == delivery_id, db.Delivery.status == DeliveryStatus.MAYBE_SENT)
+                               .values(status=DeliveryStatus.FAILED, error_kind="transient", updated_at=now,
                                        error="not sent: the provider took no message for this number then"))
 
 
@@ -990,7 +1001,7 @@ def flush_held(now: datetime | None = None) -> int:
     now = now or now_utc()
     sends: list[_Send] = []
     with rt.sessions.begin() as session:
-        held = list(session.scalars(select(db.Delivery).where(db.Delivery.status == "held")
+        held = list(session.scalars(select(db.Delivery).where(db.Delivery.status == DeliveryStatus.HELD)
                                     .order_by(db.Delivery.id).limit(500)))
         by_rep: dict[str, list[db.Delivery]] = {}
         for d in held:
@@ -1000,8 +1011,8 @@ def flush_held(now: datetime | None = None) -> int:
             if rep is None or _hourly_count(session, rep_id, now) >= rules.alerts.hourly_cap:
                 continue
             won = db.changed_rows(session, update(db.Delivery)
-                                  .where(db.Delivery.id.in_([d.id for d in rows]), db.Delivery.status == "held")
-                                  .values(status="summarized", updated_at=now))
+                                  .where(db.Delivery.id.in_([d.id for d in rows]), db.Delivery.status == DeliveryStatus.HELD)
+                                  .values(status=DeliveryStatus.SUMMARIZED, updated_at=now))
             if won != len(rows):
                 continue
             lead_ids = list(dict.fromkeys(d.lead_id for d in rows))
@@ -1013,7 +1024,7 @@ def flush_held(now: datetime | None = None) -> int:
                 if channel in off:
                     continue
                 d = db.Delivery(step_id=None, lead_id=lead_ids[0], recipient=rep_id, channel=channel, to=to,
-                                status="pending", created_at=now, updated_at=now)
+                                status=DeliveryStatus.PENDING, created_at=now, updated_at=now)
                 session.add(d)
                 session.flush()
                 msg = OutboundMessage(delivery_id=str(d.id), channel=channel, to=to,

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from routing.cadence import plan_cadence
 from routing.config import Rules
 from routing.events import Event
+from routing.kinds import StepKind
 from routing.leads import Applied
 from routing.scoring import PRIORITY
 from routing.selection import Decision, RepState, RoutingState, choose_rep, lead_domain
@@ -103,13 +104,13 @@ class Router:
         self.outbound.lead_event(session, "lead.hot", lead, now,
                                  detail={"episode": episode.id, "red_hot": episode.red_hot, "message_id": ev.message_id})
         due = self.assign(session, lead, traits, episode, now, exclude=frozenset(),
-                          kind="priority" if applied.outcome.red_hot else "first")
+                          kind=StepKind.PRIORITY if applied.outcome.red_hot else StepKind.FIRST)
         if lead.owner is not None:
             self.outbound.slack(session, "lead.hot", lead, now, rep=lead.owner)
         return due
 
     def assign(self, session: Session, lead: db.Lead, traits: Mapping[str, Any], episode: db.HotEpisode,
-               now: datetime, *, exclude: frozenset[str], kind: str, actor: str | None = None,
+               now: datetime, *, exclude: frozenset[str], kind: StepKind, actor: str | None = None,
                forced_rep: str | None = None) -> list[int]:
         rules = self.rules
         domain = lead_domain(traits, rules.free_mail_domains)
@@ -130,7 +131,7 @@ class Router:
         self._announce(session, lead, assignment, decision, now)
         if decision.rep_id is None:
             episode.status = "unrouted"
-            step = db.AlertStep(assignment_id=assignment.id, lead_id=lead.id, step=0, kind="unrouted", due_at=now)
+            step = db.AlertStep(assignment_id=assignment.id, lead_id=lead.id, step=0, kind=StepKind.UNROUTED, due_at=now)
             session.add(step)
             session.flush()
             return [step.id]
@@ -187,7 +188,7 @@ class Router:
         n = session.scalar(select(func.count()).select_from(db.AlertStep)
                            .where(db.AlertStep.assignment_id == current.id, db.AlertStep.step >= 100)) or 0
         step = db.AlertStep(assignment_id=current.id, lead_id=lead.id, step=100 + n,
-                            kind="priority" if action == PRIORITY else "fyi", due_at=now)
+                            kind=StepKind.PRIORITY if action == PRIORITY else StepKind.FYI, due_at=now)
         session.add(step)
         session.flush()
         return [step.id]

@@ -15,6 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from routing.config import Rules
+from routing.kinds import StepKind
 from worker import db, metrics
 from worker.assign import Router
 
@@ -135,11 +136,11 @@ def reassign(session: Session, rules: Rules, lead: db.Lead, episode: db.HotEpiso
     if episode.reassignments > rules.alerts.max_reassignments:
         on_call = rules.routing.on_call
         if on_call and on_call not in previous:
-            return router.assign(session, lead, traits, episode, now, exclude=previous, kind="reassigned",
+            return router.assign(session, lead, traits, episode, now, exclude=previous, kind=StepKind.REASSIGNED,
                                  forced_rep=on_call, actor="on-call")
         return router.assign(session, lead, traits, episode, now, exclude=frozenset(r.id for r in rules.reps),
-                             kind="reassigned")
-    return router.assign(session, lead, traits, episode, now, exclude=previous, kind="reassigned")
+                             kind=StepKind.REASSIGNED)
+    return router.assign(session, lead, traits, episode, now, exclude=previous, kind=StepKind.REASSIGNED)
 
 
 def _lead_name(lead: db.Lead) -> str:

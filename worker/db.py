@@ -176,7 +176,7 @@ class AlertStep(Base):
     step: Mapped[int] = mapped_column(Integer)          # 0 first alert, 1..N retries, N+1 reassign check; 100+ one-off notes
     kind: Mapped[str] = mapped_column(String(20))       # first, retry, reassign, fyi, priority, unrouted, summary
     due_at: Mapped[datetime]
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, firing, done, cancelled
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # routing.kinds.StepStatus
     claimed_by: Mapped[str | None] = mapped_column(String(100))
     claimed_at: Mapped[datetime | None]
     fired_at: Mapped[datetime | None]
@@ -195,7 +195,7 @@ class Delivery(Base):
     recipient: Mapped[str] = mapped_column(String(100))   # rep id, or an address for unrouted notices
     channel: Mapped[str] = mapped_column(String(16))
     to: Mapped[str] = mapped_column(String(254))
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending, sent, maybe_sent, delivered, failed, held
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # routing.kinds.DeliveryStatus
     provider_id: Mapped[str | None] = mapped_column(String(100), index=True)
     error: Mapped[str | None] = mapped_column(Text)
     error_kind: Mapped[str | None] = mapped_column(String(20))

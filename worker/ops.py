@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from routing.config import Rules
 from routing.events import iso
+from routing.kinds import StepKind
 from worker import db, stream
 from worker.assign import Router, lock_routing
 from worker.outbound import forget as outbound_forget
@@ -161,7 +162,7 @@ def assign_lead(session: Session, rules: Rules, lead_id: str, rep_id: str, *, ac
     previous = [a.rep_id for a in router.end_current(session, lead.id, now, f"assigned by {actor}")]
     episode = _episode_for_operator(session, lead, rules, now)
     lead.closed_at = None
-    due = router.assign(session, lead, lead.traits or {}, episode, now, exclude=frozenset(), kind="first",
+    due = router.assign(session, lead, lead.traits or {}, episode, now, exclude=frozenset(), kind=StepKind.FIRST,
                         actor=actor, forced_rep=rep_id)
     _trace(session, lead.id, now, "operator.assign", actor,
            {"rep": rep_id, "previous": [r for r in previous if r], "reason": reason})
@@ -181,7 +182,7 @@ def release_lead(session: Session, rules: Rules, lead_id: str, *, actor: str, re
     lead.closed_at = None
     # released means "not this rep": otherwise the rep just released, as the domain's last owner, gets it back
     due = router.assign(session, lead, lead.traits or {}, episode, now, exclude=frozenset(r for r in previous if r),
-                        kind="first", actor=actor)
+                        kind=StepKind.FIRST, actor=actor)
     _trace(session, lead.id, now, "operator.release", actor,
            {"previous": [r for r in previous if r], "rep": lead.owner, "reason": reason})
     return LeadResult(f"{lead.id} released; routed to {lead.owner}" if lead.owner

@@ -33,8 +33,9 @@ from typing import Any
 from sqlalchemy import select, update
 
 from routing.cadence import collapse_overdue, in_cadence
+from routing.kinds import StepStatus
 from worker import db, stream
-from worker.alerts import flush_held, settle_maybe_sent
+from worker.alerts import COLLAPSED, flush_held, settle_maybe_sent
 from worker.db import now_utc
 from worker.runtime import get_runtime, settle_process
 
@@ -58,7 +59,7 @@ class Due:
 
 
 def _due_steps(session: Any, until: datetime, limit: int = 1000) -> list[db.AlertStep]:
-    return list(session.scalars(select(db.AlertStep).where(db.AlertStep.status == "pending",
+    return list(session.scalars(select(db.AlertStep).where(db.AlertStep.status == StepStatus.PENDING,
                                                           db.AlertStep.due_at <= until)
                                 .order_by(db.AlertStep.due_at).limit(limit)))
 
@@ -81,8 +82,8 @@ def collect_due(session: Any, now: datetime, ahead: timedelta = LOOK_AHEAD) -> D
         if skip:
             session.execute(update(db.AlertStep)
                             .where(db.AlertStep.id.in_([by_step[n].id for n in skip]),
-                                   db.AlertStep.status == "pending")
-                            .values(status="skipped", fired_at=now, note="overdue; collapsed into a later step"))
+                                   db.AlertStep.status == StepStatus.PENDING)
+                            .values(status=StepStatus.SKIPPED, fired_at=now, note=COLLAPSED))
             log.info("assignment %s: %d overdue alerts collapsed into step %s", group[0].assignment_id,
                      len(skip), keep)
         due.now.extend(by_step[n].id for n in keep)
