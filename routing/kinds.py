@@ -81,3 +81,29 @@ EXPIRING = CADENCE
 def message_of(kind: str) -> MessageKind | None:
     """The message a step of ``kind`` sends (None for ``reassign``); an unknown kind is a bug, not a default."""
     return MESSAGE_OF[StepKind(kind)]
+
+
+def describe_delivery(status: str, settled_by: str | None, resent: bool, error: str | None) -> str:
+    """How a delivery ended and why, in a line for ``explain``."""
+    where = {"callback": "the provider's status callback", "lookup": "asking the provider",
+             "twin": "its SMS twin, found taken"}
+    if resent:
+        if status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED):
+            return f"confirmed unsent, sent again: {status}"
+        if status == DeliveryStatus.MAYBE_SENT:
+            return "confirmed unsent, sent again: no answer yet"
+        return f"confirmed unsent, sent again: {error or status}"
+    if status == DeliveryStatus.MAYBE_SENT:
+        return f"maybe sent ({error or 'no answer'}); to be settled by asking the provider"
+    if status == DeliveryStatus.PENDING:
+        return "sending"
+    if status == DeliveryStatus.HELD:
+        return "held by the hourly cap"
+    if status == DeliveryStatus.SUMMARIZED:
+        return "held by the hourly cap, then sent in a summary"
+    if settled_by is not None:
+        outcome = error if status == DeliveryStatus.FAILED and error else status
+        return f"maybe sent, settled by {where.get(settled_by, settled_by)}: {outcome}"
+    if status == DeliveryStatus.FAILED:
+        return f"failed: {error or 'refused'}"
+    return str(status)

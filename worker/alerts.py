@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import threading
 import time
 from collections import Counter, defaultdict
@@ -62,8 +61,10 @@ from worker.channels import (
     TwilioSmsChannel,
     send_with_retry,
 )
+from worker.channels.twilio_sms import FIND_LIMIT
 from worker.claims import reassign
 from worker.db import now_utc
+from worker.liveness import claimer_id, keep_alive
 from worker.outbound import Emitter
 from worker.runtime import get_runtime
 from worker.settings import Settings
@@ -312,7 +313,9 @@ def _claim_steps(session: Session, step_ids: Sequence[int], now: datetime, *, ta
     instead of each step waiting for a free worker thread. Their own tasks find
     them claimed and do nothing. A step someone else claimed, or that was
     cancelled or collapsed, is in neither list."""
-    me = f"{socket.gethostname()}:{get_runtime().pid}"
+    rt = get_runtime()
+    me = claimer_id()
+    keep_alive(rt.redis)
     wanted = list(step_ids) + (_overdue(session, now, step_ids, MAX_BATCH - len(step_ids)) if take_in else [])
     won = set(session.scalars(
         update(db.AlertStep)
@@ -899,23 +902,27 @@ def send_all(items: list[_Send]) -> None:
 # ---------------------------------------------------------------- "maybe sent", settled by asking
 
 
-SETTLE_AFTER = timedelta(seconds=60)     # a status callback normally comes within seconds; then we ask
+# A status callback normally comes within seconds; a request given up on may still be taken by the provider
+# a few seconds later. Past this, the provider is asked, and what it has is what happened.
+SETTLE_AFTER = timedelta(seconds=8)
 SETTLE_WITHIN = timedelta(hours=24)      # older than that, the provider's own records are what is left
 SETTLE_AGAIN = timedelta(minutes=10)     # a lookup that could not tell is repeated this much later
 SETTLE_BATCH = 50
 _LINK = re.compile(r"/claim/([A-Za-z0-9_.-]+)")
+NOT_TAKEN = "not sent: the provider took no message for this number then"
 
 
 def settle_maybe_sent(now: datetime | None = None) -> int:
-    """Deliveries left "maybe sent" (a timeout, a dropped connection, a 5xx) that no status callback has
-    settled: ask the provider. Returns how many were settled.
+    """Deliveries left "maybe sent" (a timeout, a dropped connection, a 5xx, a worker that died mid-send)
+    that no status callback has settled: ask the provider. Returns how many were settled.
 
     A message with a provider id is looked up by it. One without (its answer never
     came) is found among the messages the provider took for that number around
     the time it was sent, by the claim link it carries: that link names the rep,
     the lead, the assignment and, through its expiry, the moment it was written.
-    If the provider took no message at all for that number then, it was not sent.
-    Nothing is ever sent again for it: the cadence's next step is the retry."""
+    Found, it is settled as the provider has it. Not found, the provider confirms it
+    never took it: if the step still stands it is sent then, once
+    (:func:`_send_unsent`); a crash never silently swallows an alert."""
     from worker.webhooks import settle
 
     rt = get_runtime()
@@ -923,7 +930,8 @@ def settle_maybe_sent(now: datetime | None = None) -> int:
     with rt.sessions.begin() as session:
         rows = session.execute(
             select(db.Delivery.id, db.Delivery.channel, db.Delivery.to, db.Delivery.recipient, db.Delivery.lead_id,
-                   db.Delivery.provider_id, db.Delivery.created_at, db.Delivery.updated_at, db.AlertStep.assignment_id)
+                   db.Delivery.provider_id, db.Delivery.created_at, db.Delivery.updated_at, db.Delivery.resent_at,
+                   db.AlertStep.assignment_id)
             .outerjoin(db.AlertStep, db.AlertStep.id == db.Delivery.step_id)
             .where(db.Delivery.status == DeliveryStatus.MAYBE_SENT, db.Delivery.channel == "sms",
                    db.Delivery.updated_at <= now - SETTLE_AFTER, db.Delivery.created_at >= now - SETTLE_WITHIN,
@@ -932,30 +940,33 @@ def settle_maybe_sent(now: datetime | None = None) -> int:
                        and_(db.AlertStep.kind.in_(sorted(CLAIMABLE_STEPS)), db.AlertStep.assignment_id.is_not(None))))
             .order_by(db.Delivery.id).limit(SETTLE_BATCH)).all()
     settled = 0
-    for delivery_id, kind, to, recipient, lead_id, provider_id, created_at, updated_at, assignment_id in rows:
+    for delivery_id, kind, to, recipient, lead_id, provider_id, created_at, updated_at, resent_at, assignment_id \
+            in rows:
         channel = channel_for(kind, rt.settings)
+        written = resent_at or created_at     # the claim link's expiry counts from when the message was composed
         try:
             if provider_id:
                 status = channel.fetch_status(provider_id)
                 found = Sent(provider_id, status, "") if status else None
-                took_any = found is not None
+                unclear = False
             else:
-                taken = channel.sent_between(to, created_at - timedelta(seconds=60), updated_at + timedelta(minutes=2))
-                expected = int((created_at + rt.rules.alerts.claim_token_ttl).timestamp())
+                taken = channel.sent_between(to, written - timedelta(seconds=60), updated_at + timedelta(minutes=2))
+                expected = int((written + rt.rules.alerts.claim_token_ttl).timestamp())
                 found = next((m for m in taken if _carries_link(m.text, rt.settings.secret_key, recipient, lead_id,
                                                                 assignment_id, expected)), None)
-                took_any = bool(taken)
+                # a full page of others may hide ours behind it: then the list does not tell
+                unclear = found is None and len(taken) >= FIND_LIMIT
         except NotSupported:
             continue
         except TransportError as err:
             log.warning("delivery %s: could not ask %s about it: %s", delivery_id, kind, err.message)
             continue
         if found is not None:
-            settle(found.provider_id, found.status, None, kind_hint=kind, delivery_id=str(delivery_id))
+            settle(found.provider_id, found.status, None, kind_hint=kind, delivery_id=str(delivery_id), by="lookup")
             settled += 1
-        elif not took_any:
-            settled += _not_at_provider(delivery_id, now)
-        else:   # messages to that number then, none of them ours: cannot tell yet; ask again later
+        elif not unclear:
+            settled += _send_unsent(delivery_id, now)
+        else:
             with rt.sessions.begin() as session:
                 session.execute(update(db.Delivery).where(db.Delivery.id == delivery_id,
                                                           db.Delivery.status == DeliveryStatus.MAYBE_SENT)
@@ -978,12 +989,70 @@ def _carries_link(text: str, secret: str, rep_id: str, lead_id: str, assignment_
     return False
 
 
-def _not_at_provider(delivery_id: int, now: datetime) -> int:
-    with get_runtime().sessions.begin() as session:
-        return db.changed_rows(session, update(db.Delivery)
-                               .where(db.Delivery.id == delivery_id, db.Delivery.status == DeliveryStatus.MAYBE_SENT)
-                               .values(status=DeliveryStatus.FAILED, error_kind="transient", updated_at=now,
-                                       error="not sent: the provider took no message for this number then"))
+def still_stands(session: Session, step: db.AlertStep | None, assignment: db.Assignment | None,
+                 lead: db.Lead | None) -> str | None:
+    """Why a step's message must not go out now after all, if it must not: called off (claimed, closed,
+    contacted, no longer current), alerting paused, or superseded by a later step of its cadence."""
+    from worker.ops import is_paused
+
+    if step is None:
+        return "no step"
+    why = _called_off(step, assignment, lead)
+    if why is not None:
+        return why
+    if is_paused(session):
+        return "alerting paused"
+    if step.assignment_id is not None and in_cadence(step.kind, step.step):
+        later = session.scalar(select(db.AlertStep.id).where(
+            db.AlertStep.assignment_id == step.assignment_id, db.AlertStep.step > step.step,
+            db.AlertStep.step < 100, db.AlertStep.status.in_([StepStatus.FIRING, StepStatus.DONE])).limit(1))
+        if later is not None:
+            return "superseded by a later step"
+    return None
+
+
+def _send_unsent(delivery_id: int, now: datetime) -> int:
+    """The provider confirms it never took this SMS. If its step still stands, send it now, once, with its
+    twins of the same step and person still without an answer (the email of a worker that died mid-send);
+    otherwise record them as not sent, and why. The compare-and-set on ``resent_at`` makes one scheduler of
+    two the sender, and a message sent again is never sent a third time."""
+    rt = get_runtime()
+    rules = rt.rules
+    drafts: list[_Draft] = []
+    with _transaction() as session:
+        d = session.get(db.Delivery, delivery_id)
+        if d is None or d.status != DeliveryStatus.MAYBE_SENT:
+            return 0
+        step = session.get(db.AlertStep, d.step_id) if d.step_id is not None else None
+        assignment = session.get(db.Assignment, step.assignment_id) if step and step.assignment_id else None
+        lead = session.get(db.Lead, d.lead_id)
+        twins = list(session.scalars(select(db.Delivery).where(
+            db.Delivery.step_id == d.step_id, db.Delivery.recipient == d.recipient, db.Delivery.id != d.id,
+            db.Delivery.status == DeliveryStatus.MAYBE_SENT, db.Delivery.resent_at.is_(None)))) if step else []
+        why = "sent once again already" if d.resent_at is not None else still_stands(session, step, assignment, lead)
+        planned = {p.channel: p for p in plan_recipients(session, rules, step, assignment)
+                   if p.recipient == d.recipient} if step is not None and why is None else {}
+        for row in [d, *twins]:
+            if why is None and row.channel in planned:
+                won = db.changed_rows(session, update(db.Delivery)
+                                      .where(db.Delivery.id == row.id, db.Delivery.status == DeliveryStatus.MAYBE_SENT,
+                                             db.Delivery.resent_at.is_(None))
+                                      .values(resent_at=now, updated_at=now, settled_by="lookup",
+                                              error=None, error_kind=None))
+                if won:
+                    drafts.append(_Draft(row.id, cast(db.AlertStep, step), assignment, cast(db.Lead, lead),
+                                         planned[row.channel]))
+            elif row is d:
+                db.changed_rows(session, update(db.Delivery)
+                                .where(db.Delivery.id == row.id, db.Delivery.status == DeliveryStatus.MAYBE_SENT)
+                                .values(status=DeliveryStatus.FAILED, error_kind="transient", updated_at=now,
+                                        settled_by="lookup",
+                                        error=f"{NOT_TAKEN}; not sent again: {why or 'channel switched off'}"))
+        timelines = _timelines(session, [d.lead_id]) if drafts else {}
+    if drafts:
+        log.warning("lead %s: %d alert message(s) the provider never took sent again", d.lead_id, len(drafts))
+        send_all(_compose(rules, rt.settings, drafts, timelines, now))
+    return 1
 
 
 # ---------------------------------------------------------------- the hourly cap's summary

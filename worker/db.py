@@ -187,7 +187,8 @@ class Delivery(Base):
     """One attempt to reach one person on one channel; written before sending."""
 
     __tablename__ = "deliveries"
-    __table_args__ = (UniqueConstraint("step_id", "recipient", "channel", name="uq_deliveries_step_channel"),)
+    __table_args__ = (UniqueConstraint("step_id", "recipient", "channel", name="uq_deliveries_step_channel"),
+                      Index("ix_deliveries_unsettled", "status", "updated_at"))
 
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
     step_id: Mapped[int | None] = mapped_column(ForeignKey("alert_steps.id"), index=True)
@@ -202,6 +203,10 @@ class Delivery(Base):
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
+    # how a delivery that had no answer was settled: callback, lookup, twin (its SMS twin's word),
+    # released (its worker died before the answer); resent_at: confirmed never taken and sent again
+    settled_by: Mapped[str | None] = mapped_column(String(20))
+    resent_at: Mapped[datetime | None]
 
 
 class RepState(Base):

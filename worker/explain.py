@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from routing.config import Rules
 from routing.events import iso
+from routing.kinds import describe_delivery
 from worker import db
 from worker.channels.base import mask_recipient
 from worker.ops import ERASED, resolve_lead, table
@@ -93,6 +94,8 @@ def explain(session: Session, lead_id: str, rules: Rules | None = None, now: dat
             "deliveries": [{
                 "id": d.id, "recipient": d.recipient, "channel": d.channel, "to": d.to if d.to == ERASED else mask_recipient(d.to),
                 "status": d.status, "sent_at": iso(d.sent_at), "error": d.error, "error_kind": d.error_kind,
+                "settled_by": d.settled_by, "resent_at": iso(d.resent_at),
+                "outcome": describe_delivery(d.status, d.settled_by, d.resent_at is not None, d.error),
             } for d in deliveries.get(s.id, [])],
         } for s in steps],
         "claims": [{"assignment_id": a.id, "rep": a.rep_id, "claimed_by": a.claimed_by, "claimed_at": iso(a.claimed_at)}
@@ -179,7 +182,7 @@ def render_explain(data: dict[str, Any]) -> str:
                          s["note"] or ""))
             for d in s["deliveries"]:
                 rows.append(("", f"  {d['recipient']}", d["channel"], d["to"], d["sent_at"] or "-", d["status"],
-                             d["error_kind"] or "", d["error"] or ""))
+                             "", d["outcome"]))
         out.append(table(rows, ["step", "rep", "#", "kind", "due", "status", "fired", "note"]))
     else:
         out.append("  none")

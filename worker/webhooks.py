@@ -26,12 +26,13 @@ from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
 from routing.durations import parse_duration
+from routing.kinds import DeliveryStatus
 from routing.messages import short_code
 from worker import db
 from worker.claims import AckResult, claim, current_assignment, pass_lead
@@ -293,12 +294,15 @@ async def twilio_status(request: Request) -> Response:
 
 
 def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: str,
-           delivery_id: str | None = None) -> None:
+           delivery_id: str | None = None, by: str = "callback") -> None:
     """Record a provider's word on a delivery; failed deliveries fail over to the other channel.
 
     ``delivery_id`` (from the status callback URL, which the provider signs) finds
     a delivery whose request timed out before the provider's answer named the
-    message: a "maybe sent" one learns its provider id here."""
+    message: a "maybe sent" one learns its provider id here. ``by`` says where the
+    word came from (``callback``, or ``lookup`` when we asked), for ``explain``. An SMS
+    found taken settles its twin, the same step's email to the same person still
+    without an answer: SendGrid cannot be asked, and both left in the same instant."""
     from worker.alerts import disable_channel, failover, send_all
 
     if "\x00" in provider_id:   # no delivery has such an id, and PostgreSQL cannot even compare one
@@ -316,12 +320,15 @@ def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: 
         if d is None:
             return
         d.updated_at = now
+        unanswered = d.status in (DeliveryStatus.PENDING, DeliveryStatus.MAYBE_SENT)
+        if unanswered and d.resent_at is None:
+            d.settled_by = by
         if status in ("delivered", "read"):
-            d.status = "delivered"
+            d.status = DeliveryStatus.DELIVERED
         elif status in FAILED or status in ("bounce", "dropped", "blocked"):
-            if d.status == "failed":
+            if d.status == DeliveryStatus.FAILED:
                 return   # already settled: no second fail-over
-            d.status = "failed"
+            d.status = DeliveryStatus.FAILED
             d.error = f"{status} {error_code or ''}".strip()
             recipient_error = (kind_hint == "email" and status in ("bounce", "dropped")) or (
                 error_code is not None and error_code in TWILIO_RECIPIENT_CODES)
@@ -330,9 +337,15 @@ def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: 
                 disable_channel(session, d.recipient, d.channel, d.error, now)
             sends = failover(session, d, now)
         elif status in ("sent", "queued", "sending", "accepted", "processed", "deferred"):
-            if d.status in ("pending", "maybe_sent"):
-                d.status = "sent"
+            if unanswered:
+                d.status = DeliveryStatus.SENT
                 d.sent_at = d.sent_at or now
+        if unanswered and d.channel == "sms" and d.step_id is not None \
+                and d.status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED):
+            session.execute(update(db.Delivery)
+                            .where(db.Delivery.step_id == d.step_id, db.Delivery.recipient == d.recipient,
+                                   db.Delivery.channel == "email", db.Delivery.status == DeliveryStatus.MAYBE_SENT)
+                            .values(status=DeliveryStatus.SENT, settled_by="twin", updated_at=now))
     send_all(sends)
 
 

@@ -46,36 +46,163 @@ def test_an_sms_the_provider_took_whose_answer_was_lost_is_found_and_settled(ale
     assert providers.violations == []           # the list request is Twilio's documented one
 
 
-def test_an_sms_the_provider_never_took_is_recorded_as_not_sent_and_not_resent(alert_env, providers, queued):
+def _posts(providers, provider: str = "twilio") -> list:
+    return [r for r in providers.requests if r["method"] == "POST" and r["provider"] == provider]
+
+
+def test_an_sms_the_provider_never_took_is_sent_again_once_while_its_step_stands(alert_env, providers, queued):
     from worker.alerts import settle_maybe_sent
 
     providers.fail_next("twilio", [("drop",)])
     step, rows = _first_alert(alert_env, "never-1")
-    assert rows["sms"].status == "maybe_sent"
+    assert rows["sms"].status == "maybe_sent" and len(_posts(providers)) == 1    # the request, dropped
     assert settle_maybe_sent(_later()) == 1
     sms = {d.channel: d for d in deliveries(alert_env, step.id)}["sms"]
-    assert sms.status == "failed" and "took no message" in sms.error
-    assert len([r for r in providers.requests if r["method"] == "POST" and r["provider"] == "twilio"]) == 1
+    assert sms.status == "sent" and sms.resent_at is not None and sms.settled_by == "lookup"
+    posts = _posts(providers)
+    assert len(posts) == 2 and posts[1]["form"]["To"] == "+14155550102"
+    assert "/claim/" in posts[1]["form"]["Body"]
+    assert [m["Body"] for m in sms_to(providers, "+14155550102")] == [posts[1]["form"]["Body"]]
+    assert settle_maybe_sent(_later(3)) == 0      # settled: nothing more to ask or send
+    assert len(_posts(providers)) == 2
+    assert providers.violations == []
+
+
+def test_a_message_sent_again_is_never_sent_a_third_time(alert_env, providers, queued):
+    from worker.alerts import settle_maybe_sent
+
+    providers.fail_next("twilio", [("drop",)])
+    step, rows = _first_alert(alert_env, "twice-1")
+    providers.fail_next("twilio", [("ok",), ("drop",)])   # the lookup answers; the message sent again is dropped
+    assert settle_maybe_sent(_later()) == 1
+    assert {d.channel: d for d in deliveries(alert_env, step.id)}["sms"].status == "maybe_sent"
+    assert settle_maybe_sent(_later(3)) == 1
+    sms = {d.channel: d for d in deliveries(alert_env, step.id)}["sms"]
+    assert sms.status == "failed" and "took no message" in sms.error and "sent once again already" in sms.error
+    assert len(_posts(providers)) == 2               # the first request and the one sent again, both dropped
+    assert sms_to(providers, "+14155550102") == []
+
+
+def test_an_sms_never_taken_for_a_lead_claimed_meanwhile_is_recorded_as_not_sent(alert_env, providers, queued):
+    from tests.e2e.test_alerts_flow import db
+    from worker import db as models
+    from worker.alerts import settle_maybe_sent
+    from worker.db import now_utc
+
+    providers.fail_next("twilio", [("drop",)])
+    step, rows = _first_alert(alert_env, "claimed-1")
+    with db(alert_env) as s, s.begin():
+        s.get(models.Assignment, step.assignment_id).claimed_at = now_utc()
+    assert settle_maybe_sent(_later()) == 1
+    sms = {d.channel: d for d in deliveries(alert_env, step.id)}["sms"]
+    assert sms.status == "failed" and "not sent again: no longer current" in sms.error
+    assert len(_posts(providers)) == 1
 
 
 def test_a_message_of_someone_else_then_is_not_taken_for_ours(alert_env, providers, queued):
-    from worker.alerts import settle_maybe_sent
+    from worker.alerts import fire_steps, settle_maybe_sent
 
     make_hot("other-1")
     providers.fail_next("twilio", [("ok",), ("drop",)])
-    from worker.alerts import fire_steps
-
     make_hot("mine-1")
     other, mine = steps_of(alert_env, "other-1", 0)[0], steps_of(alert_env, "mine-1", 0)[0]
     fire_steps([other.id])                       # another lead's alert to the same rep, answered
     fire_steps([mine.id])                        # ours: dropped before Twilio took it
     assert {d.channel: d for d in deliveries(alert_env, mine.id)}["sms"].status == "maybe_sent"
-    assert settle_maybe_sent(_later()) == 0      # a message to that number then, but not ours: cannot tell
-    assert {d.channel: d for d in deliveries(alert_env, mine.id)}["sms"].status == "maybe_sent"
-    asked = len([r for r in providers.requests if r["method"] == "GET"])
-    assert settle_maybe_sent(_later(3)) == 0 and len([r for r in providers.requests if r["method"] == "GET"]) == asked
-    settle_maybe_sent(_later(13))                # ten minutes on, it asks again
-    assert len([r for r in providers.requests if r["method"] == "GET"]) == asked + 1
+    assert len(sms_to(providers, "+14155550102")) == 1
+    assert settle_maybe_sent(_later()) == 1      # Twilio took one message for that number then, not ours
+    sms = {d.channel: d for d in deliveries(alert_env, mine.id)}["sms"]
+    assert sms.status == "sent" and sms.resent_at is not None
+    bodies = [m["Body"] for m in sms_to(providers, "+14155550102")]
+    assert len(bodies) == 2 and bodies[0] != bodies[1]
+
+
+def test_a_step_whose_worker_died_mid_send_is_released_and_its_alert_reaches_the_rep_once(alert_env, providers,
+                                                                                          queued):
+    """The worker claimed the step and wrote its deliveries, then died before any request left."""
+    from datetime import timedelta
+
+    from tests.e2e.test_alerts_flow import db
+    from worker import db as models
+    from worker.alerts import claim, fire_steps, settle_maybe_sent
+    from worker.db import now_utc
+    from worker.runtime import get_runtime
+    from worker.scheduler import release_stuck
+
+    make_hot("died-1")
+    step = steps_of(alert_env, "died-1", 0)[0]
+    rt = get_runtime()
+    with rt.sessions.begin() as session:
+        claimed = claim(session, rt.rules, [step.id], now_utc())
+    assert claimed.won == [step.id]
+    with db(alert_env) as s, s.begin():
+        s.get(models.AlertStep, step.id).claimed_by = "gone-host:999999"   # a process with no liveness key
+    rows = {d.channel: d for d in deliveries(alert_env, step.id)}
+    assert {d.status for d in rows.values()} == {"pending"}
+    with rt.sessions.begin() as session:
+        assert release_stuck(session, now_utc() + timedelta(seconds=3), rt.redis) == 1
+    rows = {d.channel: d for d in deliveries(alert_env, step.id)}
+    assert {d.status for d in rows.values()} == {"maybe_sent"}      # never "pending" forever
+    fire_steps([step.id])                        # the released step fires again: nothing is sent blindly
+    assert steps_of(alert_env, "died-1", 0)[0].status == "done"
+    assert _posts(providers) == [] and _posts(providers, "sendgrid") == []
+    assert settle_maybe_sent(_later()) == 1      # Twilio took nothing: the SMS and its email twin go out now
+    rows = {d.channel: d for d in deliveries(alert_env, step.id)}
+    assert rows["sms"].status == "sent" and rows["email"].status == "sent"
+    assert rows["sms"].resent_at is not None and rows["email"].resent_at is not None
+    assert len(_posts(providers)) == 1 and len(_posts(providers, "sendgrid")) == 1
+    assert settle_maybe_sent(_later(3)) == 0
+    assert len(_posts(providers)) == 1 and len(_posts(providers, "sendgrid")) == 1
+    from worker.explain import explain, render_explain
+
+    with rt.sessions() as session:
+        data = explain(session, "died-1", rt.rules)
+    first = next(s for s in data["alerts"] if s["id"] == step.id)
+    assert {d["channel"]: d["outcome"] for d in first["deliveries"]} == {
+        "sms": "confirmed unsent, sent again: sent", "email": "confirmed unsent, sent again: sent"}
+    assert "confirmed unsent, sent again: sent" in render_explain(data)
+
+
+def test_a_step_of_a_live_worker_is_never_released(alert_env, providers, queued):
+    from datetime import timedelta
+
+    from worker.alerts import claim
+    from worker.db import now_utc
+    from worker.runtime import get_runtime
+    from worker.scheduler import release_stuck
+
+    make_hot("slow-1")
+    step = steps_of(alert_env, "slow-1", 0)[0]
+    rt = get_runtime()
+    with rt.sessions.begin() as session:
+        assert claim(session, rt.rules, [step.id], now_utc()).won == [step.id]   # this process: alive
+    with rt.sessions.begin() as session:
+        assert release_stuck(session, now_utc() + timedelta(minutes=5), rt.redis) == 0
+    assert steps_of(alert_env, "slow-1", 0)[0].status == "firing"
+    assert {d.status for d in deliveries(alert_env, step.id)} == {"pending"}
+
+
+def test_an_email_without_an_answer_follows_its_sms_twin_found_taken(alert_env, providers, queued):
+    from worker.alerts import settle_maybe_sent
+
+    providers.fail_next("twilio", [("accept_then_drop",)])
+    providers.fail_next("sendgrid", [("drop",)])
+    step, rows = _first_alert(alert_env, "twin-1")
+    assert rows["sms"].status == "maybe_sent" and rows["email"].status == "maybe_sent"
+    assert settle_maybe_sent(_later()) == 1
+    rows = {d.channel: d for d in deliveries(alert_env, step.id)}
+    assert rows["sms"].status == "sent" and rows["sms"].settled_by == "lookup" and rows["sms"].resent_at is None
+    assert rows["email"].status == "sent" and rows["email"].settled_by == "twin"
+    from worker.explain import explain
+    from worker.runtime import get_runtime
+
+    rt = get_runtime()
+    with rt.sessions() as session:
+        first = next(s for s in explain(session, "twin-1", rt.rules)["alerts"] if s["id"] == step.id)
+    assert {d["channel"]: d["outcome"] for d in first["deliveries"]} == {
+        "sms": "maybe sent, settled by asking the provider: sent",
+        "email": "maybe sent, settled by its SMS twin, found taken: sent"}
+    assert len(_posts(providers)) == 1 and len(_posts(providers, "sendgrid")) == 1   # nothing sent again
 
 
 def test_a_maybe_sent_sms_with_a_provider_id_is_looked_up_by_it(alert_env, providers, queued):
