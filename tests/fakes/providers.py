@@ -315,6 +315,7 @@ class FakeProviderServer:
         self.validation = validation
         self.twilio_auth_token = twilio_auth_token  # None: any token is accepted
         self.sendgrid_api_key = sendgrid_api_key
+        self.latency = 0.0   # seconds every POST waits before it is taken and answered
         # Re-entrant, so a wait_for predicate may call the locking helpers.
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -426,6 +427,8 @@ class FakeProviderServer:
 
     def _handle(self, handler: BaseHTTPRequestHandler, body: bytes) -> _Answer | None:
         """Record the request and decide the answer; None means hang up without one."""
+        if handler.command == "POST" and self.latency > 0:   # a request in flight a while: a sender may die meanwhile
+            self._stopping.wait(self.latency)
         received_at, received_monotonic = time.time(), time.monotonic()
         split = urlsplit(handler.path)
         path, method = unquote(split.path), handler.command
