@@ -44,6 +44,9 @@ log = logging.getLogger("leadrouter.scheduler")
 
 RELEASE_AFTER = timedelta(seconds=2)  # a step firing this long is looked at: is its process still alive?
 STUCK_AFTER = timedelta(seconds=60)   # ... and when Redis cannot tell, one firing this long is taken for abandoned
+# A live process that gave a step up (its recording transaction failed for good) holds it no longer than
+# this: far past any send, whose attempts and waits are bounded to well under a minute.
+ABANDONED_AFTER = timedelta(minutes=5)
 HEARTBEAT_EVERY = 15.0
 # how often the planner statistics are checked: a table that grows fast from empty needs them early
 # (the 20,000-event throughput bench on PostgreSQL: 2,392 events/s checked every 15 s, 4,454 every 2 s)
@@ -109,7 +112,8 @@ def release_stuck(session: Any, now: datetime, r: redis.Redis) -> int:
     say (:func:`worker.alerts.settle_maybe_sent`), never a reason to send again blindly.
 
     A step's process is dead when its liveness key has lapsed (:mod:`worker.liveness`); while
-    Redis cannot tell, only steps held for ``STUCK_AFTER`` are taken for abandoned."""
+    Redis cannot tell, only steps held for ``STUCK_AFTER`` are taken for abandoned, and a step a live
+    process has held for ``ABANDONED_AFTER`` was given up."""
     held = session.execute(select(db.AlertStep.id, db.AlertStep.claimed_by, db.AlertStep.claimed_at)
                            .where(db.AlertStep.status == StepStatus.FIRING,
                                   db.AlertStep.claimed_at < now - RELEASE_AFTER)).all()
@@ -117,7 +121,7 @@ def release_stuck(session: Any, now: datetime, r: redis.Redis) -> int:
         return 0
     try:
         living = liveness.alive(r, sorted({by for _, by, _ in held if by}))
-        dead = [step_id for step_id, by, _ in held if by not in living]
+        dead = [step_id for step_id, by, at in held if by not in living or at < now - ABANDONED_AFTER]
     except redis.RedisError:
         dead = [step_id for step_id, _, at in held if at < now - STUCK_AFTER]
     if not dead:

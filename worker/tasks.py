@@ -91,7 +91,7 @@ def _send_inline(claimed: Claimed, slots: threading.BoundedSemaphore) -> None:
 
     try:
         _after_firing(send_claimed(claimed))
-    except Exception:  # the steps stay firing: the scheduler takes them back after a minute
+    except Exception:  # the steps stay firing: the scheduler takes them back (worker.scheduler.release_stuck)
         log.exception("sending alert steps %s from the fast lane failed", claimed.won)
     finally:
         slots.release()
