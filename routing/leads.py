@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from routing.config import Rules, Scoring
 from routing.events import Event
@@ -15,11 +18,16 @@ from routing.scoring import (
     TraitUpdate,
     Transition,
     decide,
+    deep_merge,
     first_crossings,
     transition,
 )
 
 CONTACTED = "Lead Contacted"
+# What one lead's traits may grow to: past either, an update that would add to them is refused whole.
+MAX_TRAIT_KEYS = 200            # keys at every level of nesting
+MAX_TRAIT_BYTES = 64 * 1024     # as compact JSON
+TRAITS_OVER_CAP = "traits over the lead's cap"
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,26 @@ def add_to_history(history: LeadHistory, event: Event, seq: int) -> LeadHistory:
         if event.type != "track":
             history = history.with_traits(TraitUpdate(event.timestamp, event.traits, seq))
     return history
+
+
+def trait_cap_error(history: LeadHistory, event: Event) -> str | None:
+    """Why ``event``'s traits may not join ``history``, if they may not: the lead's traits with them would
+    pass ``MAX_TRAIT_KEYS`` or ``MAX_TRAIT_BYTES``. Counted on the traits with the update merged in
+    last, whatever its place on the timeline: the keys are the same either way."""
+    if event.type not in ("identify", "alias") or not event.traits:
+        return None
+    merged = deep_merge(history.traits(), event.traits)
+    keys = _count_keys(merged)
+    if keys > MAX_TRAIT_KEYS:
+        return f"{TRAITS_OVER_CAP}: {keys} keys with this update (at most {MAX_TRAIT_KEYS})"
+    size = len(json.dumps(merged, separators=(",", ":"), ensure_ascii=False, default=str).encode())
+    if size > MAX_TRAIT_BYTES:
+        return f"{TRAITS_OVER_CAP}: {size} bytes with this update (at most {MAX_TRAIT_BYTES})"
+    return None
+
+
+def _count_keys(traits: Mapping[str, Any]) -> int:
+    return sum(1 + (_count_keys(v) if isinstance(v, Mapping) else 0) for v in traits.values())
 
 
 def apply_event(lead: Lead, event: Event, rules: Rules, *, now: datetime, seq: int) -> Applied:

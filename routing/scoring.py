@@ -101,12 +101,24 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     return out
 
 
+def merge_into(target: dict[str, Any], update: Mapping[str, Any]) -> None:
+    """:func:`deep_merge` in place: the cost of the update, not of the traits it lands on."""
+    for key, value in update.items():
+        old = target.get(key)
+        if isinstance(value, Mapping) and isinstance(old, dict):
+            merge_into(old, value)
+        elif isinstance(value, Mapping):
+            target[key] = deep_merge({}, value)
+        else:
+            target[key] = value
+
+
 def traits_as_of(updates: Iterable[TraitUpdate], at: datetime | None = None) -> dict[str, Any]:
     """Traits as they stood at ``at``: for each trait the value with the latest timestamp wins."""
     merged: dict[str, Any] = {}
     for u in sorted(updates, key=lambda u: (u.timestamp, u.seq)):
         if at is None or u.timestamp <= at:
-            merged = deep_merge(merged, u.traits)
+            merge_into(merged, u.traits)
     return merged
 
 
@@ -274,8 +286,20 @@ class LeadHistory:
     # in their signals share it: one event's before and after, and the score stored after it.
     _fits: dict[tuple[int, tuple[bool, ...]], tuple[Scoring, Fit]] = field(
         default_factory=dict, compare=False, repr=False)
+    # The traits with every update in force (the newest update's order key, the merged traits), kept
+    # as updates arrive in order: scoring as of the newest instant never re-reads the whole history.
+    _current: list[tuple[tuple[datetime, int], dict[str, Any]]] = field(
+        default_factory=list, compare=False, repr=False)
 
     def score(self, scoring: Scoring, at: datetime) -> Breakdown:
+        newest = self._newest_update()
+        if newest is None or at >= newest[0]:
+            key: tuple[int, tuple[bool, ...]] = (id(scoring), (True,))
+            known = self._fits.get(key)
+            if known is None or known[0] is not scoring:
+                known = (scoring, fit_of(self.traits(), scoring))
+                self._fits[key] = known
+            return _score(self.signals, known[1], scoring, at)
         key = (id(scoring), tuple(u.timestamp <= at for u in self.trait_updates))
         known = self._fits.get(key)
         if known is None or known[0] is not scoring:
@@ -283,17 +307,38 @@ class LeadHistory:
             self._fits[key] = known
         return _score(self.signals, known[1], scoring, at)
 
+    def _newest_update(self) -> tuple[datetime, int] | None:
+        if self._current:
+            return self._current[0][0]
+        if not self.trait_updates:
+            return None
+        return max((u.timestamp, u.seq) for u in self.trait_updates)
+
     def traits(self, at: datetime | None = None) -> dict[str, Any]:
-        return traits_as_of(self.trait_updates, at)
+        """The traits as they stood at ``at`` (default: with every update in force)."""
+        newest = self._newest_update()
+        if newest is None:
+            return {}
+        if at is not None and at < newest[0]:
+            return traits_as_of(self.trait_updates, at)
+        if not self._current:
+            self._current.append((newest, traits_as_of(self.trait_updates)))
+        return self._current[0][1]
 
     def merged(self, other: LeadHistory) -> LeadHistory:
         return LeadHistory(self.signals + other.signals, self.trait_updates + other.trait_updates)
 
     def with_signal(self, s: Signal) -> LeadHistory:
-        return LeadHistory(self.signals + (s,), self.trait_updates, self._fits)
+        return LeadHistory(self.signals + (s,), self.trait_updates, self._fits, self._current)
 
     def with_traits(self, u: TraitUpdate) -> LeadHistory:
-        return LeadHistory(self.signals, self.trait_updates + (u,))
+        """This history and ``u``; an update that comes last on the timeline merges into the kept traits."""
+        newest = self._newest_update()
+        current: list[tuple[tuple[datetime, int], dict[str, Any]]] = []
+        if newest is None or (u.timestamp, u.seq) >= newest:
+            base = self.traits() if newest is not None else {}
+            current.append(((u.timestamp, u.seq), deep_merge(base, u.traits)))
+        return LeadHistory(self.signals, self.trait_updates + (u,), _current=current)
 
 
 def first_crossings(history: LeadHistory, scoring: Scoring) -> tuple[datetime | None, datetime | None]:
@@ -335,7 +380,7 @@ def first_crossings(history: LeadHistory, scoring: Scoring) -> tuple[datetime | 
             item = timeline[i][2]
             i += 1
             if isinstance(item, TraitUpdate):
-                traits = deep_merge(traits, item.traits)
+                merge_into(traits, item.traits)
                 changed_traits = True
                 continue
             if item.name not in limits:

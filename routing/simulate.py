@@ -14,7 +14,7 @@ from typing import Any
 
 from routing.config import Rules
 from routing.events import EventError, iso, normalize
-from routing.leads import Lead, apply_event, merge_leads
+from routing.leads import Lead, apply_event, merge_leads, trait_cap_error
 from routing.ledger import RoutingLedger
 from routing.scoring import ROUTE
 from routing.selection import Decision, choose_rep, lead_domain
@@ -107,6 +107,9 @@ def simulate(raw_events: Iterable[Any], rules: Rules, *, as_of: datetime | None 
         if event.type == "other":
             continue
         lead = leads.get(lead_id, Lead(lead_id))
+        if (why := trait_cap_error(lead.history, event)) is not None:
+            errors.append({"index": index, "field": "traits", "error": why})
+            continue
         applied = apply_event(lead, event, rules, now=event.timestamp, seq=seq)
         leads[lead_id] = applied.lead
         if applied.contacted:

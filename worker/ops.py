@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from routing.config import Rules
 from routing.events import iso
 from routing.kinds import StepKind
+from routing.leads import TRAITS_OVER_CAP
 from worker import db, stream
 from worker.assign import Router, lock_routing
 from worker.outbound import forget as outbound_forget
@@ -416,6 +417,9 @@ def status(session: Session, r: redis.Redis, rules: Rules, now: datetime | None 
             "lanes": lanes,
             "dead_letters": int(dead_total),
             "dead_letters_not_retried": int(dead_new),
+            "trait_updates_refused": int(session.scalar(
+                select(func.count()).select_from(db.DeadLetter)
+                .where(db.DeadLetter.error.like(f"{TRAITS_OVER_CAP}%"))) or 0),
         },
         "hot_leads_open": sum(open_by_rep.values()),
         "alerts_due": int(session.scalar(select(func.count()).select_from(db.AlertStep)
@@ -445,7 +449,8 @@ def render_status(data: dict[str, Any]) -> str:
     summary = [
         ("events waiting", q["events_waiting"]),
         ("  fast lane", q["fast_lane"]),
-        ("dead letters", f"{q['dead_letters']} ({q['dead_letters_not_retried']} not retried)"),
+        ("dead letters", f"{q['dead_letters']} ({q['dead_letters_not_retried']} not retried, "
+                         f"{q['trait_updates_refused']} trait updates over a lead's cap)"),
         ("hot leads open", data["hot_leads_open"]),
         ("alerts due now", data["alerts_due"]),
         ("alerts scheduled", data["alerts_scheduled"]),

@@ -10,6 +10,7 @@ returned so the caller can dispatch them right after the commit.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,8 +21,8 @@ from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
 
 from routing.config import Rules
-from routing.events import Event, EventError, normalize, parse_time
-from routing.leads import Applied, apply_event, merge_leads
+from routing.events import Event, EventError, iso, normalize, parse_time
+from routing.leads import Applied, apply_event, merge_leads, trait_cap_error
 from routing.leads import Lead as CoreLead
 from routing.scoring import FYI, PRIORITY, ROUTE, Breakdown, EpisodeState, LeadHistory, Signal, TraitUpdate
 from worker import db
@@ -51,6 +52,15 @@ class BatchResult:
     dead_lettered: int = 0
     crossings: int = 0
     due_steps: list[int] = field(default_factory=list)
+
+    def add(self, other: BatchResult) -> BatchResult:
+        return BatchResult(self.processed + other.processed, self.duplicates + other.duplicates,
+                           self.dead_lettered + other.dead_lettered, self.crossings + other.crossings,
+                           self.due_steps + other.due_steps)
+
+
+class BatchTooSlow(RuntimeError):
+    """A batch ran past its deadline; its transaction is rolled back and the caller splits it."""
 
 
 def insert_ignore(session: Session, model: type[db.Base], values: dict[str, Any], conflict: list[str]) -> Any:
@@ -212,6 +222,8 @@ def plan_batch(fc: Forecast, links: dict[str, str], episodes: dict[str, EpisodeS
         lead_id = ev.user_id or links.get(ev.lead_id, ev.lead_id)
         if lead_id in done or lead_id not in history or (ev.source, ev.message_id) in stored or ev.type == "other":
             continue
+        if trait_cap_error(history[lead_id], ev) is not None:   # refused under the lock (process_batch)
+            continue
         plan = make_plan(lead_id, history[lead_id], episode.get(lead_id, EpisodeState()), ev, pos, rules, now)
         fc.plans[pos] = plan
         history[lead_id], episode[lead_id] = plan.applied.lead.history, plan.applied.lead.episode
@@ -239,7 +251,7 @@ def _touched(events: list[Event], links: dict[str, str]) -> set[str]:
 
 
 def process_batch(session: Session, entries: list[Entry], rules: Rules, now: datetime, router: Any,
-                  fc: Forecast | None = None) -> BatchResult:
+                  fc: Forecast | None = None, deadline: float | None = None) -> BatchResult:
     """Apply ``entries`` inside the caller's transaction. ``router`` turns hot episodes into assignments.
 
     ``fc``: the batch as forecast before the transaction (:func:`forecast`); without one it is planned
@@ -250,7 +262,8 @@ def process_batch(session: Session, entries: list[Entry], rules: Rules, now: dat
     event ids, one bulk insert of the scored events and one executemany of the leads' scored columns
     (:func:`write_scored`). Events are scored
     before they are written, so no row is updated after its insert. Pending events are written before
-    anything that may read them (a merge, the router).
+    anything that may read them (a merge, the router). Past ``deadline`` (``time.monotonic()``) it raises
+    :class:`BatchTooSlow` between two events.
     """
     result = BatchResult()
     if fc is None:
@@ -291,6 +304,8 @@ def process_batch(session: Session, entries: list[Entry], rules: Rules, now: dat
         return histories[lead_id]
 
     for pos, ev in live:
+        if deadline is not None and time.monotonic() > deadline:
+            raise BatchTooSlow(f"past its deadline at event {pos + 1} of {len(events)}")
         if (link := ev.link) is not None:
             anon_id, user_id = link
             if anon_id not in links:
@@ -313,6 +328,10 @@ def process_batch(session: Session, entries: list[Entry], rules: Rules, now: dat
         before = history(lead_id)   # read before the insert: the event must not count in its own "before"
         if (ev.source, ev.message_id) in stored:
             result.duplicates += 1
+            continue
+        if (why := trait_cap_error(before, ev)) is not None:   # refused whole: listed, replayable, counted
+            dead_letter(session, Entry("", ev.source, iso(ev.received_at) or "", dict(ev.raw)), why, now)
+            result.dead_lettered += 1
             continue
         new_id = next(ids)
         values = _event_values(ev, lead_id, now)

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -142,3 +145,32 @@ def backlog(r: redis.Redis, lane: str) -> dict[str, int]:
                 lag = max(0, r.xlen(key) - int(g.get("pending", 0)))
             return {"waiting": int(lag), "pending": int(g.get("pending", 0))}
     return {"waiting": r.xlen(key), "pending": 0}
+
+
+@contextmanager
+def keep_claimed(r: redis.Redis, lane: str, consumer: str, ids: list[str], every: float) -> Iterator[None]:
+    """While the body works on ``ids``, keep their idle time short, every ``every`` seconds: a slow batch is
+    still this consumer's, and ``XAUTOCLAIM`` hands it to no one else in turn. Only the entries this
+    consumer still holds are touched (one another consumer took over stays theirs)."""
+    done = threading.Event()
+    key = stream_key(lane)
+    wanted = set(ids)
+
+    def refresh() -> None:
+        while not done.wait(every):
+            try:
+                rows = r.xpending_range(key, GROUP, min="-", max="+", count=len(ids) + 100, consumername=consumer)
+                held = (row["message_id"] for row in rows)
+                mine: list[int | bytes | str | memoryview[int]] = [
+                    i for i in (m.decode() if isinstance(m, bytes) else str(m) for m in held) if i in wanted]
+                if mine:
+                    r.xclaim(key, GROUP, consumer, min_idle_time=0, message_ids=mine, justid=True)
+            except redis.RedisError:
+                pass   # Redis away: the batch's own read or ack will say so
+
+    thread = threading.Thread(target=refresh, name=f"keep-claimed-{lane}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()

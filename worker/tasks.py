@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from worker import db, stream
 from worker.app import app
 from worker.db import now_utc
-from worker.pipeline import BatchResult, dead_letter, forecast, process_batch
+from worker.pipeline import BatchResult, BatchTooSlow, dead_letter, forecast, process_batch
 from worker.runtime import get_runtime
 
 if TYPE_CHECKING:
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("leadrouter.tasks")
 OUTAGE_WAIT_LIMIT = 600.0   # seconds a drain waits for the database before leaving its batch pending
+# A batch that takes longer than this (hostile input making one lead costly) is split in halves and each half
+# applied on its own, down to single entries, so the leads that share a batch with it are not held back.
+DRAIN_TIME_LIMIT = 20.0
 DISPATCH_KEY = "lr:dispatched:{}"
 DISPATCH_HOLD_MS = 5000     # a step queued this recently is not queued again
 FIRE_BATCH = 16             # steps per fire task: they share two transactions and send together
@@ -52,8 +55,10 @@ def drain_once(lane: str) -> tuple[int, BatchResult]:
         return 0, BatchResult()
     pool, slots = _inline_firing()   # made once per process; its threads start on the first send
     inline = lane == stream.FAST and slots.acquire(blocking=False)   # a free thread to send on
+    every = max(0.5, rt.settings.reclaim_idle_seconds / 3)
     try:
-        result, claimed = _apply_with_retries(entries, lane, claim=inline)
+        with stream.keep_claimed(r, lane, stream.consumer_name(), [e.id for e in entries], every):
+            result, claimed = _apply_with_retries(entries, lane, claim=inline)
     except BaseException:
         if inline:
             slots.release()
@@ -121,6 +126,7 @@ def _apply_with_retries(entries: list[stream.Entry], lane: str, claim: bool = Fa
     rt = get_runtime()
     waited, delay = 0.0, 0.2
     attempts = 0
+    deadline = time.monotonic() + DRAIN_TIME_LIMIT if len(entries) > 1 else None
     while True:
         rules = rt.rules
         now = now_utc()
@@ -133,11 +139,17 @@ def _apply_with_retries(entries: list[stream.Entry], lane: str, claim: bool = Fa
                 db.yield_to_urgent(rt.engine)
             # the fast lane goes first on SQLite; the normal lane let it, just above (worker.db.urgent)
             with db.urgent(rt.engine) if lane == stream.FAST else nullcontext(), rt.sessions.begin() as session:
-                result = process_batch(session, entries, rules, now, Router(rules), fc)
+                result = process_batch(session, entries, rules, now, Router(rules), fc, deadline=deadline)
                 # one batch's worth: a burst of crossings leaves the rest to the alert workers, in parallel
                 claimed = _claim_due(session, rules, result.due_steps[:FIRE_BATCH]) \
                     if claim and result.due_steps else None
             return result, claimed
+        except BatchTooSlow:
+            half = len(entries) // 2
+            log.warning("a batch of %d entries ran past %.0f s; applying it in halves", len(entries), DRAIN_TIME_LIMIT)
+            first, _ = _apply_with_retries(entries[:half], lane)
+            second, _ = _apply_with_retries(entries[half:], lane)
+            return first.add(second), None
         except Exception as exc:  # sorted below: outage waits, anything else isolates the bad entry
             if _is_outage(exc):
                 if waited >= OUTAGE_WAIT_LIMIT:
@@ -165,11 +177,7 @@ def _apply_one_by_one(entries: list[stream.Entry]) -> BatchResult:
             try:
                 with rt.sessions.begin() as session:
                     res = process_batch(session, [entry], rt.rules, now_utc(), Router(rt.rules))
-                total.processed += res.processed
-                total.duplicates += res.duplicates
-                total.crossings += res.crossings
-                total.dead_lettered += res.dead_lettered
-                total.due_steps += res.due_steps
+                total = total.add(res)
                 error = None
                 break
             except Exception as exc:

@@ -14,84 +14,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
-from sqlalchemy import create_engine, func, select
 
 from routing.config import load_rules
 from routing.events import iso
-from tests.conftest import ROOT, Processes, wait_until
+from tests.conftest import ROOT, wait_until
+from tests.integration.conftest import Pipeline
 from worker import db, stream
-from worker.publish import publish
-
-EVENT_QUEUES = "events,fast"
-
-
-class Pipeline:
-    """The test's hand on the running product: publish, start workers, read the database."""
-
-    def __init__(self, env: dict[str, str], processes: Processes):
-        self.env = env
-        self.processes = processes
-        self.redis = redis.Redis.from_url(env["REDIS_URL"])
-        # a plain engine: on SQLite the product takes the write lock at BEGIN, a reader need not
-        self.engine = create_engine(env["DATABASE_URL"])
-        self.sessions = db.make_sessionmaker(self.engine)
-        self.config = Path(env["LEADROUTER_CONFIG"])
-        self.rules = load_rules(self.config)   # the publisher's copy: it only picks the lane
-
-    def close(self) -> None:
-        self.engine.dispose()
-        self.redis.close()
-
-    # -- producing
-    def publish(self, events: list[dict[str, Any]], source: str = "default") -> int:
-        result = publish(self.redis, events, self.rules, source=source)
-        assert result.errors == [], result.errors
-        return result.accepted
-
-    def worker(self, concurrency: int = 2, **env: str) -> subprocess.Popen[bytes]:
-        self.processes.env.update(env)
-        return self.processes.celery_worker(queues=EVENT_QUEUES, concurrency=concurrency)
-
-    # -- reading
-    def lead(self, lead_id: str) -> db.Lead | None:
-        with self.sessions() as s:
-            return s.get(db.Lead, lead_id)
-
-    def count(self, model: type, *where: Any) -> int:
-        with self.sessions() as s:
-            return int(s.scalar(select(func.count()).select_from(model).where(*where)) or 0)
-
-    def rows(self, model: type, *where: Any) -> list[Any]:
-        with self.sessions() as s:
-            return list(s.scalars(select(model).where(*where).order_by(model.id)))
-
-    def drained(self) -> bool:
-        """Nothing waiting in either lane and nothing read but unacknowledged."""
-        return all(stream.backlog(self.redis, lane) == {"waiting": 0, "pending": 0} for lane in stream.LANES)
-
-    def wait_events(self, n: int, timeout: float = 30.0) -> None:
-        wait_until(lambda: self.count(db.Event) >= n and self.drained(), timeout=timeout,
-                   message=f"{n} events stored and the stream drained")
-        assert self.count(db.Event) == n
-
-
-@pytest.fixture
-def pipeline(service_env: dict[str, str], processes: Processes) -> Iterator[Pipeline]:
-    from worker.app import app
-
-    # the Celery app reads REDIS_URL when first imported; kicks must reach this test's Redis
-    assert app.conf.broker_url == service_env["REDIS_URL"]
-    p = Pipeline(service_env, processes)
-    yield p
-    p.close()
-
 
 NOW = datetime.now().astimezone()
 
