@@ -28,6 +28,9 @@ CONTACTED = "Lead Contacted"
 MAX_TRAIT_KEYS = 200            # keys at every level of nesting
 MAX_TRAIT_BYTES = 64 * 1024     # as compact JSON
 TRAITS_OVER_CAP = "traits over the lead's cap"
+# Contact traits: once a lead has one, a public source (a browser key anyone can read) cannot change it.
+CONTACT_TRAITS = ("email", "phone")
+PUBLIC_CONTACTED = "a public source may not send Lead Contacted"
 
 
 @dataclass(frozen=True)
@@ -46,13 +49,58 @@ class Applied:
     contacted: bool
 
 
-def add_to_history(history: LeadHistory, event: Event, seq: int) -> LeadHistory:
+def from_public(history: LeadHistory, event: Event) -> tuple[Event, list[str]]:
+    """``event`` as a public source may apply it: without the traits it may not overwrite (a contact
+    trait the lead has, any trait a trusted source set); and the paths it left out. A public source
+    holds a key that every visitor of the site can read: it may add to a lead, not rewrite what a CRM
+    or the lead's own form said."""
+    if not event.traits:
+        return event, []
+    protected: set[str] = set()
+    for u in history.trait_updates:
+        if u.trusted:
+            protected.update(_paths(u.traits))
+    current = history.traits()
+    protected.update(c for c in CONTACT_TRAITS if current.get(c) not in (None, ""))
+    kept, dropped = _without(event.traits, protected, "")
+    return (replace(event, traits=kept) if dropped else event), dropped
+
+
+def _paths(traits: Mapping[str, Any], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for key, value in traits.items():
+        path = prefix + key
+        if isinstance(value, Mapping) and value:
+            out |= _paths(value, path + ".")
+        else:
+            out.add(path)
+    return out
+
+
+def _without(traits: Mapping[str, Any], protected: set[str], prefix: str) -> tuple[dict[str, Any], list[str]]:
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    for key, value in traits.items():
+        path = prefix + key
+        if path in protected:
+            dropped.append(path)
+        elif isinstance(value, Mapping) and value:
+            inner, gone = _without(value, protected, path + ".")
+            dropped += gone
+            if inner:
+                kept[key] = inner
+        else:
+            kept[key] = value
+    return kept, dropped
+
+
+def add_to_history(history: LeadHistory, event: Event, seq: int, trusted: bool = True) -> LeadHistory:
     if event.type == "track" and event.name:
         history = history.with_signal(Signal(event.name, event.timestamp, event.message_id, seq))
     if event.traits and event.type in ("identify", "alias", "track"):
         # track calls may carry traits too (Segment's context.traits is not used for scoring)
         if event.type != "track":
-            history = history.with_traits(TraitUpdate(event.timestamp, event.traits, seq))
+            history = history.with_traits(TraitUpdate(event.timestamp, event.traits, seq, trusted))
     return history
 
 
@@ -76,7 +124,7 @@ def _count_keys(traits: Mapping[str, Any]) -> int:
     return sum(1 + (_count_keys(v) if isinstance(v, Mapping) else 0) for v in traits.values())
 
 
-def apply_event(lead: Lead, event: Event, rules: Rules, *, now: datetime, seq: int) -> Applied:
+def apply_event(lead: Lead, event: Event, rules: Rules, *, now: datetime, seq: int, trusted: bool = True) -> Applied:
     """Score ``lead`` as of its newest event without and with ``event``, and decide what the arrival opens.
 
     ``seq`` is the event's place in arrival order (it breaks timestamp ties on the timeline). The
@@ -85,7 +133,7 @@ def apply_event(lead: Lead, event: Event, rules: Rules, *, now: datetime, seq: i
     event newer than every other can only add a first crossing at its own instant; any other
     arrival re-reads the timeline, where a crossing may move earlier, later or away.
     """
-    after = add_to_history(lead.history, event, seq)
+    after = add_to_history(lead.history, event, seq, trusted)
     latest = _latest(lead.history)
     in_order = latest is None or event.timestamp > latest
     own = transition(lead.history, after, rules.scoring, event.timestamp)

@@ -35,6 +35,7 @@ class TraitUpdate:
     timestamp: datetime
     traits: Mapping[str, Any]
     seq: int = 0
+    trusted: bool = True    # from a server source (a CRM, a backend), not a public browser key
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,15 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from routing.config import Rules
 from routing.events import Event, EventError, iso, normalize, parse_time
-from routing.leads import Applied, apply_event, merge_leads, trait_cap_error
+from routing.leads import (
+    CONTACTED,
+    PUBLIC_CONTACTED,
+    Applied,
+    apply_event,
+    from_public,
+    merge_leads,
+    trait_cap_error,
+)
 from routing.leads import Lead as CoreLead
 from routing.scoring import FYI, PRIORITY, ROUTE, Breakdown, EpisodeState, LeadHistory, Signal, TraitUpdate
 from worker import db
@@ -85,6 +93,12 @@ def lock_leads(session: Session, lead_ids: Iterable[str], now: datetime) -> dict
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update()
     return {lead.id: lead for lead in session.scalars(stmt)}
+
+
+def public_sources() -> frozenset[str]:
+    from worker.settings import get_settings
+
+    return get_settings().public_sources()
 
 
 def load_history(session: Session, lead_id: str) -> LeadHistory:
@@ -209,6 +223,7 @@ def plan_batch(fc: Forecast, links: dict[str, str], episodes: dict[str, EpisodeS
     batch: merges and routing happen under the write lock, and what follows them is scored there.
     """
     links = dict(links)
+    public = public_sources()
     history, episode = dict(fc.histories), dict(episodes)
     done: set[str] = set()
     for pos, ev in enumerate(fc.events):
@@ -222,9 +237,11 @@ def plan_batch(fc: Forecast, links: dict[str, str], episodes: dict[str, EpisodeS
         lead_id = ev.user_id or links.get(ev.lead_id, ev.lead_id)
         if lead_id in done or lead_id not in history or (ev.source, ev.message_id) in stored or ev.type == "other":
             continue
-        if trait_cap_error(history[lead_id], ev) is not None:   # refused under the lock (process_batch)
+        ev, why = admit(history[lead_id], ev, public)
+        if why is not None:   # refused under the lock (process_batch)
             continue
-        plan = make_plan(lead_id, history[lead_id], episode.get(lead_id, EpisodeState()), ev, pos, rules, now)
+        plan = make_plan(lead_id, history[lead_id], episode.get(lead_id, EpisodeState()), ev, pos, rules, now,
+                         trusted=ev.source not in public)
         fc.plans[pos] = plan
         history[lead_id], episode[lead_id] = plan.applied.lead.history, plan.applied.lead.episode
         if plan.applied.outcome.action is not None or plan.applied.contacted:
@@ -232,11 +249,26 @@ def plan_batch(fc: Forecast, links: dict[str, str], episodes: dict[str, EpisodeS
 
 
 def make_plan(lead_id: str, before: LeadHistory, episode: EpisodeState, ev: Event, pos: int, rules: Rules,
-              now: datetime) -> Plan:
-    applied = apply_event(CoreLead(lead_id, before, episode), ev, rules, now=now, seq=SEQ_BASE + pos)
+              now: datetime, *, trusted: bool = True) -> Plan:
+    applied = apply_event(CoreLead(lead_id, before, episode), ev, rules, now=now, seq=SEQ_BASE + pos,
+                          trusted=trusted)
     after = applied.lead.history
     current = after.score(rules.scoring, max(now, ev.timestamp))
     return Plan(before, episode, applied, current, current.to_dict(), after.traits())
+
+
+def admit(history: LeadHistory, ev: Event, public: frozenset[str]) -> tuple[Event, str | None]:
+    """``ev`` as its source may apply it to a lead with ``history``, or why it is refused whole: a public
+    source's ``Lead Contacted`` (it would stop a cadence), traits past the lead's cap. A public source's
+    traits lose what it may not overwrite (:func:`routing.leads.from_public`)."""
+    if ev.source in public:
+        if ev.type == "track" and (ev.name or "").casefold() == CONTACTED.casefold():
+            return ev, PUBLIC_CONTACTED
+        ev, dropped = from_public(history, ev)
+        if dropped:
+            log.info("event %s from public source %s: left out traits it may not overwrite: %s",
+                     ev.message_id, ev.source, ", ".join(dropped[:10]))
+    return ev, trait_cap_error(history, ev)
 
 
 def _touched(events: list[Event], links: dict[str, str]) -> set[str]:
@@ -266,6 +298,7 @@ def process_batch(session: Session, entries: list[Entry], rules: Rules, now: dat
     :class:`BatchTooSlow` between two events.
     """
     result = BatchResult()
+    public = public_sources()
     if fc is None:
         events, rejected, duplicates = parse_entries(entries, rules)
     else:
@@ -329,7 +362,8 @@ def process_batch(session: Session, entries: list[Entry], rules: Rules, now: dat
         if (ev.source, ev.message_id) in stored:
             result.duplicates += 1
             continue
-        if (why := trait_cap_error(before, ev)) is not None:   # refused whole: listed, replayable, counted
+        ev, why = admit(before, ev, public)
+        if why is not None:   # refused whole: listed, replayable, counted
             dead_letter(session, Entry("", ev.source, iso(ev.received_at) or "", dict(ev.raw)), why, now)
             result.dead_lettered += 1
             continue
@@ -344,7 +378,7 @@ def process_batch(session: Session, entries: list[Entry], rules: Rules, now: dat
         episode = _episode(row)
         plan = fc.plans.get(pos)
         if plan is None or plan.before is not before or plan.episode != episode:
-            plan = make_plan(lead_id, before, episode, ev, pos, rules, now)
+            plan = make_plan(lead_id, before, episode, ev, pos, rules, now, trusted=ev.source not in public)
         applied = plan.applied
         histories[lead_id] = applied.lead.history
         values.update(_persist(row, plan, ev, rules, now))
@@ -385,17 +419,18 @@ def load_histories(conn: Session | Connection, lead_ids: Iterable[str]
     versions: dict[str, tuple[int, int]] = {}
     result = conn.execute(
         select(db.Event.lead_id, db.Event.id, db.Event.type, db.Event.name, db.Event.timestamp, db.Event.traits,
-               db.Event.message_id)
+               db.Event.message_id, db.Event.source)
         .where(db.Event.lead_id.in_(ids)).order_by(db.Event.id)
     )
-    for lead_id, rid, etype, name, ts, traits, mid in result:
+    public = public_sources()
+    for lead_id, rid, etype, name, ts, traits, mid, source in result:
         signals, updates = found[lead_id]
         count, _ = versions.get(lead_id, (0, 0))
         versions[lead_id] = (count + 1, rid)
         if etype == "track" and name:
             signals.append(Signal(name, ts, mid, rid))
         elif etype in ("identify", "alias") and traits:
-            updates.append(TraitUpdate(ts, traits, rid))
+            updates.append(TraitUpdate(ts, traits, rid, source not in public))
     return {lead_id: LeadHistory(tuple(s), tuple(u)) for lead_id, (s, u) in found.items()}, versions
 
 

@@ -18,6 +18,7 @@ class Settings(BaseSettings):
     config_path: Path = Field(default=Path("config/routing.yaml"), alias="LEADROUTER_CONFIG")
     write_key: str | None = Field(default=None, alias="LEADROUTER_WRITE_KEY")
     write_keys: str | None = Field(default=None, alias="LEADROUTER_WRITE_KEYS")
+    public_write_keys: str | None = Field(default=None, alias="LEADROUTER_PUBLIC_WRITE_KEYS")
     cors_origins: str = Field(default="", alias="LEADROUTER_CORS_ORIGINS")
     secret_key: str = Field(default="dev-insecure-secret-change-me", alias="LEADROUTER_SECRET_KEY")
     public_url: str = Field(default="http://127.0.0.1:8000", alias="LEADROUTER_PUBLIC_URL")
@@ -52,17 +53,34 @@ class Settings(BaseSettings):
         return v
 
     def sources(self) -> dict[str, str]:
-        """Write key → source name. One key is the source ``default``."""
+        """Write key → source name, trusted and public. One key is the source ``default``."""
         out: dict[str, str] = {}
         if self.write_key:
             out[self.write_key] = "default"
-        if self.write_keys:
-            for part in self.write_keys.split(","):
-                name, sep, key = part.strip().partition(":")
-                if not sep or not name or not key:
-                    raise ValueError("LEADROUTER_WRITE_KEYS is name:key,name:key")
-                out[key] = name
+        out.update(_named_keys(self.write_keys, "LEADROUTER_WRITE_KEYS"))
+        public = _named_keys(self.public_write_keys, "LEADROUTER_PUBLIC_WRITE_KEYS")
+        clash = set(public.values()) & set(out.values())
+        if clash:
+            raise ValueError(f"a source is either trusted or public, not both: {', '.join(sorted(clash))}")
+        out.update(public)
         return out
+
+    def public_sources(self) -> frozenset[str]:
+        """The names of the public (browser) sources: they may not send ``Lead Contacted`` nor overwrite
+        a contact trait or one a trusted source set."""
+        return frozenset(_named_keys(self.public_write_keys, "LEADROUTER_PUBLIC_WRITE_KEYS").values())
+
+
+def _named_keys(value: str | None, setting: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in (value or "").split(","):
+        if not part.strip():
+            continue
+        name, sep, key = part.strip().partition(":")
+        if not sep or not name or not key:
+            raise ValueError(f"{setting} is name:key,name:key")
+        out[key] = name
+    return out
 
 
 @lru_cache(maxsize=1)
