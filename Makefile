@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit lint bench install clean
+.PHONY: run test test-unit test-stress lint bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q --durations=8
+
+test-stress: $(STAMP)
+	$(BIN)/ruff check .
+	tests/stress.sh
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
