@@ -23,6 +23,7 @@ EVERY_SECONDS = 1.0      # how often a living process says so
 _PREFIX = "lr:alive:"
 
 _started: tuple[int, threading.Thread] | None = None
+_client: redis.Redis | None = None
 _lock = threading.Lock()
 
 
@@ -32,26 +33,29 @@ def claimer_id() -> str:
 
 
 def keep_alive(r: redis.Redis) -> None:
-    """Say this process is alive now, and keep saying it from a daemon thread (one per process)."""
-    global _started
-    me = claimer_id()
-    try:
-        r.set(_PREFIX + me, 1, ex=TTL_SECONDS)
-    except redis.RedisError as exc:
-        log.warning("could not say this process is alive (%s); its steps may be released", type(exc).__name__)
+    """Say this process is alive, and keep saying it from a daemon thread (one per process). Only the
+    first call of a process waits on Redis; later ones find the thread running."""
+    global _started, _client
     with _lock:
+        _client = r     # the thread says it through the client its process uses now
         if _started is not None and _started[0] == os.getpid() and _started[1].is_alive():
             return
-        thread = threading.Thread(target=_beat, args=(r, me), name="alive", daemon=True)
+        me = claimer_id()
+        try:
+            r.set(_PREFIX + me, 1, ex=TTL_SECONDS)
+        except redis.RedisError as exc:
+            log.warning("could not say this process is alive (%s); its steps may be released", type(exc).__name__)
+        thread = threading.Thread(target=_beat, args=(me,), name="alive", daemon=True)
         _started = (os.getpid(), thread)
         thread.start()
 
 
-def _beat(r: redis.Redis, me: str) -> None:
+def _beat(me: str) -> None:
     stop = threading.Event()
     while not stop.wait(EVERY_SECONDS):
         try:
-            r.set(_PREFIX + me, 1, ex=TTL_SECONDS)
+            if _client is not None:
+                _client.set(_PREFIX + me, 1, ex=TTL_SECONDS)
         except redis.RedisError:
             pass   # Redis away: the key lapses, and the steps are released only if it stays away
 

@@ -166,6 +166,8 @@ def test_a_step_whose_worker_died_mid_send_is_released_and_its_alert_reaches_the
 def test_a_step_of_a_live_worker_is_not_released_until_it_is_given_up(alert_env, providers, queued):
     from datetime import timedelta
 
+    from tests.conftest import wait_until
+    from worker import liveness
     from worker.alerts import claim
     from worker.db import now_utc
     from worker.runtime import get_runtime
@@ -176,6 +178,8 @@ def test_a_step_of_a_live_worker_is_not_released_until_it_is_given_up(alert_env,
     rt = get_runtime()
     with rt.sessions.begin() as session:
         assert claim(session, rt.rules, [step.id], now_utc()).won == [step.id]   # this process: alive
+    wait_until(lambda: liveness.alive(rt.redis, [liveness.claimer_id()]), timeout=5,
+               message="this process's liveness key")    # the test's Redis was flushed since it began
     with rt.sessions.begin() as session:
         assert release_stuck(session, now_utc() + timedelta(minutes=4), rt.redis) == 0
     assert steps_of(alert_env, "slow-1", 0)[0].status == "firing"
