@@ -54,9 +54,9 @@ def scored_under_lock(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = pipeline.make_plan
 
-    def counting(lead_id: str, before: Any, episode: Any, ev: Any, *args: Any) -> pipeline.Plan:
+    def counting(lead_id: str, before: Any, episode: Any, ev: Any, *args: Any, **kwargs: Any) -> pipeline.Plan:
         calls.append(ev.message_id)
-        return real(lead_id, before, episode, ev, *args)
+        return real(lead_id, before, episode, ev, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "make_plan", counting)
     return calls
