@@ -9,7 +9,7 @@ transaction already holds the database's single write lock from BEGIN.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import func, select, text, update
@@ -20,6 +20,7 @@ from routing.config import Rules
 from routing.events import Event
 from routing.kinds import StepKind
 from routing.leads import Applied
+from routing.ledger import ROUND_ROBIN_WINDOW
 from routing.scoring import PRIORITY
 from routing.selection import Decision, RepState, RoutingState, choose_rep, lead_domain
 from worker import db
@@ -34,25 +35,27 @@ def lock_routing(session: Session) -> None:
 
 
 def routing_state(session: Session, rules: Rules, domain: str | None, now: datetime) -> RoutingState:
-    """The live equivalent of :class:`routing.ledger.RoutingLedger.state`, by SQL."""
+    """The live equivalent of :class:`routing.ledger.RoutingLedger.state`, by SQL: the same windows,
+    ``(now - window, now]``, and only assignments under a team count toward round robin."""
     window = now - rules.routing.open_window
     open_rows = session.execute(
         select(db.Assignment.rep_id, func.count())
         .join(db.Lead, db.Lead.id == db.Assignment.lead_id)
         .where(db.Assignment.current.is_(True), db.Assignment.ended_at.is_(None),
-               db.Assignment.rep_id.is_not(None), db.Assignment.created_at >= window,
+               db.Assignment.rep_id.is_not(None), db.Assignment.created_at > window,
                db.Lead.contacted_at.is_(None) | (db.Lead.contacted_at < db.Assignment.created_at))
         .group_by(db.Assignment.rep_id)
     ).all()
     open_counts = dict(open_rows)
     week = session.execute(
         select(db.Assignment.rep_id, db.Assignment.team_id, func.count())
-        .where(db.Assignment.rep_id.is_not(None), db.Assignment.created_at >= now - timedelta(days=7))
+        .where(db.Assignment.rep_id.is_not(None), db.Assignment.created_at > now - ROUND_ROBIN_WINDOW,
+               db.Assignment.team_id.is_not(None))
         .group_by(db.Assignment.rep_id, db.Assignment.team_id)
     ).all()
     per_rep: dict[str, dict[str, int]] = {}
     for rep_id, team_id, n in week:
-        per_rep.setdefault(cast(str, rep_id), {})[team_id or ""] = n   # rep_id IS NOT NULL above
+        per_rep.setdefault(cast(str, rep_id), {})[cast(str, team_id)] = n   # both IS NOT NULL above
     away = dict(session.execute(select(db.RepState.rep_id, db.RepState.away_until)).all())
     reps = {
         r.id: RepState(
