@@ -35,6 +35,7 @@ from routing.durations import parse_duration
 from routing.kinds import DeliveryStatus
 from routing.messages import short_code
 from worker import db
+from worker.channels.twilio_sms import is_recipient_error
 from worker.claims import AckResult, claim, current_assignment, pass_lead
 from worker.db import now_utc
 from worker.runtime import get_runtime
@@ -46,7 +47,6 @@ router = APIRouter()
 MAX_BODY = 64 * 1024
 SENDGRID_MAX_AGE = 600           # seconds: older signed timestamps are refused (replays)
 FAILED = {"failed", "undelivered"}
-TWILIO_RECIPIENT_CODES = {"21211", "21610", "21614", "30003", "30005", "30006"}
 CLAIM_WORDS = {"1", "Y", "YES", "CLAIM"}
 PASS_WORDS = {"2", "PASS"}
 HELP_TEXT = ("leadrouter: reply 1 (or YES, CLAIM) to claim your newest lead, 2 (or PASS) to pass it on; "
@@ -331,7 +331,7 @@ def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: 
             d.status = DeliveryStatus.FAILED
             d.error = f"{status} {error_code or ''}".strip()
             recipient_error = (kind_hint == "email" and status in ("bounce", "dropped")) or (
-                error_code is not None and error_code in TWILIO_RECIPIENT_CODES)
+                is_recipient_error(error_code))
             if recipient_error and d.recipient != d.to:
                 d.error_kind = "recipient"
                 disable_channel(session, d.recipient, d.channel, d.error, now)

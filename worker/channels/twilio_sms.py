@@ -36,7 +36,20 @@ MAX_VALIDITY = 36_000
 
 # The number itself is wrong for SMS or refuses us: retrying cannot help, and
 # the rep's SMS channel should be switched off until someone fixes the number.
-RECIPIENT_CODES = frozenset({21211, 21610, 21614})  # invalid number, opted out (STOP), not mobile
+# Errors that condemn the recipient's number, not the request or the account: the channel is switched off
+# for that rep. Answered to a send: invalid number, opted out (STOP), not a mobile. Reported later by a
+# status callback: unreachable, unknown destination, landline.
+RECIPIENT_CODES = frozenset({21211, 21610, 21614})
+DELIVERY_RECIPIENT_CODES = frozenset({30003, 30005, 30006})
+
+
+def is_recipient_error(code: int | str | None) -> bool:
+    """Whether a Twilio error code, from an answer or a status callback, is the recipient's."""
+    try:
+        n = int(code) if code is not None else None
+    except ValueError:
+        return False
+    return n in RECIPIENT_CODES or n in DELIVERY_RECIPIENT_CODES
 # Our sender is wrong: every rep would fail the same way, so alert operators.
 ACCOUNT_CODES = frozenset({20003, 21212, 21606, 21659})  # auth, invalid From, From not SMS-capable / not ours
 
