@@ -33,7 +33,7 @@ from worker import db
 from worker.tokens import TokenError, verify
 
 LEADS = int(os.environ.get("LEADROUTER_DISORDER_LEADS", "60"))
-SECRET = "disorder-secret"
+SECRET = "disorder-secret-of-the-fault-suite-0123456789"
 TRAITS = {"title": "VP Engineering", "role": "decision_maker", "phone": "+14155550100",
           "company": {"name": "Acme", "industry": "software", "employee_count": 1200}, "address": {"country": "US"}}
 HOT = ["Pricing Page Viewed", "Webinar Attended", "Email Clicked", "Demo Requested", "Case Study Viewed"]
