@@ -19,7 +19,6 @@ Redis key only keeps two schedulers from queueing the same step twice in a row.
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import socket
 import threading
@@ -27,7 +26,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -100,9 +99,9 @@ def collect_due(session: Any, now: datetime, ahead: timedelta = LOOK_AHEAD) -> D
 def eta_slots(soon: list[tuple[int, datetime]]) -> list[tuple[datetime, list[int]]]:
     """Steps due soon, grouped by ``ETA_GRID`` slot; each slot waits for its last due time, so none fires early."""
     slots: dict[int, list[tuple[int, datetime]]] = defaultdict(list)
-    grid = ETA_GRID.total_seconds()
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
     for step_id, due_at in soon:
-        slots[math.floor(due_at.timestamp() / grid)].append((step_id, due_at))
+        slots[(due_at - epoch) // ETA_GRID].append((step_id, due_at))   # whole microseconds: no float edge
     return [(max(at for _, at in group), [step_id for step_id, _ in group]) for _, group in sorted(slots.items())]
 
 
