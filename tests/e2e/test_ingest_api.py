@@ -411,3 +411,86 @@ def _walk(routes: Any) -> Iterator[Any]:
         inner = getattr(route, "original_router", None) or getattr(route, "router", None)
         if inner is not None and inner is not route and hasattr(inner, "routes"):
             yield from _walk(inner.routes)
+
+
+# ---------------------------------------------------------------- every route the ecosystem's clients post to
+
+
+def test_every_client_route_is_served(api: Api) -> None:
+    """The routes read from the clients' sources: analytics.js batching and the mobile SDKs post /v1/b,
+    analytics-java /v1/import/ (with the slash), analytics-ruby /v1/import, analytics.js's short forms
+    include /v1/g and /v1/s, RudderStack's beacon /beacon/v1/batch?writeKey=…"""
+    sent_at = "2026-11-22T10:00:05Z"
+    for path in ("/v1/b", "/v1/import", "/v1/import/", "/v1/batch/"):
+        mid = "r" + path.replace("/", "-")
+        body = {"writeKey": KEYS["web"], "batch": [track(mid)], "sentAt": sent_at}
+        r = api.post(path, body, key=None, headers={"Content-Type": "text/plain"})
+        assert r.status_code == 200 and r.json()["accepted"] == 1, (path, r.text)
+    for path, etype in (("/v1/g", "group"), ("/v1/s", "screen"), ("/v1/group", "group"), ("/v1/screen", "screen"),
+                        ("/v1/t/", "track")):
+        r = api.post(path, {"messageId": "r" + path.replace("/", "-"), "userId": "u-1", "event": "Email Clicked",
+                            "groupId": "g-1", "name": "Home"})
+        assert r.status_code == 200 and r.json()["accepted"] == 1, (path, r.text)
+        assert api.queued()[-1]["payload"]["type"] == etype      # the route names the type
+    beacon = json.dumps({"batch": [track("r-beacon")], "sentAt": sent_at}).encode()
+    r = httpx.post(f"{api.url}/beacon/v1/batch?writeKey={KEYS['crm']}", content=beacon,
+                   headers={"Content-Type": "text/plain;charset=UTF-8"}, timeout=10)
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    r = httpx.post(f"{api.url}/beacon/v1/batch?writeKey=nope", content=beacon, timeout=10)
+    assert r.status_code == 401
+    queued = {e["payload"]["messageId"]: e for e in api.queued()}
+    assert set(queued) == {"r-v1-b", "r-v1-import", "r-v1-import-", "r-v1-batch-", "r-v1-g", "r-v1-s",
+                           "r-v1-group", "r-v1-screen", "r-v1-t-", "r-beacon"}
+    assert queued["r-beacon"]["source"] == "crm"
+    assert queued["r-v1-g"]["payload"]["type"] == "group" and queued["r-v1-s"]["payload"]["type"] == "screen"
+    assert queued["r-v1-b"]["payload"]["sentAt"] == sent_at
+    assert queued["r-v1-b"]["payload"]["context"]["ip"] == "127.0.0.1"    # as Segment's API fills it
+
+
+def test_cors_preflight_allows_the_headers_browser_clients_send(api: Api) -> None:
+    # analytics.js retries with X-Retry-Count; RudderStack's SDK sends AnonymousId, SentAt, Rsa-Retry-Attempt
+    for headers in ("authorization, content-type, x-retry-count", "anonymousid, sentat, rsa-retry-attempt"):
+        pre = httpx.options(api.url + "/v1/b", timeout=5, headers={
+            "Origin": ORIGIN, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": headers})
+        assert pre.status_code == 200, pre.text
+        allowed = {h.strip().lower() for h in pre.headers["access-control-allow-headers"].split(",")}
+        assert set(headers.split(", ")) <= allowed
+        assert pre.headers["access-control-allow-origin"] == ORIGIN
+        assert "access-control-allow-credentials" not in pre.headers
+    other = httpx.options(api.url + "/v1/b", timeout=5, headers={
+        "Origin": "https://evil.example.net", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "x-retry-count"})
+    assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+
+
+def test_refusals_are_logged_counted_by_route_and_source_and_listed(api: Api, redis_server: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   fresh_settings: None) -> None:
+    from worker import metrics
+
+    assert api.post("/v1/track", track(), key="nope").status_code == 401
+    assert api.post("/v1/b", {"batch": "x", "writeKey": KEYS["crm"]}, key=None).status_code == 400
+    assert api.post("/v1/t", {"messageId": "no-user", "event": "X"}).status_code == 400
+    assert api.post("/v1/m", {"batch": []}).status_code == 404          # a route nobody serves
+    fams = _families(httpx.get(api.url + "/metrics", timeout=10).text)
+    refused = "leadrouter_requests_refused_total"
+    assert _value(fams, refused, route="/v1/track", source="unknown", status="401", reason="unauthorized") == 1
+    assert _value(fams, refused, route="/v1/b", source="crm", status="400", reason="invalid_batch") == 1
+    assert _value(fams, refused, route="/v1/t", source="web", status="400", reason="invalid_event") == 1
+    assert _value(fams, refused, route="unmatched", source="none", status="404", reason="http_404") == 1
+    latest = metrics.latest_refusals(api.redis, 10)
+    assert [(f["path"], f["status"]) for f in latest] == [("/v1/m", 404), ("/v1/t", 400), ("/v1/b", 400),
+                                                           ("/v1/track", 401)]
+    assert latest[0]["client"] == "127.0.0.x" and "nope" not in json.dumps(latest)
+    assert "userId or anonymousId" in latest[1]["message"]
+
+
+def test_a_request_over_the_burst_is_refused_whole_and_drains_nothing(processes: Processes,
+                                                                      service_env: dict[str, str]) -> None:
+    api = start_api(processes, service_env, LEADROUTER_RATE_LIMIT="0.5", LEADROUTER_RATE_BURST="5")
+    r = api.post("/v1/batch", {"batch": [track(f"big-{i}") for i in range(6)]})
+    assert r.status_code == 413 and r.json()["code"] == "over_burst" and "at most 5" in r.json()["message"]
+    # the bucket is untouched: the next sender on the same key still has the whole burst
+    r = api.post("/v1/batch", {"batch": [track(f"ok-{i}") for i in range(5)]})
+    assert r.status_code == 200 and r.json()["accepted"] == 5
+    assert sorted(e["payload"]["messageId"] for e in api.queued()) == [f"ok-{i}" for i in range(5)]
