@@ -98,12 +98,15 @@ class FaultyProxy:
                                    if k.lower() not in HOP_BY_HOP and k.lower() != "content-encoding"}
                 with proxy._lock:
                     proxy.seen.append(Seen(self.command, self.path, headers, body, status, datetime.now(UTC)))
-                self.send_response(status)
-                for k, v in out_headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                self.wfile.write(content)
+                try:
+                    self.send_response(status)
+                    for k, v in out_headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(content)))
+                    self.end_headers()
+                    self.wfile.write(content)
+                except (BrokenPipeError, ConnectionResetError):   # a page that left does not read its answer
+                    pass
 
             do_POST = do_GET = do_OPTIONS = _relay  # noqa: N815 (http.server's naming)
 
@@ -150,3 +153,89 @@ def events_as_received(seen: list[Seen]) -> list[dict[str, Any]]:
             event["receivedAt"] = s.at.isoformat().replace("+00:00", "Z")
             out.append(event)
     return out
+
+
+# ---------------------------------------------------------------- analytics.js in a browser
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        pytest.fail("chromium is not installed (apt-get install chromium): the browser client tests need it")
+    return path
+
+
+def _page_html(write_key: str, cdn: str, api_host: str, strategy: dict[str, Any]) -> bytes:
+    """A site's page with Segment's snippet, reduced to what it does: name the write key and the CDN,
+    pass load options, and load analytics.js's standalone build (from this site, not Segment's CDN)."""
+    options = {"integrations": {"Segment.io": {"apiHost": api_host, "protocol": "http",
+                                               "deliveryStrategy": strategy}}}
+    return f"""<!doctype html>
+<html><head><title>Pricing - Acme</title>
+<script>
+  window.analytics = [];
+  window.analytics._writeKey = {json.dumps(write_key)};
+  window.analytics._cdn = {json.dumps(cdn)};
+  window.analytics._loadOptions = {json.dumps(options)};
+</script>
+<script src="/analytics.js/v1/{write_key}/analytics.min.js"></script>
+</head><body><h1>Pricing</h1><a id="next" href="/next.html">next</a></body></html>""".encode()
+
+
+class SiteServer:
+    """A web site on its own origin serving analytics.js's standalone build and the CDN settings it
+    loads, as Segment's CDN would (``{cdn}/v1/projects/{key}/settings``, chunks under
+    ``{cdn}/analytics-next/bundles/``). Pages: ``/standard.html`` and ``/batching.html``."""
+
+    def __init__(self, write_key: str, api_host: str) -> None:
+        umd = node_clients() / "@segment" / "analytics-next" / "dist" / "umd"
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                path = self.path.split("?", 1)[0]
+                content_type = "application/javascript"
+                if path.startswith("/analytics.js/v1/"):
+                    body = (umd / "standalone.js").read_bytes()
+                elif path.startswith("/analytics-next/bundles/") and (umd / Path(path).name).is_file():
+                    body = (umd / Path(path).name).read_bytes()
+                elif path == f"/v1/projects/{write_key}/settings":
+                    body, content_type = json.dumps(site.settings()).encode(), "application/json"
+                elif path in ("/standard.html", "/batching.html", "/next.html"):
+                    strategy: dict[str, Any] = {"strategy": "standard", "config": {}}
+                    if path == "/batching.html":
+                        strategy = {"strategy": "batching", "config": {"size": 3, "timeout": 1000}}
+                    if path == "/next.html":
+                        strategy = {"strategy": "batching", "config": {"size": 50, "timeout": 60000}}
+                    body, content_type = _page_html(write_key, site.url, api_host, strategy), "text/html"
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.write_key = write_key
+        self.api_host = api_host
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def settings(self) -> dict[str, Any]:
+        return {"integrations": {"Segment.io": {"apiKey": self.write_key, "apiHost": self.api_host,
+                                                "protocol": "http", "addBundledMetadata": True}},
+                "plan": {}, "edgeFunction": {}, "analyticsNextEnabled": True, "middlewareSettings": {},
+                "enabledMiddleware": {}, "metrics": {"sampleRate": 0}, "legacyVideoPluginsEnabled": False,
+                "remotePlugins": []}
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
