@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import Processes
 from tests.e2e.clients import FaultyProxy, node_clients, run_node_client
 from tests.e2e.test_ingest_api import KEYS, Api, shared_api  # noqa: F401 (the fixture)
 
@@ -55,3 +56,108 @@ def test_node_client_delivers_after_a_503(client: str, api: Api, proxy: FaultyPr
     else:
         assert all("timestamp" in e["payload"] for e in queued)
     assert all(e["payload"].get("sentAt") for e in queued)    # a batch's sentAt travels with each event
+
+
+# ---------------------------------------------------------------- the whole service, every client
+
+
+REP_PHONES = {"alice": "+14155550101", "bob": "+14155550102", "carol": "+4915155550103", "maria": "+14155550104"}
+
+
+def _browser_lead(browser: Any, site: Any, mode: str, lead: str, name: str) -> None:
+    page = browser.new_page()
+    page.goto(f"{site.url}/{mode}.html")
+    page.wait_for_function("window.analytics && window.analytics.initialized === true", timeout=15_000)
+    page.evaluate("""([lead, name]) => {
+        analytics.identify(lead, {name, email: lead + '@acme.com', title: 'VP Engineering', phone: '+14155550100',
+            role: 'decision_maker', company: {name: 'Acme', industry: 'software', employee_count: 1200},
+            address: {country: 'US'}});
+        analytics.track('Pricing Page Viewed', {path: '/pricing'});
+        analytics.track('Demo Requested', {page: '/demo'});
+    }""", [lead, name])
+    return page
+
+
+def test_every_client_gets_its_lead_scored_routed_and_alerted_as_simulate_predicts(
+        alert_env: dict[str, str], processes: Processes, providers: Any) -> None:
+    """Each client sends one hot lead, its first request failed with a 503; the lead is alerted to the
+    rep ``simulate`` names for the events the API took. A RudderStack event that says it happened two
+    days ago is scored then: hot on its timeline, stale, and no rep is paged at night for it."""
+    from datetime import UTC, datetime, timedelta
+
+    from playwright.sync_api import sync_playwright
+    from sqlalchemy import create_engine, func, select
+    from sqlalchemy.orm import Session
+
+    from routing.config import load_rules
+    from routing.events import parse_time
+    from routing.simulate import simulate
+    from tests.conftest import wait_until
+    from tests.e2e.clients import CHROMIUM_ARGS, SiteServer, chromium, events_as_received
+    from tests.e2e.test_ingest_api import start_api
+    from worker import db
+
+    node_clients()
+    proxy = FaultyProxy("")
+    site = SiteServer(KEYS["web"], proxy.url.removeprefix("http://") + "/v1")
+    processes.env.update(alert_env)
+    processes.celery_worker(queues="events", concurrency=1, name="events")
+    processes.celery_worker(queues="fast,alerts", concurrency=1, name="alerts")
+    processes.leadrouter("beat", name="beat")
+    api = start_api(processes, alert_env, LEADROUTER_CORS_ORIGINS=site.url)
+    proxy.target = api.url
+    engine = create_engine(alert_env["DATABASE_URL"])
+    alerted: dict[str, str] = {}    # lead -> the phone its first alert went to
+
+    def first_alert(name: str) -> str:
+        sms = providers.wait_for(lambda s: [m for m in s.sms() if name in m["Body"]], timeout=30)
+        return str(sms[0]["To"])
+
+    try:
+        for client in NODE_CLIENTS:
+            proxy.fail = 1
+            lead = f"{client}-hot"
+            run_node_client(client, proxy.url, KEYS["crm"], lead, f"Jane {client.split('-')[0].title()}")
+            alerted[lead] = first_alert(f"Jane {client.split('-')[0].title()}")
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium(), headless=True, args=CHROMIUM_ARGS)
+            for mode in ("standard", "batching"):
+                proxy.fail = 1
+                page = _browser_lead(browser, site, mode, f"browser-{mode}", f"Jane {mode.title()}")
+                alerted[f"browser-{mode}"] = first_alert(f"Jane {mode.title()}")
+                page.close()
+            browser.close()
+        late = (datetime.now(UTC) - timedelta(days=2)).isoformat().replace("+00:00", "Z")
+        run_node_client("rudder-node", proxy.url, KEYS["crm"], "rudder-late", "Jane Late", original_timestamp=late)
+
+        with Session(engine) as s:
+            wait_until(lambda: s.scalar(select(func.count()).select_from(db.Event)
+                                        .where(db.Event.lead_id == "rudder-late")) == 3,
+                       timeout=30, message="the late RudderStack events to be processed")
+            stale = s.get(db.Lead, "rudder-late")
+            assert stale is not None and stale.tier == "hot"
+            assert stale.hot_at is not None
+            assert abs(stale.hot_at.replace(tzinfo=UTC) - parse_time(late, "t")) < timedelta(seconds=2)
+            assert s.scalar(select(func.count()).select_from(db.Assignment)
+                            .where(db.Assignment.lead_id == "rudder-late")) == 0
+            # the first assignment of each lead: unclaimed, a lead is reassigned once its cadence runs out
+            live: dict[str, str | None] = {}
+            for a in s.scalars(select(db.Assignment).order_by(db.Assignment.id)):
+                live.setdefault(a.lead_id, a.rep_id)
+        assert not [m for m in providers.sms() if "Jane Late" in m["Body"]]
+
+        # every request the clients made first was failed once, and retried
+        assert sum(1 for p in proxy.posts() if p.status == 503) == 5
+        replay = simulate(events_as_received(proxy.seen), load_rules(alert_env["LEADROUTER_CONFIG"]))
+        predicted = {r.lead_id: r for r in replay.leads}
+        assert replay.errors == []
+        for lead, phone in alerted.items():
+            assert predicted[lead].tier == "hot" and predicted[lead].rep is not None, predicted[lead]
+            assert live[lead] == predicted[lead].rep, (lead, live[lead], predicted[lead])
+            assert phone == REP_PHONES[predicted[lead].rep], (lead, phone, predicted[lead].rep)
+        assert abs(predicted["rudder-late"].hot_at - parse_time(late, "t")) < timedelta(seconds=2)
+        assert providers.violations == []
+    finally:
+        engine.dispose()
+        site.stop()
+        proxy.stop()
