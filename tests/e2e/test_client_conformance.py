@@ -161,3 +161,23 @@ def test_every_client_gets_its_lead_scored_routed_and_alerted_as_simulate_predic
         engine.dispose()
         site.stop()
         proxy.stop()
+
+
+def test_analytics_python_delivers_after_a_503(api: Api, proxy: FaultyProxy) -> None:
+    import segment.analytics as analytics
+
+    errors: list[Exception] = []
+    proxy.fail = 1
+    client = analytics.Client(KEYS["crm"], host=proxy.url, gzip=True, max_retries=3,
+                              on_error=lambda e, _batch: errors.append(e))
+    try:
+        client.identify("py-1", {"role": "decision_maker"}, message_id="py-1-a")
+        client.track("py-1", "Demo Requested", message_id="py-1-b")
+        client.flush()
+    finally:
+        client.shutdown()
+    assert errors == []
+    posts = proxy.posts()
+    assert [p.status for p in posts] == [503, 200] and {p.path for p in posts} == {"/v1/batch"}
+    assert posts[1].headers["content-encoding"] == "gzip" and posts[1].headers["authorization"].startswith("Basic ")
+    assert sorted(e["payload"]["messageId"] for e in api.queued()) == ["py-1-a", "py-1-b"]
