@@ -24,10 +24,12 @@ import hmac
 import json
 import logging
 import math
+import re
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from itertools import islice
 from typing import Any
 
 import redis
@@ -308,6 +310,24 @@ def _basic_user(header: str | None) -> str | None:
     return decoded.partition(":")[0] or None
 
 
+# A "writeKey" member with a plain string value, wherever it is in the body. The body's top-level
+# writeKey is necessarily one of these matches (unless its name is written with escapes).
+_WRITE_KEY_IN_BODY = re.compile(rb'"writeKey"\s*:\s*"((?:[^"\\]|\\.){0,400})"')
+
+
+def _may_name_a_source(body: bytes) -> bool:
+    """Whether the body can carry a write key we know, found without parsing it: a body from an
+    unknown key is refused before its JSON (up to 500 KB of it) is parsed."""
+    for found in islice(_WRITE_KEY_IN_BODY.finditer(body), 1000):
+        try:
+            key = json.loads(b'"' + found.group(1) + b'"')
+        except ValueError:
+            continue
+        if isinstance(key, str) and source_for(key) is not None:
+            return True
+    return False
+
+
 def source_for(key: str | None) -> str | None:
     if not key:
         return None
@@ -490,7 +510,13 @@ async def ingest(request: Request, route: str, etype: str | None) -> JSONRespons
             if source_label == "unknown":
                 raise IngestError(401, "unauthorized", "unknown write key",
                                   {"WWW-Authenticate": 'Basic realm="leadrouter"'})
-        data = parse_json(await read_body(request))
+        body = await read_body(request)
+        if header_key is None and not _may_name_a_source(body):
+            source_label = "unknown" if _WRITE_KEY_IN_BODY.search(body) else "none"
+            raise IngestError(401, "unauthorized", "unknown write key" if source_label == "unknown" else
+                              "a write key is required (HTTP Basic user name or writeKey in the body)",
+                              {"WWW-Authenticate": 'Basic realm="leadrouter"'})
+        data = parse_json(body)
         key = header_key or (data.get("writeKey") if isinstance(data.get("writeKey"), str) else None)
         source = source_for(key)
         source_label = source or ("unknown" if key else "none")

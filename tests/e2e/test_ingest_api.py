@@ -494,3 +494,22 @@ def test_a_request_over_the_burst_is_refused_whole_and_drains_nothing(processes:
     r = api.post("/v1/batch", {"batch": [track(f"ok-{i}") for i in range(5)]})
     assert r.status_code == 200 and r.json()["accepted"] == 5
     assert sorted(e["payload"]["messageId"] for e in api.queued()) == [f"ok-{i}" for i in range(5)]
+
+
+def test_an_unknown_body_write_key_is_refused_before_the_body_is_parsed(api: Api) -> None:
+    # a body that parsing would refuse (malformed, nested past any limit): the key is judged first
+    hostile = b'{"writeKey": "nope", "batch": [' + b"[" * 200_000 + b"]" * 200_000
+    r = api.post("/v1/b", content=hostile, key=None, headers={"Content-Type": "text/plain"})
+    assert r.status_code == 401 and r.json()["message"] == "unknown write key"
+    r = api.post("/v1/b", content=b'{"batch": [' + b"[" * 1000, key=None)
+    assert r.status_code == 401 and "a write key is required" in r.json()["message"]
+    # a known key nested in an event's properties is not taken for the request's
+    body = {"writeKey": "nope", "batch": [track("nk-1", properties={"writeKey": KEYS["web"]})]}
+    assert api.post("/v1/b", body, key=None).status_code == 401
+    # the request's own key, wherever the client put it among the members, and with escapes, is found
+    body = {"batch": [track("nk-2", properties={"writeKey": "other"})], "writeKey": KEYS["web"]}
+    assert api.post("/v1/b", body, key=None).status_code == 200
+    escaped = json.dumps({"writeKey": KEYS["crm"], "batch": [track("nk-3")]}, ensure_ascii=True)
+    escaped = escaped.replace(KEYS["crm"][:2], "\\u0077\\u006b")
+    assert api.post("/v1/b", content=escaped.encode(), key=None).status_code == 200
+    assert sorted(e["payload"]["messageId"] for e in api.queued()) == ["nk-2", "nk-3"]
