@@ -124,6 +124,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 def create_app() -> FastAPI:
     settings = get_settings()
     sources = settings.sources()   # a malformed LEADROUTER_WRITE_KEYS fails here, at start, loudly
+    sources.update(api_ingest.get_ingest_settings().public_sources())   # and LEADROUTER_PUBLIC_WRITE_KEYS
     if not sources:
         log.warning("no write key configured (LEADROUTER_WRITE_KEY or LEADROUTER_WRITE_KEYS): "
                     "every tracking request will be refused")

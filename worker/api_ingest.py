@@ -40,7 +40,16 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.requests import ClientDisconnect
 
-from routing.events import MAX_BATCH_BYTES, MAX_EVENT_BYTES, EventError, EventTooLarge, check_envelope, iso
+from routing.events import (
+    MAX_BATCH_BYTES,
+    MAX_EVENT_BYTES,
+    EventError,
+    EventTooLarge,
+    check_envelope,
+    iso,
+    map_page,
+)
+from routing.leads import CONTACTED
 from worker import metrics
 from worker.db import now_utc
 from worker.publish import PublishResult, kick_drain, publish
@@ -62,6 +71,19 @@ class IngestSettings(BaseSettings):
 
     rate: float = Field(default=50.0, alias="LEADROUTER_RATE_LIMIT", gt=0)
     burst: int = Field(default=500, alias="LEADROUTER_RATE_BURST", ge=1)
+    public_write_keys: str | None = Field(default=None, alias="LEADROUTER_PUBLIC_WRITE_KEYS")
+
+    def public_sources(self) -> dict[str, str]:
+        """Write key → source name of the public (browser) sources: ``name:key,name:key``."""
+        out: dict[str, str] = {}
+        for part in (self.public_write_keys or "").split(","):
+            if not part.strip():
+                continue
+            name, sep, key = part.strip().partition(":")
+            if not sep or not name or not key:
+                raise ValueError("LEADROUTER_PUBLIC_WRITE_KEYS is name:key,name:key")
+            out[key] = name
+        return out
 
 
 @lru_cache(maxsize=1)
@@ -329,13 +351,34 @@ def _may_name_a_source(body: bytes) -> bool:
 
 
 def source_for(key: str | None) -> str | None:
+    """The source a write key names, trusted or public; None for a key we do not know."""
     if not key:
         return None
     found = None
-    for known, source in get_settings().sources().items():
+    known_keys = {**get_ingest_settings().public_sources(), **get_settings().sources()}
+    for known, source in known_keys.items():
         if hmac.compare_digest(known.encode(), key.encode("utf-8", "replace")):
             found = source
     return found
+
+
+def is_public(source: str) -> bool:
+    """A browser source (``LEADROUTER_PUBLIC_WRITE_KEYS``): its key is on every page of the site."""
+    return (source in get_ingest_settings().public_sources().values()
+            and source not in get_settings().sources().values())
+
+
+def _contacts_a_lead(raw: Any, rules: Any) -> bool:
+    """Whether the event records first contact (``Lead Contacted``), directly or as a mapped page."""
+    if not isinstance(raw, dict):
+        return False
+    if raw.get("type") == "track" and isinstance(raw.get("event"), str):
+        name = raw["event"].strip()
+    elif raw.get("type") == "page":
+        name = map_page(raw, rules.pages)
+    else:
+        return False
+    return name.casefold() == CONTACTED.casefold()
 
 
 _BUCKET = """
@@ -488,9 +531,23 @@ def _ingest_sync(source: str, events: list[Any], received_at: datetime) -> Accep
         raise IngestError(429, "rate_limited",
                           f"rate limit for source {source!r} exceeded; retry in {math.ceil(wait)} s",
                           {"Retry-After": str(max(1, math.ceil(wait)))})
-    result = publish(rt.redis, events, rt.rules, source=source, received_at=received_at, kick=_safe_kick)
+    refused: list[dict[str, Any]] = []
+    indices = list(range(len(events)))
+    if is_public(source):
+        # only a trusted source (a CRM, a dialer) may say a rep reached the lead: it stops the cadence
+        contacted = {i for i, raw in enumerate(events) if _contacts_a_lead(raw, rt.rules)}
+        for i in sorted(contacted):
+            mid = events[i].get("messageId")
+            refused.append({"index": i, "field": "event", "messageId": mid if isinstance(mid, str) else None,
+                            "error": f"a public source cannot send {CONTACTED} (send it with a trusted "
+                                     "source's write key, from a CRM or backend)"})
+        indices = [i for i in indices if i not in contacted]
+    result = publish(rt.redis, [events[i] for i in indices], rt.rules, source=source, received_at=received_at,
+                     kick=_safe_kick)
+    found = refused + [{**e, "index": indices[e["index"]]} for e in result.errors]
     errors = [{"index": e["index"], "error": (f"{e['field']}: {e['error']}" if e.get("field") else e["error"]),
-               "field": e.get("field") or None, "messageId": e.get("messageId")} for e in result.errors]
+               "field": e.get("field") or None, "messageId": e.get("messageId")}
+              for e in sorted(found, key=lambda e: e["index"])]
     if result.accepted:
         metrics.inc("events_ingested_total", result.accepted)
     for reason in {_reason(e) for e in errors}:

@@ -513,3 +513,21 @@ def test_an_unknown_body_write_key_is_refused_before_the_body_is_parsed(api: Api
     escaped = escaped.replace(KEYS["crm"][:2], "\\u0077\\u006b")
     assert api.post("/v1/b", content=escaped.encode(), key=None).status_code == 200
     assert sorted(e["payload"]["messageId"] for e in api.queued()) == ["nk-2", "nk-3"]
+
+
+def test_a_public_source_cannot_send_lead_contacted(processes: Processes, service_env: dict[str, str]) -> None:
+    api = start_api(processes, service_env, LEADROUTER_PUBLIC_WRITE_KEYS="site:pk-site-5e1")
+    batch = [track("pub-0"), track("pub-1", event="Lead Contacted"), track("pub-2", event=" lead contacted "),
+             {"type": "track", "userId": "u-1"}, track("pub-4", event="Demo Requested")]
+    r = api.post("/v1/b", {"writeKey": "pk-site-5e1", "batch": batch}, key=None)
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 2
+    assert [(e["index"], e["field"]) for e in r.json()["errors"]] == [(1, "event"), (2, "event"), (3, "messageId")]
+    assert "public source cannot send Lead Contacted" in r.json()["errors"][0]["error"]
+    r = api.post("/v1/track", track("pub-5", event="Lead Contacted"), key="pk-site-5e1")
+    assert r.status_code == 400 and "public source" in r.json()["message"]
+    # a trusted source may
+    r = api.post("/v1/batch", {"batch": [track("crm-1", event="Lead Contacted")]}, key=KEYS["crm"])
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    queued = {e["payload"]["messageId"]: e["source"] for e in api.queued()}
+    assert queued == {"pub-0": "site", "pub-4": "site", "crm-1": "crm"}
