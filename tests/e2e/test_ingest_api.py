@@ -483,6 +483,20 @@ def test_refusals_are_logged_counted_by_route_and_source_and_listed(api: Api, re
                                                            ("/v1/track", 401)]
     assert latest[0]["client"] == "127.0.0.x" and "nope" not in json.dumps(latest)
     assert "userId or anonymousId" in latest[1]["message"]
+    # and `leadrouter status` shows them
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from routing.config import load_rules
+    from worker import ops
+
+    engine = create_engine(api.database_url)
+    with Session(engine) as session:
+        data = ops.status(session, api.redis, load_rules(CONFIG))
+    engine.dispose()
+    assert [f["path"] for f in data["ingest_refusals"]] == ["/v1/m", "/v1/t", "/v1/b", "/v1/track"]
+    text = ops.render_status(data)
+    assert "refused request" in text and "404 http_404" in text and "401 unauthorized" in text
 
 
 def test_a_request_over_the_burst_is_refused_whole_and_drains_nothing(processes: Processes,
