@@ -51,6 +51,7 @@ class Event:
     properties: Mapping[str, Any] = field(default_factory=dict)
     traits: Mapping[str, Any] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict)
+    attribution: Mapping[str, Any] = field(default_factory=dict)   # context_traits(raw): context.* for rules
 
     @property
     def lead_id(self) -> str | None:
@@ -323,4 +324,5 @@ def normalize(
         properties=props if isinstance(props, dict) else {},
         traits=traits if isinstance(traits, dict) else {},
         raw=raw,
+        attribution=context_traits(raw),
     )

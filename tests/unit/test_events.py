@@ -177,3 +177,4 @@ def test_context_attribution_is_readable_by_dotted_path_and_personal_fields_are_
     # the event keeps its whole context as sent (page URL, campaign, IP, user agent)
     ev = norm(raw)
     assert ev.raw["context"]["ip"] == "203.0.113.9" and ev.raw["context"]["userAgent"] == "Mozilla/5.0"
+    assert ev.attribution == traits
