@@ -181,3 +181,68 @@ def test_analytics_python_delivers_after_a_503(api: Api, proxy: FaultyProxy) -> 
     assert [p.status for p in posts] == [503, 200] and {p.path for p in posts} == {"/v1/batch"}
     assert posts[1].headers["content-encoding"] == "gzip" and posts[1].headers["authorization"].startswith("Basic ")
     assert sorted(e["payload"]["messageId"] for e in api.queued()) == ["py-1-a", "py-1-b"]
+
+
+def _basic(key: str) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+
+
+def test_requests_shaped_as_the_clients_that_cannot_run_here_send_them(api: Api) -> None:
+    """analytics-go, analytics-java, analytics-ruby, analytics-swift, analytics-kotlin and RudderStack's
+    browser SDK, each request as its source builds it: route, headers, where the write key and the
+    times are, and the body's framing (Kotlin streams a gzip body without a Content-Length)."""
+    import gzip
+    import json
+
+    import httpx
+
+    sent = "2026-12-05T08:00:00.000Z"
+
+    def ev(mid: str, **extra: Any) -> dict[str, Any]:
+        return {"type": "track", "messageId": mid, "userId": "u-c", "event": "Email Clicked",
+                "timestamp": "2026-12-05T07:59:59.000Z", **extra}
+
+    def chunks(data: bytes) -> Iterator[bytes]:
+        for i in range(0, len(data), 1000):
+            yield data[i:i + 1000]
+
+    key = KEYS["crm"]
+    cases: list[tuple[str, str, dict[str, str], Any]] = [
+        ("analytics-go", "/v1/batch",
+         {"User-Agent": "analytics-go (version: 3.3.0)", "Content-Type": "application/json", "Authorization": _basic(key)},
+         json.dumps({"messageId": "go-batch-1", "sentAt": sent, "batch": [ev("go-1")],
+                     "context": {"library": {"name": "analytics-go", "version": "3.3.0"}}}).encode()),
+        ("analytics-java", "/v1/import/",
+         {"Content-Type": "application/json; charset=UTF-8", "Authorization": _basic(key), "User-Agent":
+          "analytics-java/3.5.1", "X-Retry-Count": "1"},
+         json.dumps({"batch": [ev("java-1", sentAt=sent)], "sentAt": sent, "sequence": 1, "writeKey": key,
+                     "context": {"library": {"name": "analytics-java", "version": "3.5.1"}}}).encode()),
+        ("analytics-ruby", "/v1/import",
+         {"Accept": "application/json", "Content-Type": "application/json", "User-Agent": "analytics-ruby/2.5.0",
+          "Authorization": _basic(key)},
+         json.dumps({"sentAt": sent, "batch": [ev("ruby-1")]}).encode()),
+        ("analytics-swift", "/v1/b",
+         {"Content-Type": "application/json; charset=utf-8", "User-Agent": "analytics-ios/1.7.0",
+          "Accept-Encoding": "gzip", "Authorization": _basic(key), "X-Retry-Count": "2"},
+         ('{"batch":[' + json.dumps(ev("swift-1")) + f'],"sentAt":"{sent}","writeKey":"{key}"}}').encode()),
+        ("analytics-kotlin", "/v1/b",
+         {"Content-Type": "text/plain", "Content-Encoding": "gzip", "User-Agent": "analytics-kotlin/1.19.0"},
+         chunks(gzip.compress(('{"batch":[' + json.dumps(ev("kotlin-1")) +
+                               f'],"sentAt":"{sent}","writeKey":"{key}"}}').encode()))),
+        ("rudder-sdk-js xhr", "/v1/batch",
+         {"Content-Type": "application/json;charset=UTF-8", "Authorization": _basic(key), "AnonymousId": "YS0x",
+          "SentAt": sent, "Rsa-Retry-Attempt": "1"},
+         json.dumps({"batch": [{k: v for k, v in ev("rudder-js-1").items() if k != "timestamp"}
+                               | {"originalTimestamp": "2026-12-05T07:59:59.000Z", "channel": "web"}],
+                     "sentAt": sent}).encode()),
+    ]
+    for client, path, headers, body in cases:
+        r = httpx.post(api.url + path, content=body, headers=headers, timeout=10)
+        assert r.status_code == 200 and r.json()["accepted"] == 1 and r.json()["errors"] == [], (client, r.text)
+    queued = {e["payload"]["messageId"]: e for e in api.queued()}
+    assert set(queued) == {"go-1", "java-1", "ruby-1", "swift-1", "kotlin-1", "rudder-js-1"}
+    assert {e["source"] for e in queued.values()} == {"crm"}
+    assert queued["go-1"]["payload"]["context"]["library"]["name"] == "analytics-go"   # the batch's context
+    assert all(e["payload"]["sentAt"] == sent for e in queued.values())
