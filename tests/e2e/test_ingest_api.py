@@ -545,3 +545,15 @@ def test_a_public_source_cannot_send_lead_contacted(processes: Processes, servic
     assert r.status_code == 200 and r.json()["accepted"] == 1
     queued = {e["payload"]["messageId"]: e["source"] for e in api.queued()}
     assert queued == {"pub-0": "site", "pub-4": "site", "crm-1": "crm"}
+
+
+def test_refusal_logs_mask_the_client() -> None:
+    from worker.api_ingest import mask_ip, mask_user_agent
+
+    assert mask_ip("203.0.113.9") == "203.0.113.x"
+    assert mask_ip("2001:db8:85a3:8d3:1319:8a2e:370:7348") == "2001:db8:85a3::x"
+    assert mask_ip(None) is None
+    ua = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0 Safari/537.36"
+    assert mask_user_agent(ua) == "Mozilla/5.0 …"
+    assert mask_user_agent("analytics-go (version: 3.3.0)") == "analytics-go …"
+    assert mask_user_agent("curl/8.0") == "curl/8.0"
