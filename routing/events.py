@@ -51,6 +51,7 @@ class Event:
     properties: Mapping[str, Any] = field(default_factory=dict)
     traits: Mapping[str, Any] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict)
+    attribution: Mapping[str, Any] = field(default_factory=dict)   # context_traits(raw): context.* for rules
 
     @property
     def lead_id(self) -> str | None:
@@ -226,9 +227,58 @@ def check_envelope(raw: Any) -> None:
                 raise EventError(key, "must be an object")
         if etype == "page" and "name" in raw and raw["name"] is not None and not isinstance(raw["name"], str):
             raise EventError("name", "must be a string")
-    times = {key: parse_time(raw[key], key) for key in ("timestamp", "sentAt") if raw.get(key) is not None}
-    if len(times) == 2 and times["sentAt"] - times["timestamp"] > MAX_SEND_DELAY:
-        raise EventError("timestamp", f"is more than {MAX_SEND_DELAY.days // 365} years before sentAt")
+    key = event_time_key(raw)
+    times = {k: parse_time(raw[k], k) for k in (key, "sentAt") if k is not None and raw.get(k) is not None}
+    if key is not None and len(times) == 2 and times["sentAt"] - times[key] > MAX_SEND_DELAY:
+        raise EventError(key, f"is more than {MAX_SEND_DELAY.days // 365} years before sentAt")
+
+
+def event_time_key(raw: Mapping[str, Any]) -> str | None:
+    """Which key holds the time the event happened, as Segment reads it: ``timestamp``, else
+    ``originalTimestamp`` (where RudderStack's SDKs put it), else none (the time received)."""
+    for key in ("timestamp", "originalTimestamp"):
+        if raw.get(key) is not None:
+            return key
+    return None
+
+
+def event_time(raw: Mapping[str, Any], received_at: datetime) -> datetime:
+    """When the event happened, as Segment defines it.
+
+    ``timestamp``, else ``originalTimestamp``, else ``received_at``; when the request carries
+    ``sentAt``, corrected for the sender's clock skew (+ receivedAt − sentAt); a time still in
+    the future is clamped to ``received_at``. Raises :class:`EventError` for a malformed time.
+    """
+    key = event_time_key(raw)
+    if key is None:
+        return received_at
+    ts = parse_time(raw[key], key)
+    if raw.get("sentAt") is not None:
+        # ts + (receivedAt - sentAt), computed as receivedAt + (ts - sentAt): a positive offset is a
+        # time in the future, clamped to receivedAt anyway, and a negative one is bounded by
+        # MAX_SEND_DELAY, so only a receivedAt near year 1 (a replay in simulate) can overflow
+        offset = ts - parse_time(raw["sentAt"], "sentAt")
+        try:
+            ts = received_at + min(offset, timedelta(0))
+        except OverflowError:
+            raise EventError(key, "is too long before sentAt to correct for clock skew") from None
+    return min(ts, received_at)
+
+
+# Context a rule may read (``context.campaign.source``, ``context.referrer.type``, ``context.page.url``):
+# where the lead came from. Never the IP or user agent, which are personal and say nothing of fit.
+RULE_CONTEXT = ("campaign", "referrer", "page")
+
+
+def context_traits(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The attribution an event's ``context`` carries, shaped as traits under ``context``
+    (``{"context": {"campaign": {...}}}``), so fit rules and team matches read it by dotted path
+    like any trait; empty when the event carries none."""
+    ctx = raw.get("context")
+    if not isinstance(ctx, Mapping):
+        return {}
+    kept = {k: ctx[k] for k in RULE_CONTEXT if isinstance(ctx.get(k), Mapping) and ctx[k]}
+    return {"context": kept} if kept else {}
 
 
 def normalize(
@@ -240,24 +290,13 @@ def normalize(
 ) -> Event:
     """Validate ``raw`` and return the :class:`Event` it describes.
 
-    ``received_at`` is when ingestion accepted it (or the envelope's ``receivedAt``).
-    Segment's skew correction: with ``sentAt``, timestamp += receivedAt − sentAt;
-    a timestamp still in the future is clamped to ``received_at``.
+    ``received_at`` is when ingestion accepted it (or the envelope's ``receivedAt``); the event's
+    time is :func:`event_time` (``timestamp``, else ``originalTimestamp``, skew-corrected by
+    ``sentAt``, never later than ``received_at``).
     """
     check_envelope(raw)
     etype = str(raw["type"])
-    ts = parse_time(raw["timestamp"], "timestamp") if raw.get("timestamp") is not None else received_at
-    if raw.get("sentAt") is not None:
-        # timestamp + (receivedAt - sentAt), computed as receivedAt + (timestamp - sentAt): a positive
-        # offset is a time in the future, clamped to receivedAt anyway, and a negative one is bounded
-        # by MAX_SEND_DELAY, so only a receivedAt near year 1 (a replay in simulate) can overflow
-        offset = ts - parse_time(raw["sentAt"], "sentAt")
-        try:
-            ts = received_at + min(offset, timedelta(0))
-        except OverflowError:
-            raise EventError("timestamp", "is too long before sentAt to correct for clock skew") from None
-    if ts > received_at:
-        ts = received_at
+    ts = event_time(raw, received_at)
     props = raw.get("properties") or {}
     traits = raw.get("traits") or {}
     if etype == "track":
@@ -285,4 +324,5 @@ def normalize(
         properties=props if isinstance(props, dict) else {},
         traits=traits if isinstance(traits, dict) else {},
         raw=raw,
+        attribution=context_traits(raw),
     )

@@ -54,7 +54,7 @@ def from_public(history: LeadHistory, event: Event) -> tuple[Event, list[str]]:
     trait the lead has, any trait a trusted source set); and the paths it left out. A public source
     holds a key that every visitor of the site can read: it may add to a lead, not rewrite what a CRM
     or the lead's own form said."""
-    if not event.traits:
+    if not event.traits and not event.attribution:
         return event, []
     protected: set[str] = set()
     for u in history.trait_updates:
@@ -63,7 +63,9 @@ def from_public(history: LeadHistory, event: Event) -> tuple[Event, list[str]]:
     current = history.traits()
     protected.update(c for c in CONTACT_TRAITS if current.get(c) not in (None, ""))
     kept, dropped = _without(event.traits, protected, "")
-    return (replace(event, traits=kept) if dropped else event), dropped
+    attribution, more = _without(event.attribution, protected, "")
+    dropped += more
+    return (replace(event, traits=kept, attribution=attribution) if dropped else event), dropped
 
 
 def _paths(traits: Mapping[str, Any], prefix: str = "") -> set[str]:
@@ -94,13 +96,21 @@ def _without(traits: Mapping[str, Any], protected: set[str], prefix: str) -> tup
     return kept, dropped
 
 
+def carried_traits(event: Event) -> dict[str, Any]:
+    """What ``event`` says about the lead's traits: an identify's (or alias's) traits, and any event's
+    attribution (``context.campaign``, referrer, page), which rules read as ``context.*``."""
+    carried = dict(event.traits) if event.type in ("identify", "alias") else {}
+    if event.attribution:
+        carried = deep_merge(carried, event.attribution)
+    return carried
+
+
 def add_to_history(history: LeadHistory, event: Event, seq: int, trusted: bool = True) -> LeadHistory:
     if event.type == "track" and event.name:
         history = history.with_signal(Signal(event.name, event.timestamp, event.message_id, seq))
-    if event.traits and event.type in ("identify", "alias", "track"):
-        # track calls may carry traits too (Segment's context.traits is not used for scoring)
-        if event.type != "track":
-            history = history.with_traits(TraitUpdate(event.timestamp, event.traits, seq, trusted))
+    carried = carried_traits(event)
+    if carried:
+        history = history.with_traits(TraitUpdate(event.timestamp, carried, seq, trusted))
     return history
 
 
@@ -108,9 +118,10 @@ def trait_cap_error(history: LeadHistory, event: Event) -> str | None:
     """Why ``event``'s traits may not join ``history``, if they may not: the lead's traits with them would
     pass ``MAX_TRAIT_KEYS`` or ``MAX_TRAIT_BYTES``. Counted on the traits with the update merged in
     last, whatever its place on the timeline: the keys are the same either way."""
-    if event.type not in ("identify", "alias") or not event.traits:
+    carried = carried_traits(event)
+    if not carried:
         return None
-    merged = deep_merge(history.traits(), event.traits)
+    merged = deep_merge(history.traits(), carried)
     keys = _count_keys(merged)
     if keys > MAX_TRAIT_KEYS:
         return f"{TRAITS_OVER_CAP}: {keys} keys with this update (at most {MAX_TRAIT_KEYS})"

@@ -144,18 +144,19 @@ def simulate(raw_events: Iterable[Any], rules: Rules, *, as_of: datetime | None 
 
 
 def _received(raw: Any, ts_hint: Any) -> datetime:
-    """In a replay an event is received at its own (skew-free) timestamp."""
+    """In a replay an event is received at its own (skew-free) time: its ``timestamp`` or, failing that,
+    its ``originalTimestamp``, as sent (``sentAt``, when it says when)."""
     from routing.events import UTC, parse_time
 
     if isinstance(raw, Mapping):
-        for key in ("receivedAt", "timestamp", "sentAt"):
+        for key in ("receivedAt", "timestamp", "originalTimestamp", "sentAt"):
             value = raw.get(key)
             if isinstance(value, str):
                 try:
                     ts = parse_time(value, key)
                 except EventError:
                     continue
-                if key == "timestamp" and isinstance(raw.get("sentAt"), str):
+                if key in ("timestamp", "originalTimestamp") and isinstance(raw.get("sentAt"), str):
                     # no clock skew in a replay: received when sent
                     try:
                         return parse_time(raw["sentAt"], "sentAt")

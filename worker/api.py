@@ -80,6 +80,11 @@ def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if request.method == "POST" and exc.status_code in (404, 405):
+            # a tracking client posting to a route we do not serve drops the 404 without a retry: the
+            # events are lost, and that must show in the log, the metrics and status
+            await run_in_threadpool(api_ingest.record_refusal, request, "unmatched", "none", exc.status_code,
+                                    f"http_{exc.status_code}", detail)
         response = error_response(exc.status_code, f"http_{exc.status_code}", detail, dict(exc.headers or {}))
         return response
 
@@ -118,7 +123,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 def create_app() -> FastAPI:
     settings = get_settings()
-    sources = settings.sources()   # a malformed LEADROUTER_WRITE_KEYS fails here, at start, loudly
+    sources = settings.sources()   # a malformed LEADROUTER_(PUBLIC_)WRITE_KEYS fails here, at start, loudly
     if not sources:
         log.warning("no write key configured (LEADROUTER_WRITE_KEY or LEADROUTER_WRITE_KEYS): "
                     "every tracking request will be refused")
@@ -128,9 +133,11 @@ def create_app() -> FastAPI:
     _install_handlers(app)
     origins = _cors_origins()
     if origins:
+        # Any request header: browser clients add their own, and a refused preflight loses the event
+        # silently (analytics.js retries with X-Retry-Count; RudderStack's SDK sends AnonymousId, SentAt
+        # and Rsa-Retry-* headers). No credentials are allowed, and the write key is public anyway.
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["POST", "GET", "OPTIONS"],
-                           allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
-                           expose_headers=["Retry-After"], max_age=600)
+                           allow_headers=["*"], expose_headers=["Retry-After"], max_age=600)
     app.include_router(api_ingest.router)
     app.include_router(webhooks.router)
 

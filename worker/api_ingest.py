@@ -1,9 +1,15 @@
 """Segment's HTTP tracking API: ``/v1/track``, ``/v1/identify``, ``/v1/page``, ``/v1/alias``, ``/v1/batch``.
 
 An official Segment SDK pointed at this host just works: the write key comes as
-the HTTP Basic user name (or ``writeKey`` in the body, as analytics.js sends it),
-bodies may be gzip-compressed, and the answer comes once every accepted event is
-durably queued in the Redis stream (not after it is processed).
+the HTTP Basic user name (or ``writeKey`` in the body, as analytics.js sends it,
+or in the query string, as RudderStack's beacon sends it), bodies may be
+gzip-compressed, and the answer comes once every accepted event is durably
+queued in the Redis stream (not after it is processed). Every route a client
+of the Segment ecosystem posts to is served (see :data:`ROUTES`): a 404 or a
+400 is dropped by those clients without a retry, so a route we miss loses
+events silently. Every refused request is logged with its reason, counted in
+``leadrouter_requests_refused_total`` by route and source, and the latest are
+kept for ``leadrouter status``.
 
 Hostile bodies are bounded: the size limit applies to the decompressed body,
 which is inflated in steps and abandoned as soon as it passes the limit, so a
@@ -18,10 +24,12 @@ import hmac
 import json
 import logging
 import math
+import re
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from itertools import islice
 from typing import Any
 
 import redis
@@ -32,7 +40,16 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.requests import ClientDisconnect
 
-from routing.events import MAX_BATCH_BYTES, MAX_EVENT_BYTES, EventError, EventTooLarge, check_envelope
+from routing.events import (
+    MAX_BATCH_BYTES,
+    MAX_EVENT_BYTES,
+    EventError,
+    EventTooLarge,
+    check_envelope,
+    iso,
+    map_page,
+)
+from routing.leads import CONTACTED
 from worker import metrics
 from worker.db import now_utc
 from worker.publish import PublishResult, kick_drain, publish
@@ -136,6 +153,12 @@ def _event_schema(etype: str | None) -> dict[str, Any]:
         props["properties"] = _OBJ
     if etype in (None, "alias"):
         props["previousId"] = _ID
+    if etype == "group":
+        props["groupId"] = _ID
+        props["traits"] = _OBJ
+    if etype == "screen":
+        props["name"] = {"type": "string"}
+        props["properties"] = _OBJ
     props["type"] = ({"type": "string", "description": "track, identify, page or alias; other types are ignored."}
                      if etype is None else {"type": "string", "enum": [etype],
                                             "description": "Implied by the route; a different value is replaced."})
@@ -147,7 +170,8 @@ def _event_schema(etype: str | None) -> dict[str, Any]:
         required += ["userId", "previousId"]
     return {"type": "object", "properties": props, "required": required, "additionalProperties": True,
             "description": f"A Segment {etype or 'event'} call; at most {MAX_EVENT_BYTES // 1024} KB."
-                           + ("" if etype == "alias" else " userId or anonymousId is required.")}
+                           + ("" if etype == "alias" else " userId or anonymousId is required."
+                              if etype not in ("group", "screen") else " Accepted and ignored.")}
 
 
 _BATCH_SCHEMA: dict[str, Any] = {
@@ -295,7 +319,26 @@ def _basic_user(header: str | None) -> str | None:
     return decoded.partition(":")[0] or None
 
 
+# A "writeKey" member with a plain string value, wherever it is in the body. The body's top-level
+# writeKey is necessarily one of these matches (unless its name is written with escapes).
+_WRITE_KEY_IN_BODY = re.compile(rb'"writeKey"\s*:\s*"((?:[^"\\]|\\.){0,400})"')
+
+
+def _may_name_a_source(body: bytes) -> bool:
+    """Whether the body can carry a write key we know, found without parsing it: a body from an
+    unknown key is refused before its JSON (up to 500 KB of it) is parsed."""
+    for found in islice(_WRITE_KEY_IN_BODY.finditer(body), 1000):
+        try:
+            key = json.loads(b'"' + found.group(1) + b'"')
+        except ValueError:
+            continue
+        if isinstance(key, str) and source_for(key) is not None:
+            return True
+    return False
+
+
 def source_for(key: str | None) -> str | None:
+    """The source a write key names, trusted or public; None for a key we do not know."""
     if not key:
         return None
     found = None
@@ -303,6 +346,24 @@ def source_for(key: str | None) -> str | None:
         if hmac.compare_digest(known.encode(), key.encode("utf-8", "replace")):
             found = source
     return found
+
+
+def is_public(source: str) -> bool:
+    """A browser source (``LEADROUTER_PUBLIC_WRITE_KEYS``): its key is on every page of the site."""
+    return source in get_settings().public_sources()
+
+
+def _contacts_a_lead(raw: Any, rules: Any) -> bool:
+    """Whether the event records first contact (``Lead Contacted``), directly or as a mapped page."""
+    if not isinstance(raw, dict):
+        return False
+    if raw.get("type") == "track" and isinstance(raw.get("event"), str):
+        name = raw["event"].strip()
+    elif raw.get("type") == "page":
+        name = map_page(raw, rules.pages)
+    else:
+        return False
+    return name.casefold() == CONTACTED.casefold()
 
 
 _BUCKET = """
@@ -315,9 +376,11 @@ local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(state[1]) or burst
 local ts = tonumber(state[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local need = math.min(cost, burst)
-if tokens < need then
-  return {0, tostring((need - tokens) / rate)}
+if cost > burst then
+  return {-1, tostring(burst)}
+end
+if tokens < cost then
+  return {0, tostring((cost - tokens) / rate)}
 end
 tokens = tokens - cost
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
@@ -329,12 +392,62 @@ return {1, tostring(tokens)}
 def take_tokens(r: redis.Redis, source: str, cost: int) -> float:
     """Spend ``cost`` events from ``source``'s bucket; 0 when allowed, else the seconds to wait.
 
-    A request larger than the burst is let through on a full bucket and leaves it in debt,
-    so a big batch is not refused forever and the long-run rate still holds.
+    A request costing more than the whole burst is refused (413) and spends nothing: let
+    through, it would leave the bucket in debt and every other sender on that key refused
+    for as long as the debt lasts.
     """
     s = get_ingest_settings()
     allowed, value = r.eval(_BUCKET, 1, f"lr:ratelimit:{source}", s.rate, s.burst, max(cost, 1))
+    if int(allowed) == -1:
+        raise IngestError(413, "over_burst", f"a request of {cost} events is more than source {source!r} may send "
+                          f"at once ({s.burst}); send at most {s.burst} events per request")
     return 0.0 if int(allowed) == 1 else float(value.decode() if isinstance(value, bytes) else value)
+
+
+# ---------------------------------------------------------------- refusals
+
+def mask_ip(ip: str | None) -> str | None:
+    """An address with its host part hidden (``203.0.113.x``, ``2001:db8:85a3::x``): enough to tell
+    networks apart in a log, not to name a visitor."""
+    if not ip:
+        return None
+    if ":" in ip:
+        return ":".join(ip.split(":")[:3]) + "::x"
+    head, dot, _ = ip.rpartition(".")
+    return f"{head}.x" if dot else "x"
+
+
+def mask_user_agent(ua: str | None) -> str | None:
+    """The first product token only (``Mozilla/5.0``, ``analytics-node-next/latest``)."""
+    if not ua:
+        return None
+    first = ua.strip().split(" ", 1)[0][:60]
+    return first + (" …" if len(ua.strip()) > len(first) else "")
+
+
+def _client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def record_refusal(request: Request, route: str, source: str, status: int, code: str, message: str) -> None:
+    """Log a refused tracking request with its reason, count it by route and source, and keep it
+    among the latest refusals ``status`` shows. Never raises: a refusal is answered either way.
+
+    ``source`` is the source's name, ``unknown`` for a key we do not know (never the key itself),
+    or ``none`` when no key came with the request."""
+    ip, ua = mask_ip(_client_ip(request)), mask_user_agent(request.headers.get("user-agent"))
+    log.warning("refused %s %s: %s %s (%s); source %s, client %s, user agent %s",
+                request.method, request.url.path[:200], status, code, message[:300], source, ip, ua)
+    metrics.inc("requests_refused_total", route=route, source=source, status=str(status), reason=code)
+    entry = {"at": iso(now_utc()), "route": route, "path": request.url.path[:200], "source": source,
+             "status": status, "reason": code, "message": message[:300], "client": ip, "user_agent": ua}
+    try:
+        pipe = get_runtime().redis.pipeline()
+        pipe.lpush(metrics.REFUSALS_KEY, json.dumps(entry))
+        pipe.ltrim(metrics.REFUSALS_KEY, 0, metrics.REFUSALS_KEPT - 1)
+        pipe.execute()
+    except Exception as exc:
+        log.warning("refusal not recorded for status: %s", exc)
 
 
 # ---------------------------------------------------------------- the endpoints
@@ -354,12 +467,20 @@ def _safe_kick(r: redis.Redis, lane: str) -> None:
         log.warning("could not kick a drain of the %s lane: %s", lane, exc)
 
 
-def _prepare(data: dict[str, Any], etype: str | None) -> list[Any]:
+def _with_ip(event: dict[str, Any], ip: str | None) -> dict[str, Any]:
+    """As Segment's API does, an event without ``context.ip`` gets the address it came from."""
+    ctx = event.get("context")
+    if ip and (ctx is None or (isinstance(ctx, dict) and not ctx.get("ip"))):
+        event["context"] = {**(ctx or {}), "ip": ip}
+    return event
+
+
+def _prepare(data: dict[str, Any], etype: str | None, ip: str | None = None) -> list[Any]:
     """The events of a request, with the batch's ``sentAt`` and ``context`` carried into each."""
     if etype is not None:
         event = {k: v for k, v in data.items() if k != "writeKey"}
         event["type"] = etype
-        return [event]
+        return [_with_ip(event, ip)]
     batch = data.get("batch")
     if not isinstance(batch, list):
         raise IngestError(400, "invalid_batch", "batch must be a list of events")
@@ -373,6 +494,7 @@ def _prepare(data: dict[str, Any], etype: str | None) -> list[Any]:
                 item["sentAt"] = sent_at
             if context and (item.get("context") is None or isinstance(item.get("context"), dict)):
                 item["context"] = {**context, **(item.get("context") or {})}
+            item = _with_ip(item, ip)
         events.append(item)
     return events
 
@@ -394,9 +516,23 @@ def _ingest_sync(source: str, events: list[Any], received_at: datetime) -> Accep
         raise IngestError(429, "rate_limited",
                           f"rate limit for source {source!r} exceeded; retry in {math.ceil(wait)} s",
                           {"Retry-After": str(max(1, math.ceil(wait)))})
-    result = publish(rt.redis, events, rt.rules, source=source, received_at=received_at, kick=_safe_kick)
+    refused: list[dict[str, Any]] = []
+    indices = list(range(len(events)))
+    if is_public(source):
+        # only a trusted source (a CRM, a dialer) may say a rep reached the lead: it stops the cadence
+        contacted = {i for i, raw in enumerate(events) if _contacts_a_lead(raw, rt.rules)}
+        for i in sorted(contacted):
+            mid = events[i].get("messageId")
+            refused.append({"index": i, "field": "event", "messageId": mid if isinstance(mid, str) else None,
+                            "error": f"a public source cannot send {CONTACTED} (send it with a trusted "
+                                     "source's write key, from a CRM or backend)"})
+        indices = [i for i in indices if i not in contacted]
+    result = publish(rt.redis, [events[i] for i in indices], rt.rules, source=source, received_at=received_at,
+                     kick=_safe_kick)
+    found = refused + [{**e, "index": indices[e["index"]]} for e in result.errors]
     errors = [{"index": e["index"], "error": (f"{e['field']}: {e['error']}" if e.get("field") else e["error"]),
-               "field": e.get("field") or None, "messageId": e.get("messageId")} for e in result.errors]
+               "field": e.get("field") or None, "messageId": e.get("messageId")}
+              for e in sorted(found, key=lambda e: e["index"])]
     if result.accepted:
         metrics.inc("events_ingested_total", result.accepted)
     for reason in {_reason(e) for e in errors}:
@@ -404,30 +540,45 @@ def _ingest_sync(source: str, events: list[Any], received_at: datetime) -> Accep
     return Accepted(result, errors)
 
 
-async def ingest(request: Request, etype: str | None) -> JSONResponse:
+async def ingest(request: Request, route: str, etype: str | None) -> JSONResponse:
     received_at = now_utc()
+    source_label = "none"
     try:
-        header_key = _basic_user(request.headers.get("authorization"))
-        if header_key is not None and source_for(header_key) is None:
-            raise IngestError(401, "unauthorized", "unknown write key",
+        # the header (Segment's SDKs), else the query string (RudderStack's beacon), else the body
+        header_key = (_basic_user(request.headers.get("authorization"))
+                      or request.query_params.get("writeKey") or None)
+        if header_key is not None:
+            source_label = source_for(header_key) or "unknown"
+            if source_label == "unknown":
+                raise IngestError(401, "unauthorized", "unknown write key",
+                                  {"WWW-Authenticate": 'Basic realm="leadrouter"'})
+        body = await read_body(request)
+        if header_key is None and not _may_name_a_source(body):
+            source_label = "unknown" if _WRITE_KEY_IN_BODY.search(body) else "none"
+            raise IngestError(401, "unauthorized", "unknown write key" if source_label == "unknown" else
+                              "a write key is required (HTTP Basic user name or writeKey in the body)",
                               {"WWW-Authenticate": 'Basic realm="leadrouter"'})
-        data = parse_json(await read_body(request))
+        data = parse_json(body)
         key = header_key or (data.get("writeKey") if isinstance(data.get("writeKey"), str) else None)
         source = source_for(key)
+        source_label = source or ("unknown" if key else "none")
         if source is None:
             raise IngestError(401, "unauthorized", "unknown write key" if key else
                               "a write key is required (HTTP Basic user name or writeKey in the body)",
                               {"WWW-Authenticate": 'Basic realm="leadrouter"'})
-        events = _prepare(data, etype)
+        events = _prepare(data, etype, _client_ip(request))
         if etype is not None:
             _check_single(events[0])
         accepted = await run_in_threadpool(_ingest_sync, source, events, received_at)
     except IngestError as exc:
         if exc.status != 429:
             await run_in_threadpool(metrics.inc, "events_rejected_total", 1, reason=REASONS.get(exc.code, exc.code))
+        await run_in_threadpool(record_refusal, request, route, source_label, exc.status, exc.code, exc.message)
         return error_response(exc.status, exc.code, exc.message, exc.headers)
     if etype is not None and accepted.errors:
-        return error_response(400, "invalid_event", accepted.errors[0]["error"])
+        message = accepted.errors[0]["error"]
+        await run_in_threadpool(record_refusal, request, route, source_label, 400, "invalid_event", message)
+        return error_response(400, "invalid_event", message)
     return IngestJSONResponse({"success": True, "accepted": accepted.result.accepted, "errors": accepted.errors})
 
 
@@ -446,26 +597,39 @@ router = APIRouter(tags=["tracking"])
 
 def _route(path: str, etype: str | None, summary: str, *, include: bool = True) -> None:
     async def endpoint(request: Request) -> JSONResponse:
-        return await ingest(request, etype)
+        return await ingest(request, path, etype)
 
     endpoint.__name__ = "ingest_" + path.strip("/").replace("/", "_")
-    router.add_api_route(
-        path, endpoint, methods=["POST"], summary=summary, operation_id=endpoint.__name__, response_model=IngestResponse,
-        responses=_responses(etype is not None),
-        openapi_extra=_request_body(_event_schema(etype) if etype else _BATCH_SCHEMA),
-        include_in_schema=include,
-    )
+    for served, shown in ((path, include), (path + "/", False)):   # analytics-java posts to /v1/import/
+        router.add_api_route(
+            served, endpoint, methods=["POST"], summary=summary,
+            operation_id=endpoint.__name__ + ("" if served == path else "_slash"), response_model=IngestResponse,
+            responses=_responses(etype is not None),
+            openapi_extra=_request_body(_event_schema(etype) if etype else _BATCH_SCHEMA),
+            include_in_schema=shown,
+        )
 
 
-for _path, _type, _summary in (
+# Every route the clients of the Segment ecosystem post to (read from their sources; see the README's
+# conformance table). The short forms are analytics.js's: the first letter of the type.
+ROUTES: tuple[tuple[str, str | None, str], ...] = (
     ("/v1/track", "track", "Record a track event"),
     ("/v1/identify", "identify", "Identify a lead and set traits"),
     ("/v1/page", "page", "Record a page view"),
     ("/v1/alias", "alias", "Link a previous id to a user id"),
+    ("/v1/group", "group", "Accepted and ignored (a Segment group call)"),
+    ("/v1/screen", "screen", "Accepted and ignored (a Segment screen call)"),
     ("/v1/batch", None, "Send many events at once"),
     ("/v1/t", "track", "Record a track event (short form of /v1/track)"),
     ("/v1/i", "identify", "Identify a lead (short form of /v1/identify)"),
     ("/v1/p", "page", "Record a page view (short form of /v1/page)"),
     ("/v1/a", "alias", "Link ids (short form of /v1/alias)"),
-):
+    ("/v1/g", "group", "Accepted and ignored (short form of /v1/group)"),
+    ("/v1/s", "screen", "Accepted and ignored (short form of /v1/screen)"),
+    ("/v1/b", None, "Send many events at once (analytics.js batching mode, analytics-swift, analytics-kotlin)"),
+    ("/v1/import", None, "Send many events at once (analytics-java, analytics-ruby)"),
+    ("/beacon/v1/batch", None, "Send many events at once (RudderStack's beacon; writeKey in the query string)"),
+)
+
+for _path, _type, _summary in ROUTES:
     _route(_path, _type, _summary)

@@ -40,6 +40,8 @@ class Metric:
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("leadrouter_events_ingested_total", "counter", "Events accepted by the HTTP API and durably queued."),
     Metric("leadrouter_events_rejected_total", "counter", "Events or requests refused at ingestion, by reason."),
+    Metric("leadrouter_requests_refused_total", "counter",
+           "Tracking requests answered with a 4xx, by route, source, status and reason."),
     Metric("leadrouter_events_processed_total", "counter", "Events scored and committed by the workers."),
     Metric("leadrouter_processing_lag_seconds", "gauge", "Age of the oldest event not yet processed (0 when none)."),
     Metric("leadrouter_fast_lane_depth", "gauge", "High-value events waiting or in progress in the fast lane."),
@@ -54,6 +56,21 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)),
     Metric("leadrouter_dead_letters", "gauge", "Events in the dead-letter store not yet retried."),
 )}
+
+
+REFUSALS_KEY = "lr:ingest:refusals"          # the latest refused tracking requests, newest first (JSON)
+REFUSALS_KEPT = 50
+
+
+def latest_refusals(r: redis.Redis, limit: int = 10) -> list[dict[str, Any]]:
+    """The latest refused tracking requests, newest first: what ``status`` shows."""
+    import json
+
+    return [json.loads(raw) for raw in r.lrange(REFUSALS_KEY, 0, max(limit, 1) - 1)]
+
+
+# Counters only ever recorded with labels: no unlabelled zero is shown for them.
+LABELLED_ONLY = ("leadrouter_events_rejected_total", "leadrouter_deliveries_total", "leadrouter_requests_refused_total")
 
 
 def full_name(name: str) -> str:
@@ -235,7 +252,7 @@ def render(r: redis.Redis, session: Any) -> str:
                 out.append(f"{spec.name} {_fmt(gauges[spec.name])}")
         elif spec.kind == "counter":
             series = counters.pop(spec.name, {})
-            if counters_ok and not series and spec.name not in ("leadrouter_events_rejected_total", "leadrouter_deliveries_total"):
+            if counters_ok and not series and spec.name not in LABELLED_ONLY:
                 series = {"": 0.0}
             for labels in sorted(series):
                 out.append(f"{spec.name}{labels} {_fmt(series[labels])}")

@@ -23,7 +23,7 @@ from routing.config import Rules
 from routing.events import iso
 from routing.kinds import StepKind
 from routing.leads import TRAITS_OVER_CAP
-from worker import db, stream
+from worker import db, metrics, stream
 from worker.assign import Router, lock_routing
 from worker.outbound import forget as outbound_forget
 from worker.outbound import summary as outbound_summary
@@ -407,6 +407,10 @@ def status(session: Session, r: redis.Redis, rules: Rules, now: datetime | None 
     outbound = outbound_summary(session, now)
     dead_new = session.scalar(select(func.count()).select_from(db.DeadLetter)
                               .where(db.DeadLetter.retried_at.is_(None))) or 0
+    try:
+        refusals = metrics.latest_refusals(r, 10)
+    except redis.RedisError:
+        refusals = []
     return {
         "at": iso(now),
         "paused": bool(pause_value.get("paused")),
@@ -435,6 +439,7 @@ def status(session: Session, r: redis.Redis, rules: Rules, now: datetime | None 
         "workers": workers,
         "failed_webhooks": outbound["failed"],
         "outbound": outbound,
+        "ingest_refusals": refusals,
     }
 
 
@@ -467,6 +472,11 @@ def render_status(data: dict[str, Any]) -> str:
         lines.append(table([(f["at"], f["event"], f["lead"], f["receiver"], f["attempts"], f["error"] or "")
                             for f in ob["recent_failures"]],
                            ["failed webhook", "event", "lead", "receiver", "attempts", "last error"]))
+    if data.get("ingest_refusals"):
+        lines.append("")
+        lines.append(table([(f["at"], f"{f['status']} {f['reason']}", f["path"], f["source"], f["message"][:80])
+                            for f in data["ingest_refusals"]],
+                           ["refused request", "answer", "route", "source", "why"]))
     if data["unrouted_leads"]:
         lines.append("")
         lines.append("unrouted: " + ", ".join(data["unrouted_leads"]))

@@ -27,6 +27,7 @@ from routing.leads import (
     PUBLIC_CONTACTED,
     Applied,
     apply_event,
+    carried_traits,
     from_public,
     merge_leads,
     trait_cap_error,
@@ -429,7 +430,7 @@ def load_histories(conn: Session | Connection, lead_ids: Iterable[str]
         versions[lead_id] = (count + 1, rid)
         if etype == "track" and name:
             signals.append(Signal(name, ts, mid, rid))
-        elif etype in ("identify", "alias") and traits:
+        if traits:   # what the event said of the lead's traits (routing.leads.carried_traits), as stored
             updates.append(TraitUpdate(ts, traits, rid, source not in public))
     return {lead_id: LeadHistory(tuple(s), tuple(u)) for lead_id, (s, u) in found.items()}, versions
 
@@ -496,7 +497,7 @@ def _event_values(ev: Event, lead_id: str, now: datetime) -> dict[str, Any]:
     return {
         "source": ev.source, "message_id": ev.message_id, "lead_id": lead_id, "type": ev.type,
         "name": ev.name, "timestamp": ev.timestamp, "received_at": ev.received_at, "processed_at": now,
-        "properties": dict(ev.properties), "traits": dict(ev.traits),
+        "properties": dict(ev.properties), "traits": carried_traits(ev),
     }
 
 

@@ -411,3 +411,149 @@ def _walk(routes: Any) -> Iterator[Any]:
         inner = getattr(route, "original_router", None) or getattr(route, "router", None)
         if inner is not None and inner is not route and hasattr(inner, "routes"):
             yield from _walk(inner.routes)
+
+
+# ---------------------------------------------------------------- every route the ecosystem's clients post to
+
+
+def test_every_client_route_is_served(api: Api) -> None:
+    """The routes read from the clients' sources: analytics.js batching and the mobile SDKs post /v1/b,
+    analytics-java /v1/import/ (with the slash), analytics-ruby /v1/import, analytics.js's short forms
+    include /v1/g and /v1/s, RudderStack's beacon /beacon/v1/batch?writeKey=…"""
+    sent_at = "2026-11-22T10:00:05Z"
+    for path in ("/v1/b", "/v1/import", "/v1/import/", "/v1/batch/"):
+        mid = "r" + path.replace("/", "-")
+        body = {"writeKey": KEYS["web"], "batch": [track(mid)], "sentAt": sent_at}
+        r = api.post(path, body, key=None, headers={"Content-Type": "text/plain"})
+        assert r.status_code == 200 and r.json()["accepted"] == 1, (path, r.text)
+    for path, etype in (("/v1/g", "group"), ("/v1/s", "screen"), ("/v1/group", "group"), ("/v1/screen", "screen"),
+                        ("/v1/t/", "track")):
+        r = api.post(path, {"messageId": "r" + path.replace("/", "-"), "userId": "u-1", "event": "Email Clicked",
+                            "groupId": "g-1", "name": "Home"})
+        assert r.status_code == 200 and r.json()["accepted"] == 1, (path, r.text)
+        assert api.queued()[-1]["payload"]["type"] == etype      # the route names the type
+    beacon = json.dumps({"batch": [track("r-beacon")], "sentAt": sent_at}).encode()
+    r = httpx.post(f"{api.url}/beacon/v1/batch?writeKey={KEYS['crm']}", content=beacon,
+                   headers={"Content-Type": "text/plain;charset=UTF-8"}, timeout=10)
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    r = httpx.post(f"{api.url}/beacon/v1/batch?writeKey=nope", content=beacon, timeout=10)
+    assert r.status_code == 401
+    queued = {e["payload"]["messageId"]: e for e in api.queued()}
+    assert set(queued) == {"r-v1-b", "r-v1-import", "r-v1-import-", "r-v1-batch-", "r-v1-g", "r-v1-s",
+                           "r-v1-group", "r-v1-screen", "r-v1-t-", "r-beacon"}
+    assert queued["r-beacon"]["source"] == "crm"
+    assert queued["r-v1-g"]["payload"]["type"] == "group" and queued["r-v1-s"]["payload"]["type"] == "screen"
+    assert queued["r-v1-b"]["payload"]["sentAt"] == sent_at
+    assert queued["r-v1-b"]["payload"]["context"]["ip"] == "127.0.0.1"    # as Segment's API fills it
+
+
+def test_cors_preflight_allows_the_headers_browser_clients_send(api: Api) -> None:
+    # analytics.js retries with X-Retry-Count; RudderStack's SDK sends AnonymousId, SentAt, Rsa-Retry-Attempt
+    for headers in ("authorization, content-type, x-retry-count", "anonymousid, sentat, rsa-retry-attempt"):
+        pre = httpx.options(api.url + "/v1/b", timeout=5, headers={
+            "Origin": ORIGIN, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": headers})
+        assert pre.status_code == 200, pre.text
+        allowed = {h.strip().lower() for h in pre.headers["access-control-allow-headers"].split(",")}
+        assert set(headers.split(", ")) <= allowed
+        assert pre.headers["access-control-allow-origin"] == ORIGIN
+        assert "access-control-allow-credentials" not in pre.headers
+    other = httpx.options(api.url + "/v1/b", timeout=5, headers={
+        "Origin": "https://evil.example.net", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "x-retry-count"})
+    assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+
+
+def test_refusals_are_logged_counted_by_route_and_source_and_listed(api: Api, redis_server: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   fresh_settings: None) -> None:
+    from worker import metrics
+
+    assert api.post("/v1/track", track(), key="nope").status_code == 401
+    assert api.post("/v1/b", {"batch": "x", "writeKey": KEYS["crm"]}, key=None).status_code == 400
+    assert api.post("/v1/t", {"messageId": "no-user", "event": "X"}).status_code == 400
+    assert api.post("/v1/m", {"batch": []}).status_code == 404          # a route nobody serves
+    fams = _families(httpx.get(api.url + "/metrics", timeout=10).text)
+    refused = "leadrouter_requests_refused_total"
+    assert _value(fams, refused, route="/v1/track", source="unknown", status="401", reason="unauthorized") == 1
+    assert _value(fams, refused, route="/v1/b", source="crm", status="400", reason="invalid_batch") == 1
+    assert _value(fams, refused, route="/v1/t", source="web", status="400", reason="invalid_event") == 1
+    assert _value(fams, refused, route="unmatched", source="none", status="404", reason="http_404") == 1
+    latest = metrics.latest_refusals(api.redis, 10)
+    assert [(f["path"], f["status"]) for f in latest] == [("/v1/m", 404), ("/v1/t", 400), ("/v1/b", 400),
+                                                           ("/v1/track", 401)]
+    assert latest[0]["client"] == "127.0.0.x" and "nope" not in json.dumps(latest)
+    assert "userId or anonymousId" in latest[1]["message"]
+    # and `leadrouter status` shows them
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from routing.config import load_rules
+    from worker import ops
+
+    engine = create_engine(api.database_url)
+    with Session(engine) as session:
+        data = ops.status(session, api.redis, load_rules(CONFIG))
+    engine.dispose()
+    assert [f["path"] for f in data["ingest_refusals"]] == ["/v1/m", "/v1/t", "/v1/b", "/v1/track"]
+    text = ops.render_status(data)
+    assert "refused request" in text and "404 http_404" in text and "401 unauthorized" in text
+
+
+def test_a_request_over_the_burst_is_refused_whole_and_drains_nothing(processes: Processes,
+                                                                      service_env: dict[str, str]) -> None:
+    api = start_api(processes, service_env, LEADROUTER_RATE_LIMIT="0.5", LEADROUTER_RATE_BURST="5")
+    r = api.post("/v1/batch", {"batch": [track(f"big-{i}") for i in range(6)]})
+    assert r.status_code == 413 and r.json()["code"] == "over_burst" and "at most 5" in r.json()["message"]
+    # the bucket is untouched: the next sender on the same key still has the whole burst
+    r = api.post("/v1/batch", {"batch": [track(f"ok-{i}") for i in range(5)]})
+    assert r.status_code == 200 and r.json()["accepted"] == 5
+    assert sorted(e["payload"]["messageId"] for e in api.queued()) == [f"ok-{i}" for i in range(5)]
+
+
+def test_an_unknown_body_write_key_is_refused_before_the_body_is_parsed(api: Api) -> None:
+    # a body that parsing would refuse (malformed, nested past any limit): the key is judged first
+    hostile = b'{"writeKey": "nope", "batch": [' + b"[" * 200_000 + b"]" * 200_000
+    r = api.post("/v1/b", content=hostile, key=None, headers={"Content-Type": "text/plain"})
+    assert r.status_code == 401 and r.json()["message"] == "unknown write key"
+    r = api.post("/v1/b", content=b'{"batch": [' + b"[" * 1000, key=None)
+    assert r.status_code == 401 and "a write key is required" in r.json()["message"]
+    # a known key nested in an event's properties is not taken for the request's
+    body = {"writeKey": "nope", "batch": [track("nk-1", properties={"writeKey": KEYS["web"]})]}
+    assert api.post("/v1/b", body, key=None).status_code == 401
+    # the request's own key, wherever the client put it among the members, and with escapes, is found
+    body = {"batch": [track("nk-2", properties={"writeKey": "other"})], "writeKey": KEYS["web"]}
+    assert api.post("/v1/b", body, key=None).status_code == 200
+    escaped = json.dumps({"writeKey": KEYS["crm"], "batch": [track("nk-3")]}, ensure_ascii=True)
+    escaped = escaped.replace(KEYS["crm"][:2], "\\u0077\\u006b")
+    assert api.post("/v1/b", content=escaped.encode(), key=None).status_code == 200
+    assert sorted(e["payload"]["messageId"] for e in api.queued()) == ["nk-2", "nk-3"]
+
+
+def test_a_public_source_cannot_send_lead_contacted(processes: Processes, service_env: dict[str, str]) -> None:
+    api = start_api(processes, service_env, LEADROUTER_PUBLIC_WRITE_KEYS="site:pk-site-5e1")
+    batch = [track("pub-0"), track("pub-1", event="Lead Contacted"), track("pub-2", event=" lead contacted "),
+             {"type": "track", "userId": "u-1"}, track("pub-4", event="Demo Requested")]
+    r = api.post("/v1/b", {"writeKey": "pk-site-5e1", "batch": batch}, key=None)
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 2
+    assert [(e["index"], e["field"]) for e in r.json()["errors"]] == [(1, "event"), (2, "event"), (3, "messageId")]
+    assert "public source cannot send Lead Contacted" in r.json()["errors"][0]["error"]
+    r = api.post("/v1/track", track("pub-5", event="Lead Contacted"), key="pk-site-5e1")
+    assert r.status_code == 400 and "public source" in r.json()["message"]
+    # a trusted source may
+    r = api.post("/v1/batch", {"batch": [track("crm-1", event="Lead Contacted")]}, key=KEYS["crm"])
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    queued = {e["payload"]["messageId"]: e["source"] for e in api.queued()}
+    assert queued == {"pub-0": "site", "pub-4": "site", "crm-1": "crm"}
+
+
+def test_refusal_logs_mask_the_client() -> None:
+    from worker.api_ingest import mask_ip, mask_user_agent
+
+    assert mask_ip("203.0.113.9") == "203.0.113.x"
+    assert mask_ip("2001:db8:85a3:8d3:1319:8a2e:370:7348") == "2001:db8:85a3::x"
+    assert mask_ip(None) is None
+    ua = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0 Safari/537.36"
+    assert mask_user_agent(ua) == "Mozilla/5.0 …"
+    assert mask_user_agent("analytics-go (version: 3.3.0)") == "analytics-go …"
+    assert mask_user_agent("curl/8.0") == "curl/8.0"

@@ -17,7 +17,7 @@ FUZZ = settings(deadline=None, max_examples=60, derandomize=False,
                                        HealthCheck.data_too_large, HealthCheck.large_base_example])
 
 EVENT_KEYS = ("type", "messageId", "userId", "anonymousId", "previousId", "event", "name", "properties",
-              "traits", "context", "timestamp", "sentAt")
+              "traits", "context", "timestamp", "originalTimestamp", "sentAt")
 ID_KEYS = ("messageId", "userId", "anonymousId", "previousId")
 
 # Text as json.loads can produce it: any code point, lone surrogates included ("\ud800" is valid JSON).
@@ -129,6 +129,7 @@ def event_dicts() -> st.SearchStrategy[dict[str, Any]]:
             "traits": st.one_of(objects, wrong_types, deep_values),
             "context": st.one_of(objects, wrong_types),
             "timestamp": st.one_of(timestamps, wrong_types),
+            "originalTimestamp": st.one_of(timestamps, wrong_types),
             "sentAt": st.one_of(timestamps, wrong_types),
             "pad": huge_text,
         },

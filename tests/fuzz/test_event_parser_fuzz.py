@@ -116,9 +116,11 @@ def assert_contract(raw: dict[str, Any], ev: Event, received: datetime) -> None:
         assert ev.name == raw["event"].strip() and ev.name
     if kind == "page":
         assert ev.name in PAGE_EVENTS
-    # timestamp: default is the time received; sentAt corrects the sender's clock skew; never in the future
-    ts = parse_time(raw["timestamp"], "timestamp") if raw.get("timestamp") is not None else received
-    if raw.get("sentAt") is not None:
+    # the event time: timestamp, else originalTimestamp, else the time received; sentAt corrects the
+    # sender's clock skew; never in the future
+    key = "timestamp" if raw.get("timestamp") is not None else "originalTimestamp"
+    ts = parse_time(raw[key], key) if raw.get(key) is not None else received
+    if raw.get("sentAt") is not None and raw.get(key) is not None:
         offset = ts - parse_time(raw["sentAt"], "sentAt")      # how long before sending it happened
         assert ev.timestamp == (received if offset >= timedelta(0) else received + offset)
     else:

@@ -33,7 +33,7 @@ from worker.api_ingest import IngestError, _prepare
 
 SINGLE = {"/v1/track": "track", "/v1/identify": "identify", "/v1/page": "page", "/v1/alias": "alias",
           "/v1/t": "track", "/v1/i": "identify", "/v1/p": "page", "/v1/a": "alias"}
-ROUTES = [*SINGLE, "/v1/batch"]
+ROUTES = [*SINGLE, "/v1/batch", "/v1/b", "/v1/import"]
 CONTENT_TYPES = [None, "application/json", "text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
                  "multipart/form-data; boundary=xyz", "application/octet-stream", "image/png", "\x7f;;;=", ""]
 ENCODINGS = [None, "", "identity", "gzip", "x-gzip", "GZIP", "br", "deflate", "gzip, gzip", "compress", "zstd"]

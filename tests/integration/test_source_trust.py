@@ -62,3 +62,24 @@ def test_a_public_source_cannot_stop_a_cadence_with_lead_contacted(pipeline: Pip
     wait_until(lambda: pipeline.count(db.AlertStep, db.AlertStep.lead_id == "u-hot",
                                       db.AlertStep.status == "pending") == 0, timeout=30,
                message="the cadence stopped by the trusted contact")
+
+
+def test_the_campaign_a_lead_came_from_counts_live_as_in_simulate(pipeline: Pipeline) -> None:
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    doc = yaml.load(pipeline.config.read_text())
+    doc["scoring"]["fit"].append({"name": "paid search", "trait": "context.campaign.source", "in": ["google"],
+                                  "points": 15})
+    with pipeline.config.open("w") as fh:
+        yaml.dump(doc, fh)
+    pipeline.worker()
+    pipeline.publish([{"type": "page", "messageId": "c-1", "userId": "u-ads",
+                       "properties": {"path": "/pricing"}, "context": {"campaign": {"source": "google"}}}])
+    pipeline.wait_events(1)
+    # a later event, in a batch of its own: the stored history is read back with the campaign in it
+    pipeline.publish([{"type": "track", "messageId": "c-2", "userId": "u-ads", "event": "Email Clicked"}])
+    pipeline.wait_events(2)
+    lead = pipeline.lead("u-ads")
+    assert lead is not None and lead.fit == 15 and lead.score == 30
+    assert lead.traits["context"]["campaign"] == {"source": "google"}

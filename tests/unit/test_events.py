@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from routing.config import load_rules
-from routing.events import EventError, check_envelope, map_page, normalize
+from routing.events import EventError, check_envelope, context_traits, event_time, map_page, normalize
 from routing.simulate import simulate
 from tests.conftest import CONFIG
 
@@ -125,3 +125,56 @@ def test_simulate_reports_bad_events_and_keeps_the_rest() -> None:
     replay = simulate([{"type": "track"}, _ev(1, type="track", userId="u", event="Demo Requested")], RULES)
     assert replay.errors and replay.errors[0]["index"] == 0
     assert replay.lead("u").behavior == 25  # type: ignore[union-attr]
+
+
+def test_original_timestamp_is_the_event_time_when_there_is_no_timestamp() -> None:
+    """RudderStack's SDKs put when the event happened in originalTimestamp, not timestamp."""
+    base = {"type": "track", "messageId": "m", "userId": "u", "event": "X"}
+    # two days old, sent just now by a sender whose clock is right: stale, as it should be
+    ev = norm({**base, "originalTimestamp": "2026-11-20T10:00:00Z", "sentAt": "2026-11-22T10:00:00Z"})
+    assert ev.timestamp == NOW - timedelta(days=2)
+    # the sender's clock runs 10 minutes fast: the same skew correction as timestamp
+    ev = norm({**base, "originalTimestamp": "2026-11-22T10:05:00Z", "sentAt": "2026-11-22T10:10:00Z"})
+    assert ev.timestamp == NOW - timedelta(minutes=5)
+    # no sentAt, in the future: clamped to receivedAt
+    assert norm({**base, "originalTimestamp": "2026-11-23T10:00:00Z"}).timestamp == NOW
+    # timestamp, when given, wins over originalTimestamp
+    ev = norm({**base, "timestamp": "2026-11-22T09:00:00Z", "originalTimestamp": "2026-11-21T09:00:00Z"})
+    assert ev.timestamp == NOW - timedelta(hours=1)
+    # a malformed originalTimestamp is refused like a malformed timestamp, naming its key
+    with pytest.raises(EventError) as caught:
+        norm({**base, "originalTimestamp": "last tuesday"})
+    assert caught.value.field == "originalTimestamp"
+    with pytest.raises(EventError) as caught:
+        check_envelope({**base, "originalTimestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-01-01T00:00:00Z"})
+    assert caught.value.field == "originalTimestamp"
+
+
+def test_event_time_rule_order() -> None:
+    received = NOW
+    assert event_time({}, received) == received
+    assert event_time({"sentAt": "2026-11-22T09:00:00Z"}, received) == received
+    assert event_time({"originalTimestamp": "2026-11-22T09:00:00Z"}, received) == NOW - timedelta(hours=1)
+    assert event_time({"originalTimestamp": "2026-11-22T09:00:00+01:00"}, received) == NOW - timedelta(hours=2)
+
+
+def test_context_attribution_is_readable_by_dotted_path_and_personal_fields_are_not() -> None:
+    from routing.scoring import get_trait
+
+    raw = {"type": "page", "messageId": "m", "anonymousId": "a", "context": {
+        "campaign": {"source": "google", "medium": "cpc", "name": "spring"},
+        "referrer": {"type": "google", "url": "https://google.com"},
+        "page": {"url": "https://www.example.com/pricing?utm_source=google", "path": "/pricing"},
+        "ip": "203.0.113.9", "userAgent": "Mozilla/5.0", "library": {"name": "analytics.js"}}}
+    traits = context_traits(raw)
+    assert get_trait(traits, "context.campaign.source") == "google"
+    assert get_trait(traits, "context.referrer.type") == "google"
+    assert get_trait(traits, "context.page.path") == "/pricing"
+    assert get_trait(traits, "context.ip") is None and get_trait(traits, "context.userAgent") is None
+    assert get_trait(traits, "context.library") is None
+    assert context_traits({"context": {"ip": "1.2.3.4"}}) == {}
+    assert context_traits({"context": "nope"}) == {}
+    # the event keeps its whole context as sent (page URL, campaign, IP, user agent)
+    ev = norm(raw)
+    assert ev.raw["context"]["ip"] == "203.0.113.9" and ev.raw["context"]["userAgent"] == "Mozilla/5.0"
+    assert ev.attribution == traits
