@@ -93,9 +93,10 @@ def test_events_buffered_when_the_visitor_leaves_go_out_with_keepalive(
         browser_stack: tuple[Api, FaultyProxy, SiteServer], browser: Any) -> None:
     api, proxy, site = browser_stack
     page = open_page(browser, f"{site.url}/next.html?utm_source=google&utm_campaign=spring")   # batches every 60 s
-    page.evaluate("""() => {
-        analytics.identify('br-2', {name: 'Jane Leaving'});
-        analytics.track('Pricing Downloaded');
+    # each call resolves once the event has passed the plugins into the batch (not when it is sent)
+    page.evaluate("""async () => {
+        await analytics.identify('br-2', {name: 'Jane Leaving'});
+        await analytics.track('Pricing Downloaded');
     }""")
     assert proxy.posts() == []
     page.goto("about:blank")            # pagehide: what is buffered leaves now
