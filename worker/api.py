@@ -117,6 +117,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def create_app() -> FastAPI:
+    from worker.startup import check_or_exit
+
+    check_or_exit("api")   # also under `uvicorn worker.api:create_app --factory`
     settings = get_settings()
     sources = settings.sources()   # a malformed LEADROUTER_WRITE_KEYS fails here, at start, loudly
     if not sources:

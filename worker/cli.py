@@ -297,7 +297,9 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.service import run_worker
+    from worker.startup import check_or_exit
 
+    check_or_exit("worker")
     return run_worker(concurrency=args.concurrency, alert_concurrency=args.alert_concurrency)
 
 
@@ -307,7 +309,9 @@ def cmd_beat(args: argparse.Namespace) -> int:
     from worker.logs import dump_stacks_on_sigusr1, setup_logging
     from worker.outbound import start_background
     from worker.scheduler import run_forever
+    from worker.startup import check_or_exit
 
+    check_or_exit("beat")
     setup_logging()
     dump_stacks_on_sigusr1()
     stop = threading.Event()
@@ -324,7 +328,9 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from worker.logs import dump_stacks_on_sigusr1, setup_logging
+    from worker.startup import check_or_exit
 
+    check_or_exit("api")
     setup_logging()
     dump_stacks_on_sigusr1()
     uvicorn.run("worker.api:create_app", factory=True, host=args.host, port=args.port, log_config=None,

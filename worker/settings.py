@@ -11,7 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # hide_input_in_errors: a refused DATABASE_URL or REDIS_URL is never echoed with its password
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore",
+                                      hide_input_in_errors=True)
 
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", alias="REDIS_URL")
     database_url: str = Field(default="sqlite:///var/leadrouter.db", alias="DATABASE_URL")
@@ -19,7 +21,8 @@ class Settings(BaseSettings):
     write_key: str | None = Field(default=None, alias="LEADROUTER_WRITE_KEY")
     write_keys: str | None = Field(default=None, alias="LEADROUTER_WRITE_KEYS")
     cors_origins: str = Field(default="", alias="LEADROUTER_CORS_ORIGINS")
-    secret_key: str = Field(default="dev-insecure-secret-change-me", alias="LEADROUTER_SECRET_KEY")
+    # No default: api, worker and beat refuse to start without a strong one (worker.startup).
+    secret_key: str = Field(default="", alias="LEADROUTER_SECRET_KEY")
     public_url: str = Field(default="http://127.0.0.1:8000", alias="LEADROUTER_PUBLIC_URL")
     twilio_account_sid: str | None = Field(default=None, alias="TWILIO_ACCOUNT_SID")
     twilio_auth_token: str | None = Field(default=None, alias="TWILIO_AUTH_TOKEN")

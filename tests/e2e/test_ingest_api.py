@@ -24,7 +24,7 @@ import segment.analytics as analytics
 from prometheus_client.parser import text_string_to_metric_families
 from segment.analytics.request import APIError
 
-from tests.conftest import CONFIG, Processes, free_port, wait_until
+from tests.conftest import CONFIG, SECRET_KEY, Processes, free_port, wait_until
 from worker import stream
 
 KEYS = {"web": "wk-web-1f9a", "crm": "wk-crm-77c2"}
@@ -93,7 +93,7 @@ def shared_api(redis_server: Any, _migrated_pg: str | None, tmp_path_factory: py
     rules = home / "routing.yaml"
     rules.write_text(CONFIG.read_text())
     env = {"REDIS_URL": redis_server.url, "DATABASE_URL": database, "LEADROUTER_CONFIG": str(rules),
-           "LEADROUTER_SECRET_KEY": "test-secret"}
+           "LEADROUTER_SECRET_KEY": SECRET_KEY}
     (home / "logs").mkdir()
     procs = Processes(env, home / "logs")
     try:
@@ -380,7 +380,7 @@ def test_metrics_never_raise_when_redis_is_down(monkeypatch: pytest.MonkeyPatch,
     assert list(text_string_to_metric_families(text))
 
 
-def test_openapi_describes_every_route(api: Api) -> None:
+def test_openapi_describes_every_route(api: Api, service_env: dict[str, str]) -> None:
     from openapi_spec_validator import validate
 
     doc = httpx.get(api.url + "/openapi.json", timeout=10).json()

@@ -19,7 +19,7 @@ from ruamel.yaml import YAML
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT, SECRET_KEY, wait_until
 from tests.e2e.test_alerts_flow import hot_lead, send, sms_to
 from tests.fakes.receiver import WebhookReceiver
 
@@ -28,7 +28,7 @@ BOB, ALICE, CAROL = "+14155550102", "+14155550101", "+4915155550103"
 
 @pytest.fixture
 def receiver() -> Iterator[WebhookReceiver]:
-    r = WebhookReceiver("test-secret")
+    r = WebhookReceiver(SECRET_KEY)
     yield r
     r.stop()
 

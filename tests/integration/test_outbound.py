@@ -13,11 +13,12 @@ import pytest
 from ruamel.yaml import YAML
 from sqlalchemy import select
 
+from tests.conftest import SECRET_KEY
 from tests.fakes.receiver import WebhookReceiver
 from tests.integration.test_ops import ALWAYS, cli, cli_json, current, feed, hot_lead, sessions, ts
 from worker import db
 
-SECRET = "test-secret"      # LEADROUTER_SECRET_KEY of service_env
+SECRET = SECRET_KEY                 # LEADROUTER_SECRET_KEY of service_env
 LEAD_EVENTS = {"lead.hot", "lead.assigned", "lead.claimed", "lead.reassigned", "lead.contacted", "lead.unrouted"}
 
 
