@@ -505,6 +505,15 @@ def _details(lead: LeadView) -> list[tuple[str, str]]:
     return [(label, value) for label, value in rows if value]
 
 
+def contact_details(traits: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Name, title, company, phone and email, cleaned as the email cleans them (links removed):
+    what the claim page shows about a lead."""
+    rows = [("Name", clean_trait(_name(traits))), ("Title", clean_trait(get_trait(traits, "title"))),
+            ("Company", clean_trait(_company(traits))), ("Phone", _phone(traits) or ""),
+            ("Email", _email(traits) or "")]
+    return [(label, value) for label, value in rows if value]
+
+
 @dataclass(frozen=True)
 class _Package:
     """Everything the hand-off email says, as cleaned plain strings."""

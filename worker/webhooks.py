@@ -449,16 +449,24 @@ def _check_token(token: str, now: datetime) -> tuple[Any, HTMLResponse | None]:
 
 
 def _lead_details(lead: db.Lead) -> str:
-    t = lead.traits or {}
-    company = t.get("company")
-    if not isinstance(company, dict):
-        company = {}
-    rows = [("Name", t.get("name")), ("Title", t.get("title")), ("Company", company.get("name")),
-            ("Phone", t.get("phone")), ("Email", t.get("email")),
-            ("Score", f"{lead.score:g} ({lead.tier.replace('_', '-')})")]
-    items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in rows
-                    if v not in (None, ""))
+    from routing.messages import contact_details
+
+    rows = contact_details(lead.traits or {}) + [("Score", f"{lead.score:g} ({lead.tier.replace('_', '-')})")]
+    items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in rows)
     return f'<div class="card"><dl>{items}</dl></div>'
+
+
+def _open_to(session: Session, tok: Any, a: db.Assignment | None) -> bool:
+    """Whether the token's rep may still act on its assignment: the assigned rep, or the manager an
+    escalation reached."""
+    from worker.claims import escalated_to
+
+    if a is None or a.id != tok.assignment_id or a.claimed_at is not None:
+        return False
+    return a.rep_id == tok.rep_id or escalated_to(session, a, get_runtime().rules, tok.rep_id)
+
+
+_GONE = "<p>This lead is no longer open to you.</p>"
 
 
 _CLAIM_REFUSED: dict[int | str, dict[str, Any]] = {
@@ -479,11 +487,9 @@ def claim_page(token: str) -> HTMLResponse:
         a = current_assignment(session, tok.lead_id)
         if lead is None:
             return _page("Invalid link", "<p>This claim link is not valid.</p>", 403)
-        if a is None or a.id != tok.assignment_id or a.claimed_at is not None:
-            owner = rt.rules.rep(lead.owner) if lead.owner else None
-            who = html.escape(owner.display if owner else (lead.owner or "nobody"))
-            return _page("No longer available", f"<p>This lead is no longer open to you; {who} owns it now.</p>"
-                         + _lead_details(lead), 410)
+        if not _open_to(session, tok, a):
+            # neither the lead nor who has it now: the link may have been forwarded
+            return _page("No longer available", _GONE, 410)
         action = html.escape(f"/claim/{token}", quote=True)
         buttons = (f'<form method="post" action="{action}"><button class="claim" name="action" value="claim">'
                    f'Claim</button><button class="pass" name="action" value="pass">Pass</button></form>')
@@ -505,7 +511,7 @@ async def claim_post(token: str, request: Request) -> HTMLResponse:
     if body is None:
         return _page("Too large", "<p>Use the Claim or Pass button.</p>", 413)
     params = _form(body) or {}
-    action = params.get("action", "claim")
+    action = params.get("action")   # the button pressed; an empty POST (a link checker's) does nothing
     if action not in ("claim", "pass"):
         return _page("Unknown action", "<p>Use the Claim or Pass button.</p>", 400)
     rt = get_runtime()
