@@ -166,6 +166,23 @@ def _sms_value(value: Any, limit: int) -> str:
     return clean_trait(to_gsm7(clean_trait(value, 1000)), limit)
 
 
+def sms_value(value: Any, limit: int = 40) -> str:
+    """A trait value as an SMS may carry it: GSM-7 only, no links or control characters, at most
+    ``limit`` characters. For replies to a rep, as for alerts."""
+    return _sms_value(value, limit)
+
+
+def sms_reply(text: str) -> str:
+    """A whole reply made safe to send: GSM-7 only and at most two segments."""
+    text = to_gsm7(text)
+    if sms_length(text) <= SMS_MAX:
+        return text
+    text = text[:SMS_MAX]
+    while sms_length(text) > SMS_MAX - 3:   # extension characters count two
+        text = text[:-1]
+    return text.rstrip() + "..."
+
+
 # ---------------------------------------------------------------- what the messages say
 
 

@@ -143,9 +143,12 @@ def reassign(session: Session, rules: Rules, lead: db.Lead, episode: db.HotEpiso
 
 
 def _lead_name(lead: db.Lead) -> str:
+    """The lead as a reply names it: its name, cleaned as alerts clean trait values (the reply goes
+    to a rep's phone; the name is whatever a producer sent), else its id, cleaned as well."""
+    from routing.messages import sms_value
+
     traits = lead.traits or {}
-    name = traits.get("name") if isinstance(traits.get("name"), str) else None
-    return name or lead.id
+    return sms_value(traits.get("name"), 40) or sms_value(lead.id, 40) or "this lead"
 
 
 def _owned_by(lead: db.Lead, rules: Rules, via: str) -> str:
