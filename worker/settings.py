@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     slack_webhook_url: str | None = Field(default=None, alias="SLACK_WEBHOOK_URL")
     batch_size: int = Field(default=500, alias="LEADROUTER_BATCH_SIZE", ge=1, le=10000)
     tick_seconds: float = Field(default=0.25, alias="LEADROUTER_TICK_SECONDS", gt=0)
+    db_statement_timeout: float = Field(default=60.0, alias="LEADROUTER_DB_STATEMENT_TIMEOUT", gt=0)
     reclaim_idle_seconds: float = Field(default=60, alias="LEADROUTER_RECLAIM_IDLE_SECONDS", gt=0)
 
     @field_validator("database_url")

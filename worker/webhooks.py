@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import html
 import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
@@ -41,6 +45,7 @@ from worker.tokens import TokenError, verify
 
 log = logging.getLogger("leadrouter.webhooks")
 router = APIRouter()
+T = TypeVar("T")
 
 MAX_BODY = 64 * 1024
 SENDGRID_MAX_AGE = 600           # seconds: older signed timestamps are refused (replays)
@@ -78,6 +83,21 @@ _TWILIO_SIGNATURE = _header("X-Twilio-Signature", "Base64 HMAC-SHA1 of the publi
                                                   "keyed with the Twilio auth token.")
 _REFUSED: dict[int | str, dict[str, Any]] = {403: _text("Missing or wrong signature; nothing changed."),
                                               413: _text(f"Body over {MAX_BODY // 1024} KB; nothing changed.")}
+
+
+# Database work and provider calls never run on the event loop: one stalled call there would hold
+# up every request, ingestion included. They run on worker threads, at most DB_THREADS at a time,
+# counted apart from the thread pool the ingestion endpoints use, so requests stuck on an
+# unreachable database cannot take the threads ingestion needs.
+DB_THREADS = 8
+_db_threads: anyio.CapacityLimiter | None = None
+
+
+async def in_db_thread(fn: Callable[..., T], *args: Any) -> T:
+    global _db_threads
+    if _db_threads is None:
+        _db_threads = anyio.CapacityLimiter(DB_THREADS)
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=_db_threads)
 
 
 def _forbidden() -> Response:
@@ -153,9 +173,11 @@ def _form(body: bytes) -> dict[str, str] | None:
 def _twiml(text: str | None) -> Response:
     from twilio.twiml.messaging_response import MessagingResponse
 
+    from routing.messages import sms_reply
+
     resp = MessagingResponse()
     if text:
-        resp.message(text)
+        resp.message(sms_reply(text))
     return Response(str(resp), media_type="application/xml")
 
 
@@ -188,6 +210,10 @@ async def twilio_sms(request: Request) -> Response:
     sid, sender, text = params.get("MessageSid", ""), params.get("From", ""), params.get("Body", "")
     if not sid or not sender:
         return Response("MessageSid and From are required", status_code=400, media_type="text/plain")
+    return await in_db_thread(_answer_reply, sid, sender, text)
+
+
+def _answer_reply(sid: str, sender: str, text: str) -> Response:
     rt = get_runtime()
     rules = rt.rules
     now = now_utc()
@@ -287,8 +313,8 @@ async def twilio_status(request: Request) -> Response:
     sid, status = params.get("MessageSid", ""), params.get("MessageStatus", "")
     if not sid or not status:
         return Response("MessageSid and MessageStatus are required", status_code=400, media_type="text/plain")
-    settle(sid, status, params.get("ErrorCode") or None, kind_hint="sms",
-           delivery_id=request.query_params.get("delivery_id"))
+    await in_db_thread(functools.partial(settle, sid, status, params.get("ErrorCode") or None, kind_hint="sms",
+                                         delivery_id=request.query_params.get("delivery_id")))
     return Response(status_code=204)
 
 
@@ -299,13 +325,13 @@ def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: 
     ``delivery_id`` (from the status callback URL, which the provider signs) finds
     a delivery whose request timed out before the provider's answer named the
     message: a "maybe sent" one learns its provider id here."""
-    from worker.alerts import disable_channel, failover, send_all
+    from worker.alerts import disable_channel
 
     if "\x00" in provider_id:   # no delivery has such an id, and PostgreSQL cannot even compare one
         return
     rt = get_runtime()
     now = now_utc()
-    sends = []
+    failed_over: list[int] = []
     with rt.sessions.begin() as session:
         d = session.scalar(select(db.Delivery).where(db.Delivery.provider_id == provider_id).limit(1))
         if d is None and delivery_id is not None and re.fullmatch(r"[0-9]{1,18}", delivery_id):
@@ -328,12 +354,15 @@ def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: 
             if recipient_error and d.recipient != d.to:
                 d.error_kind = "recipient"
                 disable_channel(session, d.recipient, d.channel, d.error, now)
-            sends = failover(session, d, now)
+            failed_over.append(d.id)
         elif status in ("sent", "queued", "sending", "accepted", "processed", "deferred"):
             if d.status in ("pending", "maybe_sent"):
                 d.status = "sent"
                 d.sent_at = d.sent_at or now
-    send_all(sends)
+    if failed_over:
+        from worker.tasks import queue_failover
+
+        queue_failover(failed_over)   # the other channel goes out from an alert worker, never from here
 
 
 # ---------------------------------------------------------------- SendGrid
@@ -369,8 +398,15 @@ async def sendgrid_events(request: Request) -> Response:
         events = json.loads(body)
     except ValueError as exc:
         return Response(f"malformed JSON: {exc}", status_code=400, media_type="text/plain")
+    except RecursionError:   # signed, but nested deeper than the parser goes: no event looks like that
+        return Response("malformed JSON: nested too deeply", status_code=400, media_type="text/plain")
     if not isinstance(events, list):
         return Response("expected a JSON array of events", status_code=400, media_type="text/plain")
+    await in_db_thread(_record_email_events, events)
+    return Response(status_code=204)
+
+
+def _record_email_events(events: list[Any]) -> None:
     rt = get_runtime()
     now = now_utc()
     todo: list[tuple[str, str]] = []
@@ -387,7 +423,6 @@ async def sendgrid_events(request: Request) -> Response:
                 todo.append((target, ev["event"]))
     for provider_id, event in todo:
         settle(provider_id, event, None, kind_hint="email")
-    return Response(status_code=204)
 
 
 def _delivery_key(session: Session, delivery_id: Any, message_id: str) -> str | None:
@@ -475,8 +510,12 @@ _CLAIM_REFUSED: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/claim/{token}", response_class=HTMLResponse, tags=["claim"], responses={**_CLAIM_REFUSED})
-def claim_page(token: str) -> HTMLResponse:
+async def claim_page(token: str) -> HTMLResponse:
     """The lead and Claim / Pass buttons. Showing the page changes nothing (mail scanners follow links)."""
+    return await in_db_thread(_show_claim, token)
+
+
+def _show_claim(token: str) -> HTMLResponse:
     now = now_utc()
     tok, bad = _check_token(token, now)
     if bad is not None:
@@ -514,6 +553,10 @@ async def claim_post(token: str, request: Request) -> HTMLResponse:
     action = params.get("action")   # the button pressed; an empty POST (a link checker's) does nothing
     if action not in ("claim", "pass"):
         return _page("Unknown action", "<p>Use the Claim or Pass button.</p>", 400)
+    return await in_db_thread(_act_on_claim, tok, action, now)
+
+
+def _act_on_claim(tok: Any, action: str, now: datetime) -> HTMLResponse:
     rt = get_runtime()
     with rt.sessions.begin() as session:
         act = claim if action == "claim" else pass_lead
