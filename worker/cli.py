@@ -347,10 +347,15 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from worker import ops
     from worker.runtime import get_runtime
+    from worker.startup import rules_problems
 
     rt = get_runtime()
+    path = rt.settings.config_path
+    errors = rules_problems(path)   # a broken file on disk is news for status, not a reason to fail
+    rules = None if errors else rt.rules
     with rt.sessions() as session:
-        data = ops.status(session, rt.redis, rt.rules)
+        data = ops.status(session, rt.redis, rules,
+                          rules_file={"path": str(path), "ok": not errors, "errors": errors})
     if args.json:
         json.dump(data, sys.stdout, indent=1, default=str)
         print()
@@ -556,7 +561,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _where(url: str) -> str:
+    """``scheme://host:port/path`` of a URL, without user name or password."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(unparsable URL)"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """One line naming the service an operator's command could not reach, or None for any other error."""
+    import redis
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    from worker.settings import get_settings
+
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return (f"Redis is unreachable at {_where(get_settings().redis_url)} ({type(exc).__name__}); "
+                "is it running, and is REDIS_URL right?")
+    orig = getattr(exc, "orig", None)
+    sqlite_schema = type(orig).__module__.startswith("sqlite3") and "unable to open" not in str(orig)
+    if (isinstance(exc, OperationalError) and not sqlite_schema) or (
+            isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        return (f"the database is unreachable at {_where(get_settings().database_url)} "
+                f"({type(orig or exc).__name__}); "
+                "is it running, and is DATABASE_URL right?")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from pydantic import ValidationError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
@@ -565,6 +605,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except RulesError as exc:
         print("leadrouter: invalid rules\n" + "\n".join(f"  {e}" for e in exc.errors), file=sys.stderr)
+        return 1
+    except ValidationError as exc:   # settings: the refused values are not in the message (hide_input_in_errors)
+        print(f"leadrouter: invalid settings: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        unreachable = _unreachable(exc)
+        if unreachable is None:
+            raise
+        print(f"leadrouter: {unreachable}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -367,7 +367,9 @@ def retry_dead_letter(session: Session, r: redis.Redis, rules: Rules, dead_lette
 # ---------------------------------------------------------------- status
 
 
-def status(session: Session, r: redis.Redis, rules: Rules, now: datetime | None = None) -> dict[str, Any]:
+def status(session: Session, r: redis.Redis, rules: Rules | None, now: datetime | None = None,
+           rules_file: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``rules`` None: the file on disk does not load (``rules_file`` says why); the rest still shows."""
     now = now or db.now_utc()
     lanes = {lane: stream.backlog(r, lane) for lane in stream.LANES}
     open_hot = session.execute(
@@ -387,18 +389,22 @@ def status(session: Session, r: redis.Redis, rules: Rules, now: datetime | None 
     away_notes = {row.key.removeprefix("away:"): row.value for row in
                   session.scalars(select(db.Setting).where(db.Setting.key.like("away:%")))}
     reps = []
-    for rep in rules.reps:
-        s = states.get(rep.id)
+    rep_ids = ([rep.id for rep in rules.reps] if rules is not None
+               else sorted({str(k) for k in (*states, *open_by_rep) if k}))
+    for rep_id in rep_ids:
+        s = states.get(rep_id)
         away = s.away_until if s is not None and s.away_until is not None and s.away_until > now else None
         reps.append({
-            "rep": rep.id, "open_hot_leads": open_by_rep.get(rep.id, 0),
+            "rep": rep_id, "open_hot_leads": open_by_rep.get(rep_id, 0),
             "away": away is not None,
             "away_until": None if away is None or away >= FOREVER else iso(away),
-            "away_reason": (away_notes.get(rep.id) or {}).get("reason") if away is not None else None,
+            "away_reason": (away_notes.get(rep_id) or {}).get("reason") if away is not None else None,
             "disabled_channels": dict(s.disabled_channels or {}) if s is not None else {},
         })
     workers = [{"name": row.key.removeprefix(WORKER_PREFIX), "rules_hash": row.value.get("rules_hash"),
-                "seen_at": row.value.get("seen_at"), "current": row.value.get("rules_hash") == rules.hash}
+                "seen_at": row.value.get("seen_at"),
+                "current": rules is not None and row.value.get("rules_hash") == rules.hash,
+                "refused_file": list(row.value.get("errors") or [])}
                for row in session.scalars(select(db.Setting).where(db.Setting.key.like(f"{WORKER_PREFIX}%"))
                                           .order_by(db.Setting.key))]
     dead_total = session.scalar(select(func.count()).select_from(db.DeadLetter)) or 0
@@ -426,7 +432,8 @@ def status(session: Session, r: redis.Redis, rules: Rules, now: datetime | None 
         "reps": reps,
         "reps_away": [r["rep"] for r in reps if r["away"]],
         "disabled_channels": {r["rep"]: r["disabled_channels"] for r in reps if r["disabled_channels"]},
-        "rules_hash": rules.hash,
+        "rules_hash": rules.hash if rules is not None else None,
+        "rules_file": rules_file or {"ok": True, "errors": []},
         "workers": workers,
         "failed_webhooks": outbound["failed"],
         "outbound": outbound,
@@ -471,10 +478,17 @@ def render_status(data: dict[str, Any]) -> str:
                          ", ".join(f"{ch}: {why}" for ch, why in r["disabled_channels"].items()) or "-")
                         for r in data["reps"]], ["rep", "open", "availability", "disabled channels"]))
     lines.append("")
-    lines.append(f"rules {data['rules_hash']}")
+    rf = data["rules_file"]
+    if not rf["ok"]:
+        lines.append(f"RULES FILE REFUSED: {rf.get('path')} does not load; running processes keep their last "
+                     "good rules and a restart would fail:")
+        lines += [f"  {e}" for e in rf["errors"]]
+    else:
+        lines.append(f"rules {data['rules_hash']}")
     if data["workers"]:
-        lines.append(table([(w["name"], w["rules_hash"], "yes" if w["current"] else "NO", w["seen_at"])
-                            for w in data["workers"]], ["worker", "rules", "current", "seen"]))
+        lines.append(table([(w["name"], w["rules_hash"], "yes" if w["current"] else "NO", w["seen_at"],
+                             "refused: " + "; ".join(w["refused_file"]) if w["refused_file"] else "-")
+                            for w in data["workers"]], ["worker", "rules", "current", "seen", "file on disk"]))
     else:
         lines.append("no worker has reported its rules yet")
     return "\n".join(lines)

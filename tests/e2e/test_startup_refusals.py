@@ -98,3 +98,57 @@ def test_a_good_key_and_good_rules_start_the_api(service_env):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_bad_reload_keeps_the_running_rules_and_healthz_and_status_say_the_file_is_refused(service_env):
+    import httpx
+
+    from tests.conftest import wait_until
+
+    port = free_port()
+    env = {**os.environ, **service_env, "LEADROUTER_WRITE_KEY": "wk-reload-3c"}
+    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "api", "--port", str(port)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def health() -> dict[str, str] | None:
+            assert proc.poll() is None
+            try:
+                r = httpx.get(f"{url}/healthz", timeout=5)
+            except httpx.TransportError:
+                return None
+            return r.json() if r.status_code == 200 else None
+
+        good = wait_until(health, timeout=30, message="the API")
+        assert good["rules"].startswith("ok ")
+        rules = Path(service_env["LEADROUTER_CONFIG"])
+        line = _break_rules(rules)
+        refused = wait_until(lambda: (h := health()) is not None and h["rules"].startswith("refused") and h,
+                             timeout=10, message="/healthz to report the refused file")
+        assert f"line {line}: routing.on_call" in refused["rules"]
+        assert good["rules"].removeprefix("ok ") in refused["rules"]          # the rules that keep running
+        r = httpx.post(f"{url}/v1/track", auth=("wk-reload-3c", ""), timeout=10,
+                       json={"type": "track", "messageId": "m-reload", "userId": "u-1", "event": "Page Viewed"})
+        assert r.status_code == 200, r.text                                   # still serving, no 500
+        status = subprocess.run([sys.executable, "-m", "worker.cli", "status"], env=env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        assert "RULES FILE REFUSED" in status.stdout and f"{rules}:{line}: routing.on_call" in status.stdout
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_status_with_redis_down_says_so_in_one_line(service_env):
+    port = free_port()
+    done = run(["-m", "worker.cli", "status"], service_env, REDIS_URL=f"redis://:hunter2-pw@127.0.0.1:{port}/0")
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"leadrouter: Redis is unreachable at redis://127.0.0.1:{port}/0 "
+                                   "(ConnectionError); is it running, and is REDIS_URL right?"), done.stderr
+
+
+def test_an_invalid_database_url_is_refused_without_its_password(service_env):
+    done = run(API, service_env, DATABASE_URL="mysql://admin:s3cr3t-pw@db.example:3306/leads")
+    assert done.returncode == 1
+    assert "DATABASE_URL" in done.stderr and "s3cr3t-pw" not in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
