@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from worker import api_ingest, metrics, webhooks
 from worker.api_ingest import error_response
+from worker.logs import mask_web_server_logs
 from worker.runtime import get_runtime
 from worker.settings import get_settings
 
@@ -164,6 +165,7 @@ def create_app() -> FastAPI:
     from worker.startup import check_or_exit
 
     check_or_exit("api")   # also under `uvicorn worker.api:create_app --factory`
+    mask_web_server_logs()  # that command logs through uvicorn's own configuration: mask it too
     settings = get_settings()
     sources = settings.sources()   # a malformed LEADROUTER_WRITE_KEYS fails here, at start, loudly
     if not sources:
