@@ -31,6 +31,7 @@ AWAY_KEY = "away:{}"
 WORKER_PREFIX = "worker:"
 FOREVER = datetime(9999, 1, 1, tzinfo=UTC)   # "away until `rep back`"
 ERASED = "[erased]"
+FORGOTTEN_PREFIX = "forgotten:"
 SENT = ("sent", "maybe_sent", "delivered")
 OPEN_EPISODE = ("open", "unrouted")
 
@@ -114,11 +115,27 @@ class LeadResult:
     due_steps: list[int] = field(default_factory=list)
 
 
+def forgotten_id(lead_id: str) -> str:
+    """What a forgotten lead is called instead of its id (often an email): an HMAC of the id keyed
+    with LEADROUTER_SECRET_KEY. Whoever has the key and the old id can still find the lead's counts;
+    the database alone tells nobody whose they were."""
+    import hashlib
+    import hmac
+
+    from worker.settings import get_settings
+
+    key = get_settings().secret_key.encode()
+    return FORGOTTEN_PREFIX + hmac.new(key, lead_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
+
+
 def resolve_lead(session: Session, lead_id: str) -> db.Lead | None:
-    """The lead itself, or the user lead a merged anonymous id now lives in."""
+    """The lead itself, or the user lead a merged anonymous id now lives in, or the lead that was
+    this one before ``forget``."""
     lead = session.get(db.Lead, lead_id)
     if lead is None and not lead_id.startswith("anon:"):
         lead = session.get(db.Lead, f"anon:{lead_id}")
+    if lead is None and not lead_id.startswith(FORGOTTEN_PREFIX):
+        lead = session.get(db.Lead, forgotten_id(lead_id)) or session.get(db.Lead, forgotten_id(f"anon:{lead_id}"))
     for _ in range(8):  # merges chain at most a few times; the bound guards against a cycle
         if lead is None or not lead.merged_into:
             break
@@ -235,6 +252,12 @@ def _trace(session: Session, lead_id: str, now: datetime, kind: str, actor: str 
 
 def forget(session: Session, lead_id: str, *, actor: str | None, now: datetime | None = None) -> str:
     """Erase the lead's personal data everywhere it was copied; scores and counts stay."""
+    from worker.settings import get_settings
+    from worker.startup import secret_problem
+
+    if (problem := secret_problem(get_settings().secret_key)) is not None:
+        raise OpsError(f"{problem}: forget names the lead by an HMAC keyed with the services' "
+                       "LEADROUTER_SECRET_KEY; run it with the same settings as they are")
     now = now or db.now_utc()
     lead = _lead_or_fail(session, lead_id)
     ids = {lead.id}
@@ -244,6 +267,8 @@ def forget(session: Session, lead_id: str, *, actor: str | None, now: datetime |
     events = list(session.scalars(select(db.Event).where(db.Event.lead_id.in_(ids))))
     personal = _personal_values([row.traits for row in leads]
                                 + [e.traits for e in events] + [e.properties for e in events])
+    # the ids too (often an email): copied into outbox bodies, notes and reasons
+    personal |= {i for old in ids for i in (old, old.removeprefix("anon:")) if len(i) >= 4}
 
     for row in leads:
         row.traits = {}
@@ -268,10 +293,31 @@ def forget(session: Session, lead_id: str, *, actor: str | None, now: datetime |
             dl.payload = {"erased": True}
             dl.error = _scrub(dl.error, personal) or ""
             dead += 1
-    _trace(session, lead.id, now, "forgotten", actor,
+    new_id = _rename_forgotten(session, ids)[lead.id]
+    _trace(session, new_id, now, "forgotten", actor,
            {"events": len(events), "deliveries": len(deliveries), "dead_letters": dead})
-    return (f"{lead.id}: personal data erased ({len(events)} event(s), {len(deliveries)} delivery(ies), "
-            f"{dead} dead letter(s)); score and counts kept")
+    return (f"{lead_id}: personal data erased ({len(events)} event(s), {len(deliveries)} delivery(ies), "
+            f"{dead} dead letter(s)); score and counts kept under {new_id}")
+
+
+def _rename_forgotten(session: Session, ids: set[str]) -> dict[str, str]:
+    """Every row keyed by these lead ids takes the one-way id instead; the domains routed by (which
+    came from the lead's email) are dropped. Done last, in SQL: the ORM's copies are let go."""
+    session.flush()
+    renamed = {old: old if old.startswith(FORGOTTEN_PREFIX) else forgotten_id(old) for old in ids}
+    columns: list[Any] = [db.Lead.id, db.Lead.merged_into, db.Event.lead_id, db.IdentityLink.anon_lead_id,
+                          db.IdentityLink.user_lead_id, db.HotEpisode.lead_id, db.Assignment.lead_id,
+                          db.AlertStep.lead_id, db.Delivery.lead_id, db.Trace.lead_id, db.OutboundWebhook.lead_id]
+    session.execute(update(db.Assignment).where(db.Assignment.lead_id.in_(ids)).values(domain=None)
+                    .execution_options(synchronize_session=False))
+    for col in columns:
+        column = col.expression
+        for old, new in renamed.items():
+            if old != new:
+                session.execute(update(column.table).where(column == old).values({column.name: new})
+                                .execution_options(synchronize_session=False))
+    session.expunge_all()
+    return renamed
 
 
 def _personal_values(docs: Iterable[Any]) -> set[str]:
