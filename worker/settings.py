@@ -46,6 +46,19 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL must be sqlite:///PATH or postgresql+psycopg://…")
         if v.startswith("postgresql://"):
             v = "postgresql+psycopg://" + v.removeprefix("postgresql://")
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(v)
+            url.port  # noqa: B018 - parsed lazily: a port that is no number fails here
+        except (ArgumentError, ValueError):
+            # never the value itself: it holds the database password
+            raise ValueError("DATABASE_URL is not a valid URL (sqlite:///PATH or "
+                             "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB)") from None
+        if url.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+            raise ValueError("DATABASE_URL must be sqlite:///PATH or postgresql+psycopg://… "
+                             f"(not {url.drivername})")
         return v
 
     @field_validator("redis_url")

@@ -152,3 +152,12 @@ def test_an_invalid_database_url_is_refused_without_its_password(service_env):
     assert done.returncode == 1
     assert "DATABASE_URL" in done.stderr and "s3cr3t-pw" not in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg://lr:s3cr3t-pw@db.example:notaport/lr",
+                                 "postgresql+nosuchdriver://lr:s3cr3t-pw@db.example/lr",
+                                 "postgres://lr:s3cr3t-pw@db.example/lr"])
+def test_operator_commands_refuse_a_bad_database_url_in_one_message_without_its_password(service_env, url):
+    done = run(["-m", "worker.cli", "status"], service_env, DATABASE_URL=url)
+    assert done.returncode == 1 and "leadrouter: invalid settings" in done.stderr
+    assert "s3cr3t-pw" not in done.stderr and "Traceback" not in done.stderr, done.stderr
