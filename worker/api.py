@@ -8,6 +8,7 @@ status; an unreachable Redis or database is a 503, never a 500.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +44,7 @@ class Health(BaseModel):
 
 
 HEALTH_TIMEOUT = 2.0   # seconds each check may take; a stalled Redis or database is reported, not waited for
-_health_threads: anyio.CapacityLimiter | None = None
+_health_threads: weakref.WeakKeyDictionary[Any, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
 
 
 def _problem(exc: BaseException) -> str:
@@ -79,12 +80,10 @@ def _check_rules() -> str:
 async def _bounded(check: Callable[[], str], timeout: float) -> str:
     """``check`` on a thread of the health checks' own; past ``timeout`` the answer is that it did not
     answer (the thread is left to finish: at most a few of them, as their limiter allows)."""
-    global _health_threads
-    if _health_threads is None:
-        _health_threads = anyio.CapacityLimiter(6)
     try:
         with anyio.fail_after(timeout):
-            return await anyio.to_thread.run_sync(check, abandon_on_cancel=True, limiter=_health_threads)
+            return await anyio.to_thread.run_sync(check, abandon_on_cancel=True,
+                                                  limiter=webhooks.limiter_for_this_loop(_health_threads, 6))
     except TimeoutError:
         return f"unreachable (no answer within {timeout:g} s)"
 

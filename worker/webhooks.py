@@ -12,6 +12,7 @@ by the provider's id, so a replayed webhook has no second effect.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
@@ -21,6 +22,7 @@ import json
 import logging
 import re
 import time
+import weakref
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -90,14 +92,22 @@ _REFUSED: dict[int | str, dict[str, Any]] = {403: _text("Missing or wrong signat
 # counted apart from the thread pool the ingestion endpoints use, so requests stuck on an
 # unreachable database cannot take the threads ingestion needs.
 DB_THREADS = 8
-_db_threads: anyio.CapacityLimiter | None = None
+_db_threads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
+
+
+def limiter_for_this_loop(table: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter],
+                          total: int) -> anyio.CapacityLimiter:
+    """One limiter per event loop (a test client runs several loops, one after another)."""
+    loop = asyncio.get_running_loop()
+    limiter = table.get(loop)
+    if limiter is None:
+        limiter = table[loop] = anyio.CapacityLimiter(total)
+    return limiter
 
 
 async def in_db_thread(fn: Callable[..., T], *args: Any) -> T:
-    global _db_threads
-    if _db_threads is None:
-        _db_threads = anyio.CapacityLimiter(DB_THREADS)
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=_db_threads)
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args),
+                                          limiter=limiter_for_this_loop(_db_threads, DB_THREADS))
 
 
 def _forbidden() -> Response:
