@@ -372,7 +372,10 @@ def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: 
     if failed_over:
         from worker.tasks import queue_failover
 
-        queue_failover(failed_over)   # the other channel goes out from an alert worker, never from here
+        try:
+            queue_failover(failed_over)   # the other channel goes out from an alert worker, never from here
+        except Exception:   # Redis away: the failure is recorded, and the cadence's next step still comes
+            log.exception("fail-over of deliveries %s could not be queued", failed_over)
 
 
 # ---------------------------------------------------------------- SendGrid
