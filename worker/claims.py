@@ -144,11 +144,12 @@ def reassign(session: Session, rules: Rules, lead: db.Lead, episode: db.HotEpiso
 
 def _lead_name(lead: db.Lead) -> str:
     """The lead as a reply names it: its name, cleaned as alerts clean trait values (the reply goes
-    to a rep's phone; the name is whatever a producer sent), else its id, cleaned as well."""
-    from routing.messages import sms_value
+    to a rep's phone; the name is whatever a producer sent)."""
+    from routing.messages import short_code, sms_value
 
     traits = lead.traits or {}
-    return sms_value(traits.get("name"), 40) or sms_value(lead.id, 40) or "this lead"
+    # without a name, the short code the alerts carry: the id is a producer's text too (often an email)
+    return sms_value(traits.get("name"), 40) or f"lead {short_code(lead.id)}"
 
 
 def _owned_by(lead: db.Lead, rules: Rules, via: str) -> str:

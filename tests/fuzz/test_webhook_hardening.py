@@ -60,3 +60,17 @@ def test_a_signed_sendgrid_body_nested_too_deep_is_a_400(api: Api) -> None:
     r = sendgrid_post(api, b'[{"a":' * 5000 + b"1" + b"}]" * 5000)
     assert r.status_code == 400
     assert sendgrid_post(api, []).status_code == 204          # the control: a plain body is taken
+
+
+def test_a_lead_without_a_name_is_named_by_its_short_code_not_its_id(api: Api) -> None:
+    from routing.messages import short_code
+
+    lead_id = "jane@evil.example/login"
+    _alerted(api, lead_id)
+    from worker.runtime import get_runtime
+
+    with get_runtime().sessions.begin() as s:
+        s.get(db.Lead, lead_id).traits = {"name": "https://evil.example/x"}     # nothing left once cleaned
+    text = _reply(api, "1")
+    assert text.startswith(f"Claimed: lead {short_code(lead_id)} is yours"), text
+    assert "evil" not in text and "jane@" not in text
