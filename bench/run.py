@@ -49,7 +49,7 @@ LOW_VALUE = ("Page Viewed", "Blog Post Viewed", "Email Clicked")   # never enoug
 PROVIDER_ENV = {
     "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "bench-twilio-token",
     "TWILIO_FROM_NUMBER": "+15005550006", "SENDGRID_API_KEY": "SG.bench-key",
-    "SENDGRID_FROM_EMAIL": "alerts@example.com", "LEADROUTER_SECRET_KEY": "bench-secret",
+    "SENDGRID_FROM_EMAIL": "alerts@example.com", "LEADROUTER_SECRET_KEY": "bench-only-claim-and-webhook-signing-key-0123456789",
 }
 
 

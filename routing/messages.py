@@ -137,10 +137,15 @@ def _shorten(text: str, limit: int) -> str:
 
 def clean_trait(value: Any, limit: int = 60) -> str:
     """``str(value)`` made safe to show: URLs and control characters removed, whitespace
-    collapsed, and at most ``limit`` characters (shortened with "...")."""
+    collapsed, and at most ``limit`` characters (shortened with "...").
+
+    Only the first ``4 * limit`` characters are looked at (a value is up to 32 KB of whatever a
+    producer sent): cut first, cleaned after, so the cost follows what is shown. A link cut in
+    two is still caught (what is left of it is a domain or a scheme), or is no link any more."""
     if value is None:
         return ""
-    text = unicodedata.normalize("NFKC", str(value)).translate(_DOTS)
+    text = str(value)[: max(4 * limit, 200)]
+    text = unicodedata.normalize("NFKC", text).translate(_DOTS)
     text = _strip_controls(text)
     kept = " ".join(_strip_urls(t) for t in text.split())
     return _shorten(" ".join(kept.split()), limit)
@@ -166,12 +171,49 @@ def _sms_value(value: Any, limit: int) -> str:
     return clean_trait(to_gsm7(clean_trait(value, 1000)), limit)
 
 
+def sms_value(value: Any, limit: int = 40) -> str:
+    """A trait value as an SMS may carry it: GSM-7 only, no links or control characters, at most
+    ``limit`` characters. For replies to a rep, as for alerts."""
+    return _sms_value(value, limit)
+
+
+def sms_reply(text: str) -> str:
+    """A whole reply made safe to send: GSM-7 only and at most two segments."""
+    text = to_gsm7(text)
+    if sms_length(text) <= SMS_MAX:
+        return text
+    text = text[:SMS_MAX]
+    while sms_length(text) > SMS_MAX - 3:   # extension characters count two
+        text = text[:-1]
+    return text.rstrip() + "..."
+
+
 # ---------------------------------------------------------------- what the messages say
+
+
+TRAIT_TEXT_MAX = 1000   # characters of one trait value any message may look at
+
+
+def _bounded(value: Any, depth: int = 0) -> Any:
+    """A copy of trait data with every text cut to ``TRAIT_TEXT_MAX`` and lists to 100 items."""
+    if isinstance(value, str):
+        return value[:TRAIT_TEXT_MAX]
+    if depth > 40:
+        return None
+    if isinstance(value, Mapping):
+        return {str(k)[:TRAIT_TEXT_MAX]: _bounded(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_bounded(v, depth + 1) for v in value[:100]]
+    return value
 
 
 @dataclass(frozen=True)
 class LeadView:
-    """A lead as the messages show it; the worker builds it from the stored lead."""
+    """A lead as the messages show it; the worker builds it from the stored lead. Its traits are cut
+    to size once, here, so that rendering (which tries several SMS layouts) never walks 32 KB values."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "traits", _bounded(self.traits))
 
     lead_id: str
     traits: Mapping[str, Any]
@@ -502,6 +544,15 @@ def _details(lead: LeadView) -> list[tuple[str, str]]:
         ("Score", f"{_pts(lead.score)} ({_tier(lead)})"),
         ("Code", short_code(lead.lead_id)),
     ]
+    return [(label, value) for label, value in rows if value]
+
+
+def contact_details(traits: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Name, title, company, phone and email, cleaned as the email cleans them (links removed):
+    what the claim page shows about a lead."""
+    rows = [("Name", clean_trait(_name(traits))), ("Title", clean_trait(get_trait(traits, "title"))),
+            ("Company", clean_trait(_company(traits))), ("Phone", _phone(traits) or ""),
+            ("Email", _email(traits) or "")]
     return [(label, value) for label, value in rows if value]
 
 

@@ -29,6 +29,7 @@ sys.modules.setdefault("tests.conftest", sys.modules[__name__])
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config" / "routing.yaml"
 ACCEPTANCE = ROOT.parent / "shared" / "acceptance"
+SECRET_KEY = "test-only-claim-and-webhook-signing-key-0123456789"   # LEADROUTER_SECRET_KEY of service_env
 
 
 class RedisServer(BenchRedis):
@@ -123,7 +124,7 @@ def service_env(redis_server: RedisServer, database_url: str, tmp_path: Path,
         "REDIS_URL": redis_server.url,
         "DATABASE_URL": database_url,
         "LEADROUTER_CONFIG": str(rules),
-        "LEADROUTER_SECRET_KEY": "test-secret",
+        "LEADROUTER_SECRET_KEY": SECRET_KEY,
         "LEADROUTER_TICK_SECONDS": "0.1",
     }
     for k, v in env.items():

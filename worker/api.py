@@ -8,8 +8,12 @@ status; an unreachable Redis or database is a 503, never a 500.
 from __future__ import annotations
 
 import logging
+import weakref
+from collections.abc import Callable
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import redis
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -24,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from worker import api_ingest, metrics, webhooks
 from worker.api_ingest import error_response
+from worker.logs import mask_web_server_logs
 from worker.runtime import get_runtime
 from worker.settings import get_settings
 
@@ -35,6 +40,12 @@ METRICS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class Health(BaseModel):
     redis: str = Field(description='"ok", or what went wrong reaching Redis.')
     database: str = Field(description='"ok", or what went wrong reaching the database.')
+    rules: str = Field(description='"ok <hash>", or that the rules file on disk is refused and which rules '
+                                   'keep running (not an outage: the status stays 200).')
+
+
+HEALTH_TIMEOUT = 2.0   # seconds each check may take; a stalled Redis or database is reported, not waited for
+_health_threads: weakref.WeakKeyDictionary[Any, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
 
 
 def _problem(exc: BaseException) -> str:
@@ -42,20 +53,54 @@ def _problem(exc: BaseException) -> str:
     return f"unreachable ({type(exc).__name__})"
 
 
-def check_health() -> dict[str, str]:
-    rt = get_runtime()
-    out = {"redis": "ok", "database": "ok"}
+def _check_redis() -> str:
     try:
-        if not rt.redis.ping():
-            out["redis"] = "unreachable (no PONG)"
+        return "ok" if get_runtime().redis.ping() else "unreachable (no PONG)"
     except Exception as exc:
-        out["redis"] = _problem(exc)
+        return _problem(exc)
+
+
+def _check_database() -> str:
     try:
-        with rt.engine.connect() as conn:
+        with get_runtime().engine.connect() as conn:
             conn.execute(text("SELECT 1"))
+        return "ok"
     except Exception as exc:
-        out["database"] = _problem(exc)
-    return out
+        return _problem(exc)
+
+
+def _check_rules() -> str:
+    holder = get_runtime().rules_holder
+    holder.refresh()   # the file on disk, as a worker's next tick would see it
+    if holder.errors:
+        return (f"refused: {holder.path} does not load ({len(holder.errors)} error(s), first: {holder.errors[0]}); "
+                f"running rules {holder.rules.hash}")
+    return f"ok {holder.rules.hash}"
+
+
+async def _bounded(check: Callable[[], str], timeout: float) -> str:
+    """``check`` on a thread of the health checks' own; past ``timeout`` the answer is that it did not
+    answer (the thread is left to finish: at most a few of them, as their limiter allows)."""
+    try:
+        with anyio.fail_after(timeout):
+            return await anyio.to_thread.run_sync(check, abandon_on_cancel=True,
+                                                  limiter=webhooks.limiter_for_this_loop(_health_threads, 6))
+    except TimeoutError:
+        return f"unreachable (no answer within {timeout:g} s)"
+
+
+async def check_health(timeout: float = HEALTH_TIMEOUT) -> dict[str, str]:
+    """Redis, the database and the rules, checked side by side, each within ``timeout``."""
+    out: dict[str, str] = {}
+
+    async def run(name: str, check: Callable[[], str]) -> None:
+        out[name] = await _bounded(check, timeout)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, "redis", _check_redis)
+        tg.start_soon(run, "database", _check_database)
+        tg.start_soon(run, "rules", _check_rules)
+    return {name: out[name] for name in ("redis", "database", "rules")}
 
 
 def render_metrics() -> str:
@@ -122,6 +167,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def create_app() -> FastAPI:
+    from worker.startup import check_or_exit
+
+    check_or_exit("api")   # also under `uvicorn worker.api:create_app --factory`
+    mask_web_server_logs()  # that command logs through uvicorn's own configuration: mask it too
     settings = get_settings()
     sources = settings.sources()   # a malformed LEADROUTER_(PUBLIC_)WRITE_KEYS fails here, at start, loudly
     if not sources:
@@ -145,15 +194,15 @@ def create_app() -> FastAPI:
              responses={200: {"model": Health, "description": "Both reachable."},
                         503: {"model": Health, "description": "Redis or the database (named) is unreachable."}})
     async def healthz() -> JSONResponse:
-        status = await run_in_threadpool(check_health)
-        ok = all(v == "ok" for v in status.values())
+        status = await check_health()
+        ok = status["redis"] == "ok" and status["database"] == "ok"
         return JSONResponse(status, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse,
              responses={200: {"description": "Prometheus text exposition format 0.0.4.",
                               "content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def prometheus_metrics() -> PlainTextResponse:
-        body = await run_in_threadpool(render_metrics)
+        body = await webhooks.in_db_thread(render_metrics)   # reads the database: never on ingestion's threads
         return PlainTextResponse(body, media_type=METRICS_MEDIA_TYPE)
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

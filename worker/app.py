@@ -77,6 +77,14 @@ def _init_process(**_: object) -> None:
 
 
 @worker_init.connect
+def _refuse_bad_start(**_: object) -> None:
+    """``celery -A worker.app worker`` refuses a weak secret or broken rules as ``leadrouter worker`` does."""
+    from worker.startup import check_or_exit
+
+    check_or_exit("worker")
+
+
+@worker_init.connect
 def _init_threads_worker(sender: Any = None, **_: object) -> None:
     """A threads pool runs tasks in this very process and sends no ``worker_process_init``: prepare it here."""
     from celery.concurrency import get_implementation

@@ -40,7 +40,7 @@ def _cancel_pending(session: Session, assignment_id: int, why: str) -> None:
                     .values(status="cancelled", note=why))
 
 
-def _escalated_to(session: Session, assignment: db.Assignment, rules: Rules, who: str) -> bool:
+def escalated_to(session: Session, assignment: db.Assignment, rules: Rules, who: str) -> bool:
     """Whether ``who`` is the manager of the assigned rep and an escalation reached them."""
     rep = rules.rep(assignment.rep_id or "")
     if rep is None or rep.manager != who:
@@ -57,14 +57,14 @@ def claim(session: Session, rules: Rules, lead_id: str, who: str, now: datetime,
         return AckResult(False, "That lead is unknown.")
     a = current_assignment(session, lead_id)
     if a is None or (assignment_id is not None and a.id != assignment_id):
-        return AckResult(False, f"That lead is no longer assigned to you{_owned_by(lead, rules)}.", owner=lead.owner)
+        return AckResult(False, f"That lead is no longer assigned to you{_owned_by(lead, rules, via)}.", owner=lead.owner)
     if a.claimed_at is not None:
         if a.claimed_by == who:
             return AckResult(True, "You already claimed this lead.", owner=who)
-        return AckResult(False, f"Already claimed{_owned_by(lead, rules)}.", owner=lead.owner)
+        return AckResult(False, f"Already claimed{_owned_by(lead, rules, via)}.", owner=lead.owner)
     if a.rep_id != who:
-        if not _escalated_to(session, a, rules, who):
-            return AckResult(False, f"That lead is not yours{_owned_by(lead, rules)}.", owner=lead.owner)
+        if not escalated_to(session, a, rules, who):
+            return AckResult(False, f"That lead is not yours{_owned_by(lead, rules, via)}.", owner=lead.owner)
         # a manager who claims after an escalation takes the lead
         previous_rep = a.rep_id
         router = Router(rules)
@@ -82,7 +82,7 @@ def claim(session: Session, rules: Rules, lead_id: str, who: str, now: datetime,
                                  db.Assignment.claimed_at.is_(None))
                           .values(claimed_at=now, claimed_by=who))
     if won != 1:
-        return AckResult(False, f"Already claimed{_owned_by(lead, rules)}.", owner=lead.owner)
+        return AckResult(False, f"Already claimed{_owned_by(lead, rules, via)}.", owner=lead.owner)
     _cancel_pending(session, a.id, f"claimed by {who}")
     if a.episode_id is not None:
         session.execute(update(db.HotEpisode).where(db.HotEpisode.id == a.episode_id,
@@ -112,7 +112,7 @@ def pass_lead(session: Session, rules: Rules, lead_id: str, who: str, now: datet
         return AckResult(False, "That lead is unknown.")
     a = current_assignment(session, lead_id)
     if a is None or a.rep_id != who or (assignment_id is not None and a.id != assignment_id):
-        return AckResult(False, f"That lead is not yours{_owned_by(lead, rules)}.", owner=lead.owner)
+        return AckResult(False, f"That lead is not yours{_owned_by(lead, rules, via)}.", owner=lead.owner)
     if a.claimed_at is not None:
         return AckResult(False, "You already claimed this lead; ask an operator to reassign it.", owner=who)
     episode = session.get(db.HotEpisode, a.episode_id) if a.episode_id else None
@@ -144,13 +144,19 @@ def reassign(session: Session, rules: Rules, lead: db.Lead, episode: db.HotEpiso
 
 
 def _lead_name(lead: db.Lead) -> str:
+    """The lead as a reply names it: its name, cleaned as alerts clean trait values (the reply goes
+    to a rep's phone; the name is whatever a producer sent)."""
+    from routing.messages import short_code, sms_value
+
     traits = lead.traits or {}
-    name = traits.get("name") if isinstance(traits.get("name"), str) else None
-    return name or lead.id
+    # without a name, the short code the alerts carry: the id is a producer's text too (often an email)
+    return sms_value(traits.get("name"), 40) or f"lead {short_code(lead.id)}"
 
 
-def _owned_by(lead: db.Lead, rules: Rules) -> str:
-    if not lead.owner:
+def _owned_by(lead: db.Lead, rules: Rules, via: str) -> str:
+    """Who owns the lead now, for a reply to a rep's own phone. A claim link is a bearer token
+    that may have been forwarded or forged: a refusal there names nobody."""
+    if not lead.owner or via == "link":
         return ""
     rep = rules.rep(lead.owner)
     return f"; {rep.display if rep else lead.owner} owns it now"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
@@ -297,7 +299,9 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.service import run_worker
+    from worker.startup import check_or_exit
 
+    check_or_exit("worker")
     return run_worker(concurrency=args.concurrency, alert_concurrency=args.alert_concurrency)
 
 
@@ -307,7 +311,9 @@ def cmd_beat(args: argparse.Namespace) -> int:
     from worker.logs import dump_stacks_on_sigusr1, setup_logging
     from worker.outbound import start_background
     from worker.scheduler import run_forever
+    from worker.startup import check_or_exit
 
+    check_or_exit("beat")
     setup_logging()
     dump_stacks_on_sigusr1()
     stop = threading.Event()
@@ -324,7 +330,9 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from worker.logs import dump_stacks_on_sigusr1, setup_logging
+    from worker.startup import check_or_exit
 
+    check_or_exit("api")
     setup_logging()
     dump_stacks_on_sigusr1()
     uvicorn.run("worker.api:create_app", factory=True, host=args.host, port=args.port, log_config=None,
@@ -341,10 +349,15 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from worker import ops
     from worker.runtime import get_runtime
+    from worker.startup import rules_problems
 
     rt = get_runtime()
+    path = rt.settings.config_path
+    errors = rules_problems(path)   # a broken file on disk is news for status, not a reason to fail
+    rules = None if errors else rt.rules
     with rt.sessions() as session:
-        data = ops.status(session, rt.redis, rt.rules)
+        data = ops.status(session, rt.redis, rules,
+                          rules_file={"path": str(path), "ok": not errors, "errors": errors})
     if args.json:
         json.dump(data, sys.stdout, indent=1, default=str)
         print()
@@ -550,8 +563,95 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _where(url: str) -> str:
+    """``scheme://host:port/path`` of a URL, without user name or password."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(unparsable URL)"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """One line naming the service an operator's command could not reach, or None for any other error."""
+    import redis
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    from worker.settings import get_settings
+
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return (f"Redis is unreachable at {_where(get_settings().redis_url)} ({type(exc).__name__}); "
+                "is it running, and is REDIS_URL right?")
+    orig = getattr(exc, "orig", None)
+    sqlite_schema = type(orig).__module__.startswith("sqlite3") and "unable to open" not in str(orig)
+    if (isinstance(exc, OperationalError) and not sqlite_schema) or (
+            isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        return (f"the database is unreachable at {_where(get_settings().database_url)} "
+                f"({type(orig or exc).__name__}); "
+                "is it running, and is DATABASE_URL right?")
+    return None
+
+
+# ---------------------------------------------------------------- terminal safety
+
+# What an operator's terminal must never receive raw from event data: C0 controls but newline and
+# tab (escape sequences can rewrite the screen, retitle the window, or hide text with \r), DEL, C1
+# controls, line and paragraph separators, and bidirectional overrides (text that reads one way
+# and is another).
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\u200e\u200f]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every character a terminal would act on written as a visible escape (``\x1b``)."""
+    return _UNSAFE.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
+
+
+class _EscapingStream(io.TextIOBase):
+    """A text stream that escapes control characters on their way to the real one."""
+
+    def __init__(self, inner: Any):
+        self._inner = inner
+
+    def write(self, text: str) -> int:
+        self._inner.write(escape_controls(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def isatty(self) -> bool:
+        return bool(self._inner.isatty())
+
+    def fileno(self) -> int:
+        return int(self._inner.fileno())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self._inner, "encoding", "utf-8"))
+
+
+# Long-running parts and `dev` print their own (console alerts, coloured progress): left as they are.
+_RAW_OUTPUT = {"dev", "worker", "beat", "api"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    streams = sys.stdout, sys.stderr
+    if args.command not in _RAW_OUTPUT and not isinstance(sys.stdout, _EscapingStream):
+        sys.stdout, sys.stderr = _EscapingStream(sys.stdout), _EscapingStream(sys.stderr)
+    try:
+        return _run(args)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     try:
         return int(args.func(args) or 0)
     except CliError as exc:
@@ -559,6 +659,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except RulesError as exc:
         print("leadrouter: invalid rules\n" + "\n".join(f"  {e}" for e in exc.errors), file=sys.stderr)
+        return 1
+    except ValidationError as exc:   # settings: the refused values are not in the message (hide_input_in_errors)
+        print(f"leadrouter: invalid settings: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        unreachable = _unreachable(exc)
+        if unreachable is None:
+            raise
+        print(f"leadrouter: {unreachable}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

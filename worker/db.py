@@ -307,14 +307,23 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
-def make_engine(url: str) -> Engine:
+STATEMENT_TIMEOUT = 60.0   # seconds; LEADROUTER_DB_STATEMENT_TIMEOUT
+POOL_TIMEOUT = 10.0        # seconds to wait for a pooled connection before giving up
+
+
+def make_engine(url: str, statement_timeout: float = STATEMENT_TIMEOUT) -> Engine:
+    """The engine for ``url``. Statement parameters stay out of error messages and logs
+    (``hide_parameters``): they carry traits, emails and phone numbers. On PostgreSQL no call
+    waits for ever: a statement is cancelled by the server after ``statement_timeout``, TCP
+    keepalives and a user timeout notice a peer that went away, and a request waits at most
+    ``POOL_TIMEOUT`` for a connection."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             from pathlib import Path
 
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "isolation_level": None})
+        engine = create_engine(url, connect_args={"timeout": 30, "isolation_level": None}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         if path and path != ":memory:":
@@ -324,8 +333,15 @@ def make_engine(url: str) -> Engine:
 
             event.listen(engine, "commit", _written)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
-                         connect_args={"connect_timeout": 5})
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=POOL_TIMEOUT,
+                         hide_parameters=True, connect_args=pg_connect_args(statement_timeout))
+
+
+def pg_connect_args(statement_timeout: float = STATEMENT_TIMEOUT) -> dict[str, Any]:
+    """libpq connection parameters: bounded connect, keepalives, a server-side statement timeout."""
+    return {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+            "keepalives_count": 3, "tcp_user_timeout": 60_000,
+            "options": f"-c statement_timeout={max(1, int(statement_timeout * 1000))}"}
 
 
 # ---------------------------------------------------------------- SQLite: checkpoints off the commit path

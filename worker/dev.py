@@ -11,6 +11,7 @@ alerted, re-alerted, and claimed through its claim link.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -123,7 +124,8 @@ def run_dev(demo: bool = False, port: int = 8000) -> int:
 
 def _prepare(procs: list[subprocess.Popen[bytes]], demo: bool, port: int) -> dict[str, str]:
     from worker.migrate import upgrade
-    from worker.settings import get_settings, reset_settings
+    from worker.settings import Settings, get_settings, reset_settings
+    from worker.startup import rules_problems, secret_problem
 
     VAR.mkdir(exist_ok=True)
     env = dict(os.environ)
@@ -132,7 +134,14 @@ def _prepare(procs: list[subprocess.Popen[bytes]], demo: bool, port: int) -> dic
         say(f"redis-server started ({env['REDIS_URL']}, data in {VAR / 'redis'})")
     env.setdefault("DATABASE_URL", f"sqlite:///{(VAR / 'leadrouter.db').resolve()}")
     env.setdefault("LEADROUTER_PUBLIC_URL", f"http://127.0.0.1:{port}")
+    if secret_problem(env.get("LEADROUTER_SECRET_KEY") or Settings().secret_key) is not None:   # .env too
+        # claim links of this run only: the worker, scheduler and API below refuse a weak key
+        env["LEADROUTER_SECRET_KEY"] = secrets.token_urlsafe(48)
+        say("LEADROUTER_SECRET_KEY unset or weak: a random one for this run (claim links die with it)")
     config = Path(env.get("LEADROUTER_CONFIG", "config/routing.yaml"))
+    errors = rules_problems(config)
+    if errors:
+        raise DevError(f"the rules file {config} does not load:\n" + "\n".join(f"  {e}" for e in errors))
     if demo:
         env["LEADROUTER_CONFIG"] = str(demo_rules(config))
         say(f"demo rules: {env['LEADROUTER_CONFIG']} (re-alerts after {', '.join(DEMO_RETRIES)})")

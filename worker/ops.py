@@ -33,6 +33,7 @@ AWAY_KEY = "away:{}"
 WORKER_PREFIX = "worker:"
 FOREVER = datetime(9999, 1, 1, tzinfo=UTC)   # "away until `rep back`"
 ERASED = "[erased]"
+FORGOTTEN_PREFIX = "forgotten:"
 SENT = ("sent", "maybe_sent", "delivered")
 OPEN_EPISODE = ("open", "unrouted")
 
@@ -116,11 +117,27 @@ class LeadResult:
     due_steps: list[int] = field(default_factory=list)
 
 
+def forgotten_id(lead_id: str) -> str:
+    """What a forgotten lead is called instead of its id (often an email): an HMAC of the id keyed
+    with LEADROUTER_SECRET_KEY. Whoever has the key and the old id can still find the lead's counts;
+    the database alone tells nobody whose they were."""
+    import hashlib
+    import hmac
+
+    from worker.settings import get_settings
+
+    key = get_settings().secret_key.encode()
+    return FORGOTTEN_PREFIX + hmac.new(key, lead_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
+
+
 def resolve_lead(session: Session, lead_id: str) -> db.Lead | None:
-    """The lead itself, or the user lead a merged anonymous id now lives in."""
+    """The lead itself, or the user lead a merged anonymous id now lives in, or the lead that was
+    this one before ``forget``."""
     lead = session.get(db.Lead, lead_id)
     if lead is None and not lead_id.startswith("anon:"):
         lead = session.get(db.Lead, f"anon:{lead_id}")
+    if lead is None and not lead_id.startswith(FORGOTTEN_PREFIX):
+        lead = session.get(db.Lead, forgotten_id(lead_id)) or session.get(db.Lead, forgotten_id(f"anon:{lead_id}"))
     for _ in range(8):  # merges chain at most a few times; the bound guards against a cycle
         if lead is None or not lead.merged_into:
             break
@@ -237,6 +254,12 @@ def _trace(session: Session, lead_id: str, now: datetime, kind: str, actor: str 
 
 def forget(session: Session, lead_id: str, *, actor: str | None, now: datetime | None = None) -> str:
     """Erase the lead's personal data everywhere it was copied; scores and counts stay."""
+    from worker.settings import get_settings
+    from worker.startup import secret_problem
+
+    if (problem := secret_problem(get_settings().secret_key)) is not None:
+        raise OpsError(f"{problem}: forget names the lead by an HMAC keyed with the services' "
+                       "LEADROUTER_SECRET_KEY; run it with the same settings as they are")
     now = now or db.now_utc()
     lead = _lead_or_fail(session, lead_id)
     ids = {lead.id}
@@ -246,6 +269,8 @@ def forget(session: Session, lead_id: str, *, actor: str | None, now: datetime |
     events = list(session.scalars(select(db.Event).where(db.Event.lead_id.in_(ids))))
     personal = _personal_values([row.traits for row in leads]
                                 + [e.traits for e in events] + [e.properties for e in events])
+    # the ids too (often an email): copied into outbox bodies, notes and reasons
+    personal |= {i for old in ids for i in (old, old.removeprefix("anon:")) if len(i) >= 4}
 
     for row in leads:
         row.traits = {}
@@ -270,10 +295,31 @@ def forget(session: Session, lead_id: str, *, actor: str | None, now: datetime |
             dl.payload = {"erased": True}
             dl.error = _scrub(dl.error, personal) or ""
             dead += 1
-    _trace(session, lead.id, now, "forgotten", actor,
+    new_id = _rename_forgotten(session, ids)[lead.id]
+    _trace(session, new_id, now, "forgotten", actor,
            {"events": len(events), "deliveries": len(deliveries), "dead_letters": dead})
-    return (f"{lead.id}: personal data erased ({len(events)} event(s), {len(deliveries)} delivery(ies), "
-            f"{dead} dead letter(s)); score and counts kept")
+    return (f"{lead_id}: personal data erased ({len(events)} event(s), {len(deliveries)} delivery(ies), "
+            f"{dead} dead letter(s)); score and counts kept under {new_id}")
+
+
+def _rename_forgotten(session: Session, ids: set[str]) -> dict[str, str]:
+    """Every row keyed by these lead ids takes the one-way id instead; the domains routed by (which
+    came from the lead's email) are dropped. Done last, in SQL: the ORM's copies are let go."""
+    session.flush()
+    renamed = {old: old if old.startswith(FORGOTTEN_PREFIX) else forgotten_id(old) for old in ids}
+    columns: list[Any] = [db.Lead.id, db.Lead.merged_into, db.Event.lead_id, db.IdentityLink.anon_lead_id,
+                          db.IdentityLink.user_lead_id, db.HotEpisode.lead_id, db.Assignment.lead_id,
+                          db.AlertStep.lead_id, db.Delivery.lead_id, db.Trace.lead_id, db.OutboundWebhook.lead_id]
+    session.execute(update(db.Assignment).where(db.Assignment.lead_id.in_(ids)).values(domain=None)
+                    .execution_options(synchronize_session=False))
+    for col in columns:
+        column = col.expression
+        for old, new in renamed.items():
+            if old != new:
+                session.execute(update(column.table).where(column == old).values({column.name: new})
+                                .execution_options(synchronize_session=False))
+    session.expunge_all()
+    return renamed
 
 
 def _personal_values(docs: Iterable[Any]) -> set[str]:
@@ -369,7 +415,9 @@ def retry_dead_letter(session: Session, r: redis.Redis, rules: Rules, dead_lette
 # ---------------------------------------------------------------- status
 
 
-def status(session: Session, r: redis.Redis, rules: Rules, now: datetime | None = None) -> dict[str, Any]:
+def status(session: Session, r: redis.Redis, rules: Rules | None, now: datetime | None = None,
+           rules_file: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``rules`` None: the file on disk does not load (``rules_file`` says why); the rest still shows."""
     now = now or db.now_utc()
     lanes = {lane: stream.backlog(r, lane) for lane in stream.LANES}
     open_hot = session.execute(
@@ -389,18 +437,22 @@ def status(session: Session, r: redis.Redis, rules: Rules, now: datetime | None 
     away_notes = {row.key.removeprefix("away:"): row.value for row in
                   session.scalars(select(db.Setting).where(db.Setting.key.like("away:%")))}
     reps = []
-    for rep in rules.reps:
-        s = states.get(rep.id)
+    rep_ids = ([rep.id for rep in rules.reps] if rules is not None
+               else sorted({str(k) for k in (*states, *open_by_rep) if k}))
+    for rep_id in rep_ids:
+        s = states.get(rep_id)
         away = s.away_until if s is not None and s.away_until is not None and s.away_until > now else None
         reps.append({
-            "rep": rep.id, "open_hot_leads": open_by_rep.get(rep.id, 0),
+            "rep": rep_id, "open_hot_leads": open_by_rep.get(rep_id, 0),
             "away": away is not None,
             "away_until": None if away is None or away >= FOREVER else iso(away),
-            "away_reason": (away_notes.get(rep.id) or {}).get("reason") if away is not None else None,
+            "away_reason": (away_notes.get(rep_id) or {}).get("reason") if away is not None else None,
             "disabled_channels": dict(s.disabled_channels or {}) if s is not None else {},
         })
     workers = [{"name": row.key.removeprefix(WORKER_PREFIX), "rules_hash": row.value.get("rules_hash"),
-                "seen_at": row.value.get("seen_at"), "current": row.value.get("rules_hash") == rules.hash}
+                "seen_at": row.value.get("seen_at"),
+                "current": rules is not None and row.value.get("rules_hash") == rules.hash,
+                "refused_file": list(row.value.get("errors") or [])}
                for row in session.scalars(select(db.Setting).where(db.Setting.key.like(f"{WORKER_PREFIX}%"))
                                           .order_by(db.Setting.key))]
     dead_total = session.scalar(select(func.count()).select_from(db.DeadLetter)) or 0
@@ -435,7 +487,8 @@ def status(session: Session, r: redis.Redis, rules: Rules, now: datetime | None 
         "reps": reps,
         "reps_away": [r["rep"] for r in reps if r["away"]],
         "disabled_channels": {r["rep"]: r["disabled_channels"] for r in reps if r["disabled_channels"]},
-        "rules_hash": rules.hash,
+        "rules_hash": rules.hash if rules is not None else None,
+        "rules_file": rules_file or {"ok": True, "errors": []},
         "workers": workers,
         "failed_webhooks": outbound["failed"],
         "outbound": outbound,
@@ -487,10 +540,17 @@ def render_status(data: dict[str, Any]) -> str:
                          ", ".join(f"{ch}: {why}" for ch, why in r["disabled_channels"].items()) or "-")
                         for r in data["reps"]], ["rep", "open", "availability", "disabled channels"]))
     lines.append("")
-    lines.append(f"rules {data['rules_hash']}")
+    rf = data["rules_file"]
+    if not rf["ok"]:
+        lines.append(f"RULES FILE REFUSED: {rf.get('path')} does not load; running processes keep their last "
+                     "good rules and a restart would fail:")
+        lines += [f"  {e}" for e in rf["errors"]]
+    else:
+        lines.append(f"rules {data['rules_hash']}")
     if data["workers"]:
-        lines.append(table([(w["name"], w["rules_hash"], "yes" if w["current"] else "NO", w["seen_at"])
-                            for w in data["workers"]], ["worker", "rules", "current", "seen"]))
+        lines.append(table([(w["name"], w["rules_hash"], "yes" if w["current"] else "NO", w["seen_at"],
+                             "refused: " + "; ".join(w["refused_file"]) if w["refused_file"] else "-")
+                            for w in data["workers"]], ["worker", "rules", "current", "seen", "file on disk"]))
     else:
         lines.append("no worker has reported its rules yet")
     return "\n".join(lines)

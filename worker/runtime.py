@@ -78,7 +78,7 @@ class Runtime:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = make_engine(self.settings.database_url)
+            self._engine = make_engine(self.settings.database_url, self.settings.db_statement_timeout)
         return self._engine
 
     @property

@@ -11,7 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # hide_input_in_errors: a refused DATABASE_URL or REDIS_URL is never echoed with its password
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore",
+                                      hide_input_in_errors=True)
 
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", alias="REDIS_URL")
     database_url: str = Field(default="sqlite:///var/leadrouter.db", alias="DATABASE_URL")
@@ -20,7 +22,8 @@ class Settings(BaseSettings):
     write_keys: str | None = Field(default=None, alias="LEADROUTER_WRITE_KEYS")
     public_write_keys: str | None = Field(default=None, alias="LEADROUTER_PUBLIC_WRITE_KEYS")
     cors_origins: str = Field(default="", alias="LEADROUTER_CORS_ORIGINS")
-    secret_key: str = Field(default="dev-insecure-secret-change-me", alias="LEADROUTER_SECRET_KEY")
+    # No default: api, worker and beat refuse to start without a strong one (worker.startup).
+    secret_key: str = Field(default="", alias="LEADROUTER_SECRET_KEY")
     public_url: str = Field(default="http://127.0.0.1:8000", alias="LEADROUTER_PUBLIC_URL")
     twilio_account_sid: str | None = Field(default=None, alias="TWILIO_ACCOUNT_SID")
     twilio_auth_token: str | None = Field(default=None, alias="TWILIO_AUTH_TOKEN")
@@ -34,6 +37,7 @@ class Settings(BaseSettings):
     slack_webhook_url: str | None = Field(default=None, alias="SLACK_WEBHOOK_URL")
     batch_size: int = Field(default=500, alias="LEADROUTER_BATCH_SIZE", ge=1, le=10000)
     tick_seconds: float = Field(default=0.25, alias="LEADROUTER_TICK_SECONDS", gt=0)
+    db_statement_timeout: float = Field(default=60.0, alias="LEADROUTER_DB_STATEMENT_TIMEOUT", gt=0)
     reclaim_idle_seconds: float = Field(default=60, alias="LEADROUTER_RECLAIM_IDLE_SECONDS", gt=0)
 
     @field_validator("database_url")
@@ -43,6 +47,19 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL must be sqlite:///PATH or postgresql+psycopg://…")
         if v.startswith("postgresql://"):
             v = "postgresql+psycopg://" + v.removeprefix("postgresql://")
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(v)
+            url.port  # noqa: B018 - parsed lazily: a port that is no number fails here
+        except (ArgumentError, ValueError):
+            # never the value itself: it holds the database password
+            raise ValueError("DATABASE_URL is not a valid URL (sqlite:///PATH or "
+                             "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB)") from None
+        if url.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+            raise ValueError("DATABASE_URL must be sqlite:///PATH or postgresql+psycopg://… "
+                             f"(not {url.drivername})")
         return v
 
     @field_validator("redis_url")

@@ -301,6 +301,27 @@ def fire_step(step_id: int) -> None:
     fire_steps([step_id])
 
 
+def queue_failover(delivery_ids: list[int]) -> None:
+    """Carry the steps of these failed deliveries on their reps' other channels, from an alert worker."""
+    failover_deliveries.apply_async(args=[delivery_ids], queue="alerts")
+
+
+@app.task(name="leadrouter.failover", ignore_result=True)
+def failover_deliveries(delivery_ids: list[int]) -> None:
+    """A delivery the provider reported failed: its step on the rep's other channel, once. Running this
+    twice sends nothing twice: a (step, rep, channel) already written is never written again."""
+    from worker.alerts import failover, send_all
+
+    rt = get_runtime()
+    sends = []
+    with rt.sessions.begin() as session:
+        for delivery_id in delivery_ids:
+            d = session.get(db.Delivery, delivery_id)
+            if d is not None and d.status == "failed":
+                sends += failover(session, d, now_utc())
+    send_all(sends)
+
+
 @app.task(name="leadrouter.tick", ignore_result=True)
 def tick() -> None:
     from worker.scheduler import tick_once

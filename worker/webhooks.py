@@ -12,18 +12,24 @@ by the provider's id, so a replayed webhook has no second effect.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import html
 import json
 import logging
 import re
 import time
+import weakref
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select, update
@@ -43,6 +49,7 @@ from worker.tokens import TokenError, verify
 
 log = logging.getLogger("leadrouter.webhooks")
 router = APIRouter()
+T = TypeVar("T")
 
 MAX_BODY = 64 * 1024
 SENDGRID_MAX_AGE = 600           # seconds: older signed timestamps are refused (replays)
@@ -79,6 +86,29 @@ _TWILIO_SIGNATURE = _header("X-Twilio-Signature", "Base64 HMAC-SHA1 of the publi
                                                   "keyed with the Twilio auth token.")
 _REFUSED: dict[int | str, dict[str, Any]] = {403: _text("Missing or wrong signature; nothing changed."),
                                               413: _text(f"Body over {MAX_BODY // 1024} KB; nothing changed.")}
+
+
+# Database work and provider calls never run on the event loop: one stalled call there would hold
+# up every request, ingestion included. They run on worker threads, at most DB_THREADS at a time,
+# counted apart from the thread pool the ingestion endpoints use, so requests stuck on an
+# unreachable database cannot take the threads ingestion needs.
+DB_THREADS = 8
+_db_threads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
+
+
+def limiter_for_this_loop(table: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter],
+                          total: int) -> anyio.CapacityLimiter:
+    """One limiter per event loop (a test client runs several loops, one after another)."""
+    loop = asyncio.get_running_loop()
+    limiter = table.get(loop)
+    if limiter is None:
+        limiter = table[loop] = anyio.CapacityLimiter(total)
+    return limiter
+
+
+async def in_db_thread(fn: Callable[..., T], *args: Any) -> T:
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args),
+                                          limiter=limiter_for_this_loop(_db_threads, DB_THREADS))
 
 
 def _forbidden() -> Response:
@@ -154,9 +184,11 @@ def _form(body: bytes) -> dict[str, str] | None:
 def _twiml(text: str | None) -> Response:
     from twilio.twiml.messaging_response import MessagingResponse
 
+    from routing.messages import sms_reply
+
     resp = MessagingResponse()
     if text:
-        resp.message(text)
+        resp.message(sms_reply(text))
     return Response(str(resp), media_type="application/xml")
 
 
@@ -189,6 +221,10 @@ async def twilio_sms(request: Request) -> Response:
     sid, sender, text = params.get("MessageSid", ""), params.get("From", ""), params.get("Body", "")
     if not sid or not sender:
         return Response("MessageSid and From are required", status_code=400, media_type="text/plain")
+    return await in_db_thread(_answer_reply, sid, sender, text)
+
+
+def _answer_reply(sid: str, sender: str, text: str) -> Response:
     rt = get_runtime()
     rules = rt.rules
     now = now_utc()
@@ -288,8 +324,8 @@ async def twilio_status(request: Request) -> Response:
     sid, status = params.get("MessageSid", ""), params.get("MessageStatus", "")
     if not sid or not status:
         return Response("MessageSid and MessageStatus are required", status_code=400, media_type="text/plain")
-    settle(sid, status, params.get("ErrorCode") or None, kind_hint="sms",
-           delivery_id=request.query_params.get("delivery_id"))
+    await in_db_thread(functools.partial(settle, sid, status, params.get("ErrorCode") or None, kind_hint="sms",
+                                         delivery_id=request.query_params.get("delivery_id")))
     return Response(status_code=204)
 
 
@@ -303,13 +339,13 @@ def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: 
     word came from (``callback``, or ``lookup`` when we asked), for ``explain``. An SMS
     found taken settles its twin, the same step's email to the same person still
     without an answer: SendGrid cannot be asked, and both left in the same instant."""
-    from worker.alerts import disable_channel, failover, send_all
+    from worker.alerts import disable_channel
 
     if "\x00" in provider_id:   # no delivery has such an id, and PostgreSQL cannot even compare one
         return
     rt = get_runtime()
     now = now_utc()
-    sends = []
+    failed_over: list[int] = []
     with rt.sessions.begin() as session:
         d = session.scalar(select(db.Delivery).where(db.Delivery.provider_id == provider_id).limit(1))
         if d is None and delivery_id is not None and re.fullmatch(r"[0-9]{1,18}", delivery_id):
@@ -335,7 +371,7 @@ def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: 
             if recipient_error and d.recipient != d.to:
                 d.error_kind = "recipient"
                 disable_channel(session, d.recipient, d.channel, d.error, now)
-            sends = failover(session, d, now)
+            failed_over.append(d.id)
         elif status in ("sent", "queued", "sending", "accepted", "processed", "deferred"):
             if unanswered:
                 d.status = DeliveryStatus.SENT
@@ -346,7 +382,13 @@ def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: 
                             .where(db.Delivery.step_id == d.step_id, db.Delivery.recipient == d.recipient,
                                    db.Delivery.channel == "email", db.Delivery.status == DeliveryStatus.MAYBE_SENT)
                             .values(status=DeliveryStatus.SENT, settled_by="twin", updated_at=now))
-    send_all(sends)
+    if failed_over:
+        from worker.tasks import queue_failover
+
+        try:
+            queue_failover(failed_over)   # the other channel goes out from an alert worker, never from here
+        except Exception:   # Redis away: the failure is recorded, and the cadence's next step still comes
+            log.exception("fail-over of deliveries %s could not be queued", failed_over)
 
 
 # ---------------------------------------------------------------- SendGrid
@@ -382,8 +424,15 @@ async def sendgrid_events(request: Request) -> Response:
         events = json.loads(body)
     except ValueError as exc:
         return Response(f"malformed JSON: {exc}", status_code=400, media_type="text/plain")
+    except RecursionError:   # signed, but nested deeper than the parser goes: no event looks like that
+        return Response("malformed JSON: nested too deeply", status_code=400, media_type="text/plain")
     if not isinstance(events, list):
         return Response("expected a JSON array of events", status_code=400, media_type="text/plain")
+    await in_db_thread(_record_email_events, events)
+    return Response(status_code=204)
+
+
+def _record_email_events(events: list[Any]) -> None:
     rt = get_runtime()
     now = now_utc()
     todo: list[tuple[str, str]] = []
@@ -400,7 +449,6 @@ async def sendgrid_events(request: Request) -> Response:
                 todo.append((target, ev["event"]))
     for provider_id, event in todo:
         settle(provider_id, event, None, kind_hint="email")
-    return Response(status_code=204)
 
 
 def _delivery_key(session: Session, delivery_id: Any, message_id: str) -> str | None:
@@ -462,16 +510,24 @@ def _check_token(token: str, now: datetime) -> tuple[Any, HTMLResponse | None]:
 
 
 def _lead_details(lead: db.Lead) -> str:
-    t = lead.traits or {}
-    company = t.get("company")
-    if not isinstance(company, dict):
-        company = {}
-    rows = [("Name", t.get("name")), ("Title", t.get("title")), ("Company", company.get("name")),
-            ("Phone", t.get("phone")), ("Email", t.get("email")),
-            ("Score", f"{lead.score:g} ({lead.tier.replace('_', '-')})")]
-    items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in rows
-                    if v not in (None, ""))
+    from routing.messages import contact_details
+
+    rows = contact_details(lead.traits or {}) + [("Score", f"{lead.score:g} ({lead.tier.replace('_', '-')})")]
+    items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in rows)
     return f'<div class="card"><dl>{items}</dl></div>'
+
+
+def _open_to(session: Session, tok: Any, a: db.Assignment | None) -> bool:
+    """Whether the token's rep may still act on its assignment: the assigned rep, or the manager an
+    escalation reached."""
+    from worker.claims import escalated_to
+
+    if a is None or a.id != tok.assignment_id or a.claimed_at is not None:
+        return False
+    return a.rep_id == tok.rep_id or escalated_to(session, a, get_runtime().rules, tok.rep_id)
+
+
+_GONE = "<p>This lead is no longer open to you.</p>"
 
 
 _CLAIM_REFUSED: dict[int | str, dict[str, Any]] = {
@@ -480,8 +536,12 @@ _CLAIM_REFUSED: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/claim/{token}", response_class=HTMLResponse, tags=["claim"], responses={**_CLAIM_REFUSED})
-def claim_page(token: str) -> HTMLResponse:
+async def claim_page(token: str) -> HTMLResponse:
     """The lead and Claim / Pass buttons. Showing the page changes nothing (mail scanners follow links)."""
+    return await in_db_thread(_show_claim, token)
+
+
+def _show_claim(token: str) -> HTMLResponse:
     now = now_utc()
     tok, bad = _check_token(token, now)
     if bad is not None:
@@ -492,11 +552,9 @@ def claim_page(token: str) -> HTMLResponse:
         a = current_assignment(session, tok.lead_id)
         if lead is None:
             return _page("Invalid link", "<p>This claim link is not valid.</p>", 403)
-        if a is None or a.id != tok.assignment_id or a.claimed_at is not None:
-            owner = rt.rules.rep(lead.owner) if lead.owner else None
-            who = html.escape(owner.display if owner else (lead.owner or "nobody"))
-            return _page("No longer available", f"<p>This lead is no longer open to you; {who} owns it now.</p>"
-                         + _lead_details(lead), 410)
+        if not _open_to(session, tok, a):
+            # neither the lead nor who has it now: the link may have been forwarded
+            return _page("No longer available", _GONE, 410)
         action = html.escape(f"/claim/{token}", quote=True)
         buttons = (f'<form method="post" action="{action}"><button class="claim" name="action" value="claim">'
                    f'Claim</button><button class="pass" name="action" value="pass">Pass</button></form>')
@@ -518,9 +576,13 @@ async def claim_post(token: str, request: Request) -> HTMLResponse:
     if body is None:
         return _page("Too large", "<p>Use the Claim or Pass button.</p>", 413)
     params = _form(body) or {}
-    action = params.get("action", "claim")
+    action = params.get("action")   # the button pressed; an empty POST (a link checker's) does nothing
     if action not in ("claim", "pass"):
         return _page("Unknown action", "<p>Use the Claim or Pass button.</p>", 400)
+    return await in_db_thread(_act_on_claim, tok, action, now)
+
+
+def _act_on_claim(tok: Any, action: str, now: datetime) -> HTMLResponse:
     rt = get_runtime()
     with rt.sessions.begin() as session:
         act = claim if action == "claim" else pass_lead

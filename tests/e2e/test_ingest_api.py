@@ -24,7 +24,7 @@ import segment.analytics as analytics
 from prometheus_client.parser import text_string_to_metric_families
 from segment.analytics.request import APIError
 
-from tests.conftest import CONFIG, Processes, free_port, wait_until
+from tests.conftest import CONFIG, SECRET_KEY, Processes, free_port, wait_until
 from worker import stream
 
 KEYS = {"web": "wk-web-1f9a", "crm": "wk-crm-77c2"}
@@ -93,7 +93,7 @@ def shared_api(redis_server: Any, _migrated_pg: str | None, tmp_path_factory: py
     rules = home / "routing.yaml"
     rules.write_text(CONFIG.read_text())
     env = {"REDIS_URL": redis_server.url, "DATABASE_URL": database, "LEADROUTER_CONFIG": str(rules),
-           "LEADROUTER_SECRET_KEY": "test-secret"}
+           "LEADROUTER_SECRET_KEY": SECRET_KEY}
     (home / "logs").mkdir()
     procs = Processes(env, home / "logs")
     try:
@@ -289,7 +289,8 @@ def test_rate_limit_per_source(processes: Processes, service_env: dict[str, str]
 def test_healthz_names_what_is_unreachable(api: Api, processes: Processes, service_env: dict[str, str],
                                            tmp_path: Path) -> None:
     r = httpx.get(api.url + "/healthz", timeout=10)
-    assert r.status_code == 200 and r.json() == {"redis": "ok", "database": "ok"}
+    assert r.status_code == 200 and r.json()["redis"] == "ok" and r.json()["database"] == "ok"
+    assert r.json()["rules"].startswith("ok ")
     down = start_api(processes, service_env, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
                      DATABASE_URL=f"sqlite:///{tmp_path}")       # a directory: the database cannot open
     r = httpx.get(down.url + "/healthz", timeout=20)
@@ -380,7 +381,7 @@ def test_metrics_never_raise_when_redis_is_down(monkeypatch: pytest.MonkeyPatch,
     assert list(text_string_to_metric_families(text))
 
 
-def test_openapi_describes_every_route(api: Api) -> None:
+def test_openapi_describes_every_route(api: Api, service_env: dict[str, str]) -> None:
     from openapi_spec_validator import validate
 
     doc = httpx.get(api.url + "/openapi.json", timeout=10).json()

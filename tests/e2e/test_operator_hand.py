@@ -19,7 +19,7 @@ from ruamel.yaml import YAML
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT, SECRET_KEY, wait_until
 from tests.e2e.test_alerts_flow import hot_lead, send, sms_to
 from tests.fakes.receiver import WebhookReceiver
 
@@ -28,7 +28,7 @@ BOB, ALICE, CAROL = "+14155550102", "+14155550101", "+4915155550103"
 
 @pytest.fixture
 def receiver() -> Iterator[WebhookReceiver]:
-    r = WebhookReceiver("test-secret")
+    r = WebhookReceiver(SECRET_KEY)
     yield r
     r.stop()
 
@@ -169,6 +169,9 @@ def test_every_lead_command_through_the_cli_against_a_running_worker(running: di
             for row in s.execute(table.select()).mappings():
                 blob = json.dumps(dict(row), default=str)
                 assert "u-op@acme.com" not in blob and "+14155550100" not in blob, table.name
-        lead = s.get(db.Lead, "u-op")
+        from worker.ops import forgotten_id
+
+        assert s.get(db.Lead, "u-op") is None                 # the id itself was the person's too
+        lead = s.get(db.Lead, forgotten_id("u-op"))
         assert lead is not None and lead.traits == {} and lead.event_count == 3
     assert providers.violations == []

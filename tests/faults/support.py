@@ -258,6 +258,7 @@ class TcpProxy:
         self._flowing.set()
         self._thread = threading.Thread(target=self._serve, name="tcp-proxy", daemon=True)
         self.accepted = 0
+        self.held = 0   # pieces of traffic that arrived while held: requests the held side is waiting on
 
     def start(self) -> TcpProxy:
         self.restore()
@@ -332,7 +333,10 @@ class TcpProxy:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
-                self._flowing.wait()
+                if not self._flowing.is_set():
+                    with self._lock:
+                        self.held += 1
+                    self._flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass

@@ -16,13 +16,14 @@ import time_machine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import SECRET_KEY
 from tests.fuzz.strategies import FUZZ, mutated
 from tests.fuzz.support import Api
 from worker import db
 from worker.tokens import ClaimToken, TokenError, sign, verify
 
 SOME = settings(FUZZ, max_examples=20)
-SECRET = "test-secret"                      # LEADROUTER_SECRET_KEY in service_env
+SECRET = SECRET_KEY                 # LEADROUTER_SECRET_KEY of service_env
 TOKEN_CHARS = string.ascii_letters + string.digits + "-_.=+/ %~!*é"
 
 

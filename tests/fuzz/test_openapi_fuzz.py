@@ -32,9 +32,30 @@ class ServedApp:
         self.current: Any = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        from worker.api import create_app
+        await (self.current or _document_app())(scope, receive, send)
 
-        await (self.current or create_app())(scope, receive, send)
+
+def _document_app() -> Any:
+    """An app for reading the document at collection, under settings it accepts to start with (a
+    strong key, the shipped rules), which are forgotten again afterwards."""
+    import os
+
+    from tests.conftest import CONFIG as RULES
+    from tests.conftest import SECRET_KEY
+    from worker.api import create_app
+
+    saved = {k: os.environ.get(k) for k in ("LEADROUTER_SECRET_KEY", "LEADROUTER_CONFIG")}
+    os.environ.update({"LEADROUTER_SECRET_KEY": SECRET_KEY, "LEADROUTER_CONFIG": str(RULES)})
+    reset_settings()
+    try:
+        return create_app()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        reset_settings()
 
 
 SERVED = ServedApp()

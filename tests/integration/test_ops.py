@@ -337,7 +337,9 @@ def test_forget_leaves_no_personal_data(env: dict[str, str]) -> None:
     with sessions()() as s:
         leaks = [(t, c, v[:80]) for t, c, v in _all_text(s) if EMAIL in v or PHONE in v or "Jane" in v]
         assert leaks == []
-        lead = s.get(db.Lead, "u-forget")
+        from worker.ops import forgotten_id
+
+        lead = s.get(db.Lead, forgotten_id("u-forget"))
         assert lead is not None and lead.traits == {} and lead.forgotten_at is not None
         assert lead.score == score_before and lead.event_count == 3
         assert all(e.traits == {} and e.properties == {} for e in s.scalars(select(db.Event)))

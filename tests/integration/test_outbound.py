@@ -13,11 +13,12 @@ import pytest
 from ruamel.yaml import YAML
 from sqlalchemy import select
 
+from tests.conftest import SECRET_KEY
 from tests.fakes.receiver import WebhookReceiver
 from tests.integration.test_ops import ALWAYS, cli, cli_json, current, feed, hot_lead, sessions, ts
 from worker import db
 
-SECRET = "test-secret"      # LEADROUTER_SECRET_KEY of service_env
+SECRET = SECRET_KEY                 # LEADROUTER_SECRET_KEY of service_env
 LEAD_EVENTS = {"lead.hot", "lead.assigned", "lead.claimed", "lead.reassigned", "lead.contacted", "lead.unrouted"}
 
 
@@ -259,7 +260,10 @@ def test_forget_erases_the_outbox_and_cancels_what_was_not_sent(env: dict[str, s
     rows = outbox("u-erase")
     assert rows and any(email in r.body for r in rows)
     cli(env, "forget", "u-erase")
-    rows = outbox("u-erase")
+    from worker.ops import forgotten_id
+
+    rows = outbox(forgotten_id("u-erase"))
+    assert rows and all("u-erase" not in r.body for r in rows)
     assert all(email not in r.body and phone not in r.body for r in rows)
     assert {r.status for r in rows} == {"cancelled"}
 

@@ -45,7 +45,9 @@ def test_redis_keeps_an_append_only_file_and_never_evicts() -> None:
     assert redis["image"] == "redis:7"
     command = redis["command"]
     assert command[0] == "redis-server"
-    assert flags(command) == {"--appendonly": "yes", "--appendfsync": "everysec", "--maxmemory-policy": "noeviction"}
+    assert flags(command) == {"--appendonly": "yes", "--appendfsync": "everysec", "--maxmemory-policy": "noeviction",
+                              "--maxmemory": "${REDIS_MAXMEMORY:-1gb}"}
+    assert interpolate(flags(command)["--maxmemory"], {}) == "1gb"     # bounded unless the operator says otherwise
     assert any(v.split(":")[1] == "/data" for v in redis["volumes"])
     assert redis["volumes"][0].split(":")[0] in COMPOSE["volumes"]  # a named volume, not the container's layer
     assert redis["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
@@ -141,3 +143,12 @@ def test_dockerfile_builds_a_non_root_leadrouter_image() -> None:
 def test_dockerignore_keeps_secrets_and_local_state_out_of_the_image() -> None:
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".env", ".git", ".venv", "var/"} <= ignored
+
+
+def test_the_env_example_leaves_the_secret_key_for_the_operator_to_set() -> None:
+    from worker.startup import secret_problem
+
+    values = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+                  if line and not line.startswith("#"))
+    assert values["LEADROUTER_SECRET_KEY"] == ""
+    assert secret_problem(values["LEADROUTER_SECRET_KEY"]) is not None      # copied as it is, nothing starts
