@@ -8,10 +8,12 @@ only *kick* a drain; losing one loses no event.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -147,30 +149,64 @@ def backlog(r: redis.Redis, lane: str) -> dict[str, int]:
     return {"waiting": r.xlen(key), "pending": 0}
 
 
+@dataclass
+class _Held:
+    r: redis.Redis
+    lane: str
+    consumer: str
+    ids: set[str]
+    every: float
+    next_at: float
+
+
+_held: dict[int, _Held] = {}    # batches being worked on in this process, by token
+_held_lock = threading.Lock()
+_keeper: tuple[int, threading.Thread] | None = None
+_tokens = itertools.count(1)
+
+
 @contextmanager
 def keep_claimed(r: redis.Redis, lane: str, consumer: str, ids: list[str], every: float) -> Iterator[None]:
     """While the body works on ``ids``, keep their idle time short, every ``every`` seconds: a slow batch is
     still this consumer's, and ``XAUTOCLAIM`` hands it to no one else in turn. Only the entries this
-    consumer still holds are touched (one another consumer took over stays theirs)."""
-    done = threading.Event()
-    key = stream_key(lane)
-    wanted = set(ids)
-
-    def refresh() -> None:
-        while not done.wait(every):
-            try:
-                rows = r.xpending_range(key, GROUP, min="-", max="+", count=len(ids) + 100, consumername=consumer)
-                held = (row["message_id"] for row in rows)
-                mine: list[int | bytes | str | memoryview[int]] = [
-                    i for i in (m.decode() if isinstance(m, bytes) else str(m) for m in held) if i in wanted]
-                if mine:
-                    r.xclaim(key, GROUP, consumer, min_idle_time=0, message_ids=mine, justid=True)
-            except redis.RedisError:
-                pass   # Redis away: the batch's own read or ack will say so
-
-    thread = threading.Thread(target=refresh, name=f"keep-claimed-{lane}", daemon=True)
-    thread.start()
+    consumer still holds are touched (one another consumer took over stays theirs). One thread per
+    process does it for every batch held: a drain costs a registration, not a thread of its own."""
+    global _keeper
+    token = next(_tokens)
+    with _held_lock:
+        if _keeper is None or _keeper[0] != os.getpid() or not _keeper[1].is_alive():
+            _held.clear()    # a forked child holds none of its parent's batches
+            thread = threading.Thread(target=_keep, name="keep-claimed", daemon=True)
+            _keeper = (os.getpid(), thread)
+            thread.start()
+        _held[token] = _Held(r, lane, consumer, set(ids), every, time.monotonic() + every)
     try:
         yield
     finally:
-        done.set()
+        with _held_lock:
+            _held.pop(token, None)
+
+
+def _keep() -> None:
+    while True:
+        time.sleep(0.05)
+        now = time.monotonic()
+        with _held_lock:
+            due = [h for h in _held.values() if h.next_at <= now]
+            for h in due:
+                h.next_at = now + h.every
+        for h in due:
+            _refresh(h)
+
+
+def _refresh(h: _Held) -> None:
+    key = stream_key(h.lane)
+    try:
+        rows = h.r.xpending_range(key, GROUP, min="-", max="+", count=len(h.ids) + 100, consumername=h.consumer)
+        held = (row["message_id"] for row in rows)
+        mine: list[int | bytes | str | memoryview[int]] = [
+            i for i in (m.decode() if isinstance(m, bytes) else str(m) for m in held) if i in h.ids]
+        if mine:
+            h.r.xclaim(key, GROUP, h.consumer, min_idle_time=0, message_ids=mine, justid=True)
+    except redis.RedisError:
+        pass   # Redis away: the batch's own read or ack will say so
