@@ -16,7 +16,8 @@ if (!lead) {
 }
 
 const traits = {
-  name, email: `${lead}@acme.com`, title: 'VP Engineering', phone: '+14155550100', role: 'decision_maker',
+  // a company of its own per lead: no account owner carried over from another client's lead
+  name, email: `${lead}@${lead}.example.com`, title: 'VP Engineering', phone: '+14155550100', role: 'decision_maker',
   company: { name: 'Acme', industry: 'software', employee_count: 1200 }, address: { country: 'US' },
 }
 const calls = [

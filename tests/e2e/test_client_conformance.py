@@ -69,7 +69,7 @@ def _browser_lead(browser: Any, site: Any, mode: str, lead: str, name: str) -> N
     page.goto(f"{site.url}/{mode}.html")
     page.wait_for_function("window.analytics && window.analytics.initialized === true", timeout=15_000)
     page.evaluate("""([lead, name]) => {
-        analytics.identify(lead, {name, email: lead + '@acme.com', title: 'VP Engineering', phone: '+14155550100',
+        analytics.identify(lead, {name, email: lead + '@' + lead + '.example.com', title: 'VP Engineering', phone: '+14155550100',
             role: 'decision_maker', company: {name: 'Acme', industry: 'software', employee_count: 1200},
             address: {country: 'US'}});
         analytics.track('Pricing Page Viewed', {path: '/pricing'});

@@ -103,10 +103,10 @@ def test_a_message_of_someone_else_then_is_not_taken_for_ours(alert_env, provide
     from worker.alerts import fire_steps, settle_maybe_sent
 
     make_hot("other-1")
-    providers.fail_next("twilio", [("ok",), ("drop",)])
     make_hot("mine-1")
     other, mine = steps_of(alert_env, "other-1", 0)[0], steps_of(alert_env, "mine-1", 0)[0]
     fire_steps([other.id])                       # another lead's alert to the same rep, answered
+    providers.fail_next("twilio", [("drop",)])   # scripted only now: nothing else can take the drop
     fire_steps([mine.id])                        # ours: dropped before Twilio took it
     assert {d.channel: d for d in deliveries(alert_env, mine.id)}["sms"].status == "maybe_sent"
     assert len(sms_to(providers, "+14155550102")) == 1
