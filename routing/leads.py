@@ -149,12 +149,8 @@ def apply_event(lead: Lead, event: Event, rules: Rules, *, now: datetime, seq: i
     in_order = latest is None or event.timestamp > latest
     own = transition(lead.history, after, rules.scoring, event.timestamp)
     tr = own if in_order or latest is None else transition(lead.history, after, rules.scoring, latest)
-    if in_order:
-        ep = lead.episode
-        crossings = (ep.hot_at if ep.hot_at is not None or not tr.crossed_hot else event.timestamp,
-                     ep.red_hot_at if ep.red_hot_at is not None or not tr.crossed_red_hot else event.timestamp)
-    else:
-        crossings = first_crossings(after, rules.scoring)
+    # in order, ``decide`` adds a first crossing at the event's own instant; otherwise the timeline is re-read
+    crossings = None if in_order else first_crossings(after, rules.scoring)
     outcome = decide(
         lead.episode,
         tr,

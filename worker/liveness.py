@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 
 import redis
 
@@ -51,8 +52,8 @@ def keep_alive(r: redis.Redis) -> None:
 
 
 def _beat(me: str) -> None:
-    stop = threading.Event()
-    while not stop.wait(EVERY_SECONDS):
+    while True:
+        time.sleep(EVERY_SECONDS)
         try:
             if _client is not None:
                 _client.set(_PREFIX + me, 1, ex=TTL_SECONDS)
