@@ -63,6 +63,7 @@ from worker.claims import reassign
 from worker.db import now_utc
 from worker.liveness import claimer_id, keep_alive
 from worker.outbound import Emitter
+from worker.pause import is_paused
 from worker.retry import RECORD_OUTAGE, is_outage, send_with_retry
 from worker.runtime import get_runtime
 from worker.settings import Settings
@@ -370,8 +371,6 @@ class Claimed:
 def claim(session: Session, rules: Rules, step_ids: Sequence[int], now: datetime, *, take_in: bool = True
           ) -> Claimed:
     """In the caller's transaction: claim the due steps among ``step_ids`` and write their deliveries."""
-    from worker.ops import is_paused
-
     claimed = Claimed(now)
     if is_paused(session):
         return claimed
@@ -980,8 +979,6 @@ def still_stands(session: Session, step: db.AlertStep | None, assignment: db.Ass
                  lead: db.Lead | None) -> str | None:
     """Why a step's message must not go out now after all, if it must not: called off (claimed, closed,
     contacted, no longer current), alerting paused, or superseded by a later step of its cadence."""
-    from worker.ops import is_paused
-
     if step is None:
         return "no step"
     why = _called_off(step, assignment, lead)
