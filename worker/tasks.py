@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from celery.signals import worker_ready
 
 from worker import db, retry, stream
-from worker.app import app
+from worker.app import DRAIN, FAILOVER, FIRE_STEPS, TICK, app
 from worker.db import now_utc
 from worker.pipeline import BatchResult, BatchTooSlow, dead_letter, forecast, process_batch
 from worker.runtime import get_runtime
@@ -214,7 +214,7 @@ def queue_steps(step_ids: list[int], eta: datetime | None = None) -> None:
         start = end
 
 
-@app.task(name="leadrouter.drain", ignore_result=True)
+@app.task(name=DRAIN, ignore_result=True)
 def drain(lane: str = stream.NORMAL) -> int:
     """Drain a few batches; re-kick when there is more, so other lanes' tasks interleave."""
     from worker.publish import kick_drain
@@ -264,7 +264,7 @@ def _drain_at_start(**_: object) -> None:
         drain.apply_async(args=(lane,), queue=queue_for(lane))
 
 
-@app.task(name="leadrouter.fire_steps", ignore_result=True)
+@app.task(name=FIRE_STEPS, ignore_result=True)
 def fire_steps(step_ids: list[int]) -> None:
     """Fire a batch of due steps; queue what that made due, and give back steps that came early."""
     from worker.alerts import fire_steps as fire
@@ -290,12 +290,7 @@ def fire_step(step_id: int) -> None:
     fire_steps([step_id])
 
 
-def queue_failover(delivery_ids: list[int]) -> None:
-    """Carry the steps of these failed deliveries on their reps' other channels, from an alert worker."""
-    failover_deliveries.apply_async(args=[delivery_ids], queue="alerts")
-
-
-@app.task(name="leadrouter.failover", ignore_result=True)
+@app.task(name=FAILOVER, ignore_result=True)
 def failover_deliveries(delivery_ids: list[int]) -> None:
     """A delivery the provider reported failed: its step on the rep's other channel, once. Running this
     twice sends nothing twice: a (step, rep, channel) already written is never written again."""
@@ -311,7 +306,7 @@ def failover_deliveries(delivery_ids: list[int]) -> None:
     send_all(sends)
 
 
-@app.task(name="leadrouter.tick", ignore_result=True)
+@app.task(name=TICK, ignore_result=True)
 def tick() -> None:
     from worker.scheduler import tick_once
 

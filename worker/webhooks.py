@@ -383,10 +383,10 @@ def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: 
                                    db.Delivery.channel == "email", db.Delivery.status == DeliveryStatus.MAYBE_SENT)
                             .values(status=DeliveryStatus.SENT, settled_by="twin", updated_at=now))
     if failed_over:
-        from worker.tasks import queue_failover
+        from worker.app import FAILOVER, app
 
-        try:
-            queue_failover(failed_over)   # the other channel goes out from an alert worker, never from here
+        try:   # the other channel goes out from an alert worker, never from here
+            app.send_task(FAILOVER, args=[failed_over], queue="alerts")
         except Exception:   # Redis away: the failure is recorded, and the cadence's next step still comes
             log.exception("fail-over of deliveries %s could not be queued", failed_over)
 
