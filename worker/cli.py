@@ -437,8 +437,8 @@ def _actor() -> str:
 
 def cmd_lead(args: argparse.Namespace) -> int:
     from worker import ops
+    from worker.dispatch import dispatch_steps
     from worker.runtime import get_runtime
-    from worker.tasks import dispatch_steps
 
     rt = get_runtime()
     try:

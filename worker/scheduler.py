@@ -139,8 +139,8 @@ def release_stuck(session: Any, now: datetime, r: redis.Redis) -> int:
 
 def tick_once() -> int:
     """One scheduler pass; returns how many steps it queued."""
+    from worker.dispatch import dispatch_steps
     from worker.publish import kick_drain
-    from worker.tasks import dispatch_steps
 
     rt = get_runtime()
     rt.rules_holder.refresh()

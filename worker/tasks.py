@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from datetime import datetime, timedelta
@@ -16,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from celery.signals import worker_ready
 
-from worker import db, retry, stream
+from worker import db, dispatch, retry, stream
 from worker.app import DRAIN, FAILOVER, FIRE_STEPS, TICK, app
 from worker.db import now_utc
 from worker.pipeline import BatchResult, BatchTooSlow, dead_letter, forecast, process_batch
@@ -32,9 +30,6 @@ log = logging.getLogger("leadrouter.tasks")
 # A batch that takes longer than this (hostile input making one lead costly) is split in halves and each half
 # applied on its own, down to single entries, so the leads that share a batch with it are not held back.
 DRAIN_TIME_LIMIT = 20.0
-DISPATCH_KEY = "lr:dispatched:{}"
-DISPATCH_HOLD_MS = 5000     # a step queued this recently is not queued again
-FIRE_BATCH = 16             # steps per fire task: they share two transactions and send together
 EARLY_REQUEUE = timedelta(seconds=30)   # a step handed over this far before its due time waits in a task
 
 
@@ -64,7 +59,7 @@ def drain_once(lane: str) -> tuple[int, BatchResult]:
         slots.release()
     stream.ack(r, lane, [e.id for e in entries])
     won = set(claimed.won) if claimed is not None else set()
-    dispatch_steps([step_id for step_id in result.due_steps if step_id not in won])
+    dispatch.dispatch_steps([step_id for step_id in result.due_steps if step_id not in won])
     return len(entries), result
 
 
@@ -152,7 +147,7 @@ def _apply(entries: list[stream.Entry], lane: str, claim: bool, deadline: float 
     with db.urgent(rt.engine) if lane == stream.FAST else nullcontext(), rt.sessions.begin() as session:
         result = process_batch(session, entries, rules, now, Router(rules), fc, deadline=deadline)
         # one batch's worth: a burst of crossings leaves the rest to the alert workers, in parallel
-        claimed = _claim_due(session, rules, result.due_steps[:FIRE_BATCH]) \
+        claimed = _claim_due(session, rules, result.due_steps[:dispatch.FIRE_BATCH]) \
             if claim and result.due_steps else None
     return result, claimed
 
@@ -178,40 +173,6 @@ def _apply_one_by_one(entries: list[stream.Entry]) -> BatchResult:
                 dead_letter(session, entry, f"{type(exc).__name__}: {exc}", now_utc())
             total.dead_lettered += 1
     return total
-
-
-def dispatch_steps(step_ids: Iterable[int], eta: datetime | None = None) -> int:
-    """Queue alert steps for firing, in batches; returns how many were queued.
-
-    A step queued in the last few seconds (by a second scheduler, or by the drain
-    that made it before a tick saw it) is left out. That only saves work: the
-    compare-and-set in :func:`worker.alerts.fire_steps` is what makes a step fire
-    once. ``eta``: the steps are due then, and the task waits for it.
-    """
-    ids = list(dict.fromkeys(step_ids))
-    if not ids:
-        return 0
-    hold = DISPATCH_HOLD_MS
-    if eta is not None:
-        hold += max(0, int((eta - now_utc()).total_seconds() * 1000))
-    pipe = get_runtime().redis.pipeline(transaction=False)
-    for step_id in ids:
-        pipe.set(DISPATCH_KEY.format(step_id), 1, nx=True, px=hold)
-    fresh = [step_id for step_id, queued in zip(ids, pipe.execute(), strict=True) if queued]
-    queue_steps(fresh, eta)
-    return len(fresh)
-
-
-def queue_steps(step_ids: list[int], eta: datetime | None = None) -> None:
-    """Split the steps into even batches of at most ``FIRE_BATCH``, one task each."""
-    if not step_ids:
-        return
-    size, larger = divmod(len(step_ids), math.ceil(len(step_ids) / FIRE_BATCH))
-    start = 0
-    for n in range(math.ceil(len(step_ids) / FIRE_BATCH)):
-        end = start + size + (1 if n < larger else 0)
-        fire_steps.apply_async(args=(step_ids[start:end],), queue="alerts", eta=eta)
-        start = end
 
 
 @app.task(name=DRAIN, ignore_result=True)
@@ -274,14 +235,14 @@ def fire_steps(step_ids: list[int]) -> None:
 
 def _after_firing(fired: Fired) -> None:
     """Queue what firing made due, and give back the steps that came early."""
-    dispatch_steps(fired.follow_up)
+    dispatch.dispatch_steps(fired.follow_up)
     now = now_utc()
     early: dict[datetime, list[int]] = {}
     for step_id, due_at in fired.early:
         if due_at - now <= EARLY_REQUEUE:   # later than that, the scheduler's tick hands it over again
             early.setdefault(due_at, []).append(step_id)
     for due_at, ids in early.items():
-        queue_steps(ids, eta=due_at)
+        dispatch.queue_steps(ids, eta=due_at)
 
 
 @app.task(name="leadrouter.fire_step", ignore_result=True)

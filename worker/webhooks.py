@@ -238,7 +238,7 @@ def _answer_reply(sid: str, sender: str, text: str) -> Response:
             return _twiml(None)
         reply, due = handle_reply(session, rep.id, sender, text, now)
     if due:
-        from worker.tasks import dispatch_steps
+        from worker.dispatch import dispatch_steps
 
         dispatch_steps(list(due))
     return _twiml(reply)
@@ -588,7 +588,7 @@ def _act_on_claim(tok: Any, action: str, now: datetime) -> HTMLResponse:
         act = claim if action == "claim" else pass_lead
         result = act(session, rt.rules, tok.lead_id, tok.rep_id, now, via="link", assignment_id=tok.assignment_id)
     if result.due_steps:
-        from worker.tasks import dispatch_steps
+        from worker.dispatch import dispatch_steps
 
         dispatch_steps(list(result.due_steps))
     title = ("Claimed" if action == "claim" else "Passed") if result.ok else "Not available"
