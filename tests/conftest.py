@@ -257,9 +257,10 @@ def tmpdir_path() -> Iterator[Path]:
 def hold_alerts(monkeypatch: pytest.MonkeyPatch, record: list[int] | None = None) -> None:
     """Drains in this process leave the alert steps they make due as pending rows (recorded in ``record``):
     not queued for a Celery worker, not fired by the fast lane itself. For tests about something else."""
+    import worker.dispatch
     import worker.tasks
 
-    monkeypatch.setattr(worker.tasks, "dispatch_steps",
+    monkeypatch.setattr(worker.dispatch, "dispatch_steps",
                         lambda ids, eta=None: (record.extend(ids) if record is not None else None) or 0)
     monkeypatch.setattr(worker.tasks, "INLINE_FIRING", 0)   # no thread to fire on: the steps are dispatched
     monkeypatch.setattr(worker.tasks, "_inline", None)

@@ -21,7 +21,6 @@ import logging
 import os
 import re
 import threading
-import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import and_, func, insert, or_, select, union_all, update
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from routing.cadence import collapse_overdue, escalates, in_cadence, validity_seconds
@@ -59,13 +57,14 @@ from worker.channels import (
     Sent,
     TransportError,
     TwilioSmsChannel,
-    send_with_retry,
 )
 from worker.channels.twilio_sms import FIND_LIMIT
 from worker.claims import reassign
 from worker.db import now_utc
 from worker.liveness import claimer_id, keep_alive
 from worker.outbound import Emitter
+from worker.pause import is_paused
+from worker.retry import RECORD_OUTAGE, is_outage, send_with_retry
 from worker.runtime import get_runtime
 from worker.settings import Settings
 from worker.tokens import ClaimToken, sign
@@ -226,7 +225,6 @@ SEND_THREADS = 32
 MAX_BATCH = 24        # steps one batch may carry when it takes in late steps of other tasks
 BEHIND = timedelta(milliseconds=100)   # a step this late is taken by whichever batch runs first
 TAKE_IN_WITHIN = timedelta(seconds=60)  # ... unless it is later than this
-RECORD_ATTEMPTS = 3    # the providers have answered: a short database outage must not lose what they said
 
 
 @dataclass
@@ -284,10 +282,6 @@ def _transaction() -> Iterator[Session]:
     finally:
         if serial:
             _sqlite_writer.release()
-
-
-def _is_outage(exc: BaseException) -> bool:
-    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
 def _overdue(session: Session, now: datetime, leave_out: Sequence[int], limit: int) -> list[int]:
@@ -377,8 +371,6 @@ class Claimed:
 def claim(session: Session, rules: Rules, step_ids: Sequence[int], now: datetime, *, take_in: bool = True
           ) -> Claimed:
     """In the caller's transaction: claim the due steps among ``step_ids`` and write their deliveries."""
-    from worker.ops import is_paused
-
     claimed = Claimed(now)
     if is_paused(session):
         return claimed
@@ -403,7 +395,7 @@ def fire_steps(step_ids: Sequence[int], *, take_in: bool = True) -> Fired:
         with _transaction() as session:
             claimed = claim(session, get_runtime().rules, ids, now_utc(), take_in=take_in)
     except Exception as exc:
-        if (len(ids) == 1 and not take_in) or _is_outage(exc):
+        if (len(ids) == 1 and not take_in) or is_outage(exc):
             raise
         # Nothing was committed: fire them one at a time, so one bad step holds back no other.
         log.exception("a batch of %d alert steps failed; firing them one at a time", len(ids))
@@ -437,7 +429,7 @@ def _one_by_one(step_ids: Sequence[int]) -> Fired:
         try:
             out.add(fire_steps([step_id], take_in=False))
         except Exception as exc:
-            if _is_outage(exc):
+            if is_outage(exc):
                 raise
             log.exception("alert step %s could not be fired", step_id)
     return out
@@ -746,19 +738,13 @@ def _attempt(item: _Send, settings: Settings) -> None:
 
 
 def _in_transaction(work: Callable[[Session], Any]) -> Any:
-    """Run ``work`` in a transaction, waiting out a short database outage."""
-    delay = 0.5
-    for attempt in range(1, RECORD_ATTEMPTS + 1):
-        try:
-            with _transaction() as session:
-                return work(session)
-        except Exception as exc:
-            if not _is_outage(exc) or attempt == RECORD_ATTEMPTS:
-                raise
-            log.warning("database unavailable while recording deliveries (%s); retrying", type(exc).__name__)
-            time.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")  # pragma: no cover
+    """Run ``work`` in a transaction, waiting out a short database outage (:data:`worker.retry.RECORD_OUTAGE`)."""
+
+    def once() -> Any:
+        with _transaction() as session:
+            return work(session)
+
+    return RECORD_OUTAGE.call(once)
 
 
 def _record(session: Session, items: Sequence[_Send]) -> list[float]:
@@ -993,8 +979,6 @@ def still_stands(session: Session, step: db.AlertStep | None, assignment: db.Ass
                  lead: db.Lead | None) -> str | None:
     """Why a step's message must not go out now after all, if it must not: called off (claimed, closed,
     contacted, no longer current), alerting paused, or superseded by a later step of its cadence."""
-    from worker.ops import is_paused
-
     if step is None:
         return "no step"
     why = _called_off(step, assignment, lead)

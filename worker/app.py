@@ -45,6 +45,13 @@ class RedisTransport(kombu_redis.Transport):
     Channel = _RedisChannel
 
 
+# Task names: a module that only queues a task sends it by name (``app.send_task``) and need not
+# import worker.tasks, which imports nearly everything.
+DRAIN = "leadrouter.drain"
+FIRE_STEPS = "leadrouter.fire_steps"
+FAILOVER = "leadrouter.failover"
+TICK = "leadrouter.tick"
+
 settings = get_settings()
 app = Celery("leadrouter", broker=settings.redis_url, include=["worker.tasks"])
 app.conf.update(
@@ -61,7 +68,7 @@ app.conf.update(
     broker_connection_max_retries=None,
     broker_transport_options={"visibility_timeout": 3600, "socket_timeout": 10, "socket_connect_timeout": 5},
     worker_send_task_events=False,
-    beat_schedule={"tick": {"task": "leadrouter.tick", "schedule": 1.0}},
+    beat_schedule={"tick": {"task": TICK, "schedule": 1.0}},
     timezone="UTC",
 )
 

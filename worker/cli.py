@@ -437,8 +437,8 @@ def _actor() -> str:
 
 def cmd_lead(args: argparse.Namespace) -> int:
     from worker import ops
+    from worker.dispatch import dispatch_steps
     from worker.runtime import get_runtime
-    from worker.tasks import dispatch_steps
 
     rt = get_runtime()
     try:
@@ -453,12 +453,12 @@ def cmd_lead(args: argparse.Namespace) -> int:
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    from worker import ops
+    from worker.pause import set_paused
     from worker.runtime import get_runtime
 
     paused = args.command == "pause"
     with get_runtime().sessions.begin() as session:
-        ops.set_paused(session, paused, actor=_actor(), reason=getattr(args, "reason", None))
+        set_paused(session, paused, actor=_actor(), reason=getattr(args, "reason", None))
     print("alerting paused: events are still scored" if paused else "alerting resumed")
     return 0
 

@@ -27,8 +27,8 @@ from worker import db, metrics, stream
 from worker.assign import Router, lock_routing
 from worker.outbound import forget as outbound_forget
 from worker.outbound import summary as outbound_summary
+from worker.pause import PAUSE_KEY
 
-PAUSE_KEY = "paused"
 AWAY_KEY = "away:{}"
 WORKER_PREFIX = "worker:"
 FOREVER = datetime(9999, 1, 1, tzinfo=UTC)   # "away until `rep back`"
@@ -42,20 +42,7 @@ class OpsError(Exception):
     """An operator's request that cannot be carried out; nothing was changed."""
 
 
-# ---------------------------------------------------------------- pause
-
-
-def is_paused(session: Session) -> bool:
-    row = session.get(db.Setting, PAUSE_KEY)
-    return bool(row is not None and row.value.get("paused"))
-
-
-def set_paused(session: Session, paused: bool, actor: str | None, reason: str | None = None,
-               now: datetime | None = None) -> None:
-    """Stop (or restart) all alerting; events keep being scored while paused."""
-    now = now or db.now_utc()
-    value = {"paused": paused, "actor": actor, "reason": reason, "at": now.isoformat()}
-    _put_setting(session, PAUSE_KEY, value, now)
+# ---------------------------------------------------------------- settings
 
 
 def _put_setting(session: Session, key: str, value: dict[str, Any], now: datetime) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from sqlalchemy import Connection, Table, bindparam, func, select, text, update
 from sqlalchemy.orm import Session, defer
@@ -52,6 +52,24 @@ def dialect_insert(session: Session) -> Callable[..., postgresql.Insert | sqlite
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert
+
+
+class HotLeadRouter(Protocol):
+    """What :func:`process_batch` calls when a lead turns hot, is contacted, or needs its owner told
+    (:class:`worker.assign.Router` in the service). Each call runs in the batch's transaction."""
+
+    def route(self, session: Session, lead: db.Lead, traits: Mapping[str, Any], applied: Applied, ev: Event,
+              event_id: int, now: datetime) -> list[int]:
+        """Assign the lead's new hot episode to a rep; the ids of the alert steps it made due now."""
+        ...
+
+    def notify_owner(self, session: Session, lead: db.Lead, action: str, now: datetime) -> list[int]:
+        """Tell the lead's current owner of an ``FYI`` or ``PRIORITY`` crossing; the alert steps due now."""
+        ...
+
+    def contacted(self, session: Session, lead: db.Lead, ev: Event, now: datetime) -> None:
+        """The lead was contacted (``Lead Contacted``): its alert cadence stops."""
+        ...
 
 
 @dataclass
@@ -283,7 +301,7 @@ def _touched(events: list[Event], links: dict[str, str]) -> set[str]:
     return touched
 
 
-def process_batch(session: Session, entries: list[Entry], rules: Rules, now: datetime, router: Any,
+def process_batch(session: Session, entries: list[Entry], rules: Rules, now: datetime, router: HotLeadRouter,
                   fc: Forecast | None = None, deadline: float | None = None) -> BatchResult:
     """Apply ``entries`` inside the caller's transaction. ``router`` turns hot episodes into assignments.
 

@@ -80,9 +80,9 @@ def publish(
 def kick_drain(r: redis.Redis, lane: str) -> None:
     """Ask a worker to drain ``lane``, unless a drain is already on its way."""
     if r.set(stream.kick_key(lane), "1", nx=True, px=2000):
-        from worker.tasks import drain
+        from worker.app import DRAIN, app
 
-        drain.apply_async(args=(lane,), queue=queue_for(lane))
+        app.send_task(DRAIN, args=(lane,), queue=queue_for(lane))
 
 
 def queue_for(lane: str) -> str:

@@ -37,6 +37,7 @@ from routing.kinds import DeliveryStatus, StepStatus
 from worker import db, liveness, stream
 from worker.alerts import COLLAPSED, flush_held, settle_maybe_sent
 from worker.db import now_utc
+from worker.pause import is_paused
 from worker.runtime import get_runtime, settle_process
 
 log = logging.getLogger("leadrouter.scheduler")
@@ -138,9 +139,8 @@ def release_stuck(session: Any, now: datetime, r: redis.Redis) -> int:
 
 def tick_once() -> int:
     """One scheduler pass; returns how many steps it queued."""
-    from worker.ops import is_paused
+    from worker.dispatch import dispatch_steps
     from worker.publish import kick_drain
-    from worker.tasks import dispatch_steps
 
     rt = get_runtime()
     rt.rules_holder.refresh()

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING
 
 from celery.signals import worker_ready
-from sqlalchemy.exc import DBAPIError, OperationalError
 
-from worker import db, stream
-from worker.app import app
+from worker import db, dispatch, retry, stream
+from worker.app import DRAIN, FAILOVER, FIRE_STEPS, TICK, app
 from worker.db import now_utc
 from worker.pipeline import BatchResult, BatchTooSlow, dead_letter, forecast, process_batch
 from worker.runtime import get_runtime
@@ -29,18 +27,10 @@ if TYPE_CHECKING:
     from worker.alerts import Claimed, Fired
 
 log = logging.getLogger("leadrouter.tasks")
-OUTAGE_WAIT_LIMIT = 600.0   # seconds a drain waits for the database before leaving its batch pending
 # A batch that takes longer than this (hostile input making one lead costly) is split in halves and each half
 # applied on its own, down to single entries, so the leads that share a batch with it are not held back.
 DRAIN_TIME_LIMIT = 20.0
-DISPATCH_KEY = "lr:dispatched:{}"
-DISPATCH_HOLD_MS = 5000     # a step queued this recently is not queued again
-FIRE_BATCH = 16             # steps per fire task: they share two transactions and send together
 EARLY_REQUEUE = timedelta(seconds=30)   # a step handed over this far before its due time waits in a task
-
-
-def _is_outage(exc: BaseException) -> bool:
-    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
 def drain_once(lane: str) -> tuple[int, BatchResult]:
@@ -69,7 +59,7 @@ def drain_once(lane: str) -> tuple[int, BatchResult]:
         slots.release()
     stream.ack(r, lane, [e.id for e in entries])
     won = set(claimed.won) if claimed is not None else set()
-    dispatch_steps([step_id for step_id in result.due_steps if step_id not in won])
+    dispatch.dispatch_steps([step_id for step_id in result.due_steps if step_id not in won])
     return len(entries), result
 
 
@@ -111,7 +101,7 @@ def _claim_due(session: Session, rules: Rules, step_ids: list[int]) -> Claimed |
         with session.begin_nested():
             return claim(session, rules, step_ids, now_utc(), take_in=False)
     except Exception as exc:
-        if _is_outage(exc):
+        if retry.is_outage(exc):
             raise
         log.exception("claiming alert steps %s in the fast lane failed; the alert workers will", step_ids)
         return None
@@ -119,113 +109,73 @@ def _claim_due(session: Session, rules: Rules, step_ids: list[int]) -> Claimed |
 
 def _apply_with_retries(entries: list[stream.Entry], lane: str, claim: bool = False
                         ) -> tuple[BatchResult, Claimed | None]:
-    """Apply the batch in one transaction, waiting out a database outage; with ``claim``, the due alert
-    steps it makes are claimed in the same transaction."""
+    """Apply the batch in one transaction, waiting out a database outage (:data:`worker.retry.DRAIN_OUTAGE`);
+    with ``claim``, the due alert steps it makes are claimed in the same transaction."""
+    deadline = time.monotonic() + DRAIN_TIME_LIMIT if len(entries) > 1 else None
+    try:
+        return retry.DRAIN_OUTAGE.call(
+            lambda: retry.BATCH_AGAIN.call(lambda: _apply(entries, lane, claim, deadline)),
+            about=f"{len(entries)} entries")
+    except BatchTooSlow:
+        half = len(entries) // 2
+        log.warning("a batch of %d entries ran past %.0f s; applying it in halves", len(entries), DRAIN_TIME_LIMIT)
+        first, _ = _apply_with_retries(entries[:half], lane)
+        second, _ = _apply_with_retries(entries[half:], lane)
+        return first.add(second), None
+    except Exception as exc:  # an outage past its wait leaves the batch pending; anything else isolates the bad entry
+        if retry.is_outage(exc):
+            raise
+        log.exception("batch failed; applying its %d entries one by one", len(entries))
+        return _apply_one_by_one(entries), None
+
+
+def _apply(entries: list[stream.Entry], lane: str, claim: bool, deadline: float | None
+           ) -> tuple[BatchResult, Claimed | None]:
+    """One try at applying the batch, in one transaction."""
     from worker.assign import Router
 
     rt = get_runtime()
-    waited, delay = 0.0, 0.2
-    attempts = 0
-    deadline = time.monotonic() + DRAIN_TIME_LIMIT if len(entries) > 1 else None
-    while True:
-        rules = rt.rules
-        now = now_utc()
-        try:
-            fc = None
-            if lane != stream.FAST:
-                # scored before the write lock, so workers score at the same time (worker.pipeline.Forecast)
-                with db.reading(rt.engine) as conn:
-                    fc = forecast(conn, entries, rules, now)
-                db.yield_to_urgent(rt.engine)
-            # the fast lane goes first on SQLite; the normal lane let it, just above (worker.db.urgent)
-            with db.urgent(rt.engine) if lane == stream.FAST else nullcontext(), rt.sessions.begin() as session:
-                result = process_batch(session, entries, rules, now, Router(rules), fc, deadline=deadline)
-                # one batch's worth: a burst of crossings leaves the rest to the alert workers, in parallel
-                claimed = _claim_due(session, rules, result.due_steps[:FIRE_BATCH]) \
-                    if claim and result.due_steps else None
-            return result, claimed
-        except BatchTooSlow:
-            half = len(entries) // 2
-            log.warning("a batch of %d entries ran past %.0f s; applying it in halves", len(entries), DRAIN_TIME_LIMIT)
-            first, _ = _apply_with_retries(entries[:half], lane)
-            second, _ = _apply_with_retries(entries[half:], lane)
-            return first.add(second), None
-        except Exception as exc:  # sorted below: outage waits, anything else isolates the bad entry
-            if _is_outage(exc):
-                if waited >= OUTAGE_WAIT_LIMIT:
-                    raise
-                log.warning("database unavailable, batch of %d waits (%s)", len(entries), type(exc).__name__)
-                time.sleep(delay)
-                waited += delay
-                delay = min(delay * 2, 5.0)
-                continue
-            attempts += 1
-            if attempts < 2:
-                continue  # a deadlock victim or a lost race: once more as a whole
-            log.exception("batch failed; applying its %d entries one by one", len(entries))
-            return _apply_one_by_one(entries), None
+    rules = rt.rules
+    now = now_utc()
+    fc = None
+    if lane != stream.FAST:
+        # scored before the write lock, so workers score at the same time (worker.pipeline.Forecast)
+        with db.reading(rt.engine) as conn:
+            fc = forecast(conn, entries, rules, now)
+        db.yield_to_urgent(rt.engine)
+    # the fast lane goes first on SQLite; the normal lane let it, just above (worker.db.urgent)
+    with db.urgent(rt.engine) if lane == stream.FAST else nullcontext(), rt.sessions.begin() as session:
+        result = process_batch(session, entries, rules, now, Router(rules), fc, deadline=deadline)
+        # one batch's worth: a burst of crossings leaves the rest to the alert workers, in parallel
+        claimed = _claim_due(session, rules, result.due_steps[:dispatch.FIRE_BATCH]) \
+            if claim and result.due_steps else None
+    return result, claimed
 
 
 def _apply_one_by_one(entries: list[stream.Entry]) -> BatchResult:
+    """Each entry on its own (:data:`worker.retry.ENTRY_AGAIN`); one that keeps failing is dead-lettered."""
     from worker.assign import Router
 
     rt = get_runtime()
+
+    def apply(entry: stream.Entry) -> BatchResult:
+        with rt.sessions.begin() as session:
+            return process_batch(session, [entry], rt.rules, now_utc(), Router(rt.rules))
+
     total = BatchResult()
     for entry in entries:
-        error: Exception | None = None
-        for _ in range(3):
-            try:
-                with rt.sessions.begin() as session:
-                    res = process_batch(session, [entry], rt.rules, now_utc(), Router(rt.rules))
-                total = total.add(res)
-                error = None
-                break
-            except Exception as exc:
-                if _is_outage(exc):
-                    raise
-                error = exc
-        if error is not None:
+        try:
+            total = total.add(retry.ENTRY_AGAIN.call(partial(apply, entry)))
+        except Exception as exc:
+            if retry.is_outage(exc):
+                raise
             with rt.sessions.begin() as session:
-                dead_letter(session, entry, f"{type(error).__name__}: {error}", now_utc())
+                dead_letter(session, entry, f"{type(exc).__name__}: {exc}", now_utc())
             total.dead_lettered += 1
     return total
 
 
-def dispatch_steps(step_ids: Iterable[int], eta: datetime | None = None) -> int:
-    """Queue alert steps for firing, in batches; returns how many were queued.
-
-    A step queued in the last few seconds (by a second scheduler, or by the drain
-    that made it before a tick saw it) is left out. That only saves work: the
-    compare-and-set in :func:`worker.alerts.fire_steps` is what makes a step fire
-    once. ``eta``: the steps are due then, and the task waits for it.
-    """
-    ids = list(dict.fromkeys(step_ids))
-    if not ids:
-        return 0
-    hold = DISPATCH_HOLD_MS
-    if eta is not None:
-        hold += max(0, int((eta - now_utc()).total_seconds() * 1000))
-    pipe = get_runtime().redis.pipeline(transaction=False)
-    for step_id in ids:
-        pipe.set(DISPATCH_KEY.format(step_id), 1, nx=True, px=hold)
-    fresh = [step_id for step_id, queued in zip(ids, pipe.execute(), strict=True) if queued]
-    queue_steps(fresh, eta)
-    return len(fresh)
-
-
-def queue_steps(step_ids: list[int], eta: datetime | None = None) -> None:
-    """Split the steps into even batches of at most ``FIRE_BATCH``, one task each."""
-    if not step_ids:
-        return
-    size, larger = divmod(len(step_ids), math.ceil(len(step_ids) / FIRE_BATCH))
-    start = 0
-    for n in range(math.ceil(len(step_ids) / FIRE_BATCH)):
-        end = start + size + (1 if n < larger else 0)
-        fire_steps.apply_async(args=(step_ids[start:end],), queue="alerts", eta=eta)
-        start = end
-
-
-@app.task(name="leadrouter.drain", ignore_result=True)
+@app.task(name=DRAIN, ignore_result=True)
 def drain(lane: str = stream.NORMAL) -> int:
     """Drain a few batches; re-kick when there is more, so other lanes' tasks interleave."""
     from worker.publish import kick_drain
@@ -275,7 +225,7 @@ def _drain_at_start(**_: object) -> None:
         drain.apply_async(args=(lane,), queue=queue_for(lane))
 
 
-@app.task(name="leadrouter.fire_steps", ignore_result=True)
+@app.task(name=FIRE_STEPS, ignore_result=True)
 def fire_steps(step_ids: list[int]) -> None:
     """Fire a batch of due steps; queue what that made due, and give back steps that came early."""
     from worker.alerts import fire_steps as fire
@@ -285,14 +235,14 @@ def fire_steps(step_ids: list[int]) -> None:
 
 def _after_firing(fired: Fired) -> None:
     """Queue what firing made due, and give back the steps that came early."""
-    dispatch_steps(fired.follow_up)
+    dispatch.dispatch_steps(fired.follow_up)
     now = now_utc()
     early: dict[datetime, list[int]] = {}
     for step_id, due_at in fired.early:
         if due_at - now <= EARLY_REQUEUE:   # later than that, the scheduler's tick hands it over again
             early.setdefault(due_at, []).append(step_id)
     for due_at, ids in early.items():
-        queue_steps(ids, eta=due_at)
+        dispatch.queue_steps(ids, eta=due_at)
 
 
 @app.task(name="leadrouter.fire_step", ignore_result=True)
@@ -301,12 +251,7 @@ def fire_step(step_id: int) -> None:
     fire_steps([step_id])
 
 
-def queue_failover(delivery_ids: list[int]) -> None:
-    """Carry the steps of these failed deliveries on their reps' other channels, from an alert worker."""
-    failover_deliveries.apply_async(args=[delivery_ids], queue="alerts")
-
-
-@app.task(name="leadrouter.failover", ignore_result=True)
+@app.task(name=FAILOVER, ignore_result=True)
 def failover_deliveries(delivery_ids: list[int]) -> None:
     """A delivery the provider reported failed: its step on the rep's other channel, once. Running this
     twice sends nothing twice: a (step, rep, channel) already written is never written again."""
@@ -322,7 +267,7 @@ def failover_deliveries(delivery_ids: list[int]) -> None:
     send_all(sends)
 
 
-@app.task(name="leadrouter.tick", ignore_result=True)
+@app.task(name=TICK, ignore_result=True)
 def tick() -> None:
     from worker.scheduler import tick_once
 

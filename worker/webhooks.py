@@ -238,7 +238,7 @@ def _answer_reply(sid: str, sender: str, text: str) -> Response:
             return _twiml(None)
         reply, due = handle_reply(session, rep.id, sender, text, now)
     if due:
-        from worker.tasks import dispatch_steps
+        from worker.dispatch import dispatch_steps
 
         dispatch_steps(list(due))
     return _twiml(reply)
@@ -383,10 +383,10 @@ def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: 
                                    db.Delivery.channel == "email", db.Delivery.status == DeliveryStatus.MAYBE_SENT)
                             .values(status=DeliveryStatus.SENT, settled_by="twin", updated_at=now))
     if failed_over:
-        from worker.tasks import queue_failover
+        from worker.app import FAILOVER, app
 
-        try:
-            queue_failover(failed_over)   # the other channel goes out from an alert worker, never from here
+        try:   # the other channel goes out from an alert worker, never from here
+            app.send_task(FAILOVER, args=[failed_over], queue="alerts")
         except Exception:   # Redis away: the failure is recorded, and the cadence's next step still comes
             log.exception("fail-over of deliveries %s could not be queued", failed_over)
 
@@ -588,7 +588,7 @@ def _act_on_claim(tok: Any, action: str, now: datetime) -> HTMLResponse:
         act = claim if action == "claim" else pass_lead
         result = act(session, rt.rules, tok.lead_id, tok.rep_id, now, via="link", assignment_id=tok.assignment_id)
     if result.due_steps:
-        from worker.tasks import dispatch_steps
+        from worker.dispatch import dispatch_steps
 
         dispatch_steps(list(result.due_steps))
     title = ("Claimed" if action == "claim" else "Passed") if result.ok else "Not available"

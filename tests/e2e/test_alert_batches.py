@@ -20,11 +20,18 @@ from tests.e2e.test_alerts_flow import db, fast_rules, hot_lead, send, sms_to
 @pytest.fixture
 def queued(alert_env, monkeypatch):
     """Steps the code under test hands to Celery: (step ids, eta) per task, instead of a broker."""
-    import worker.tasks
+    from worker.app import FIRE_STEPS, app
 
     calls: list[tuple[list[int], object]] = []
-    monkeypatch.setattr(worker.tasks.fire_steps, "apply_async",
-                        lambda args, queue, eta=None: calls.append((list(args[0]), eta)))
+    send_task = app.send_task
+
+    def record(name, args=None, kwargs=None, **options):
+        if name != FIRE_STEPS:
+            return send_task(name, args, kwargs, **options)
+        calls.append((list(args[0]), options.get("eta")))
+        return None
+
+    monkeypatch.setattr(app, "send_task", record)
     return calls
 
 
@@ -252,7 +259,7 @@ def test_the_hourly_cap_counts_the_steps_of_one_batch_one_after_another(alert_en
 
 def test_steps_are_queued_in_even_batches_once_each(alert_env, queued):
     from worker.db import now_utc
-    from worker.tasks import FIRE_BATCH, dispatch_steps
+    from worker.dispatch import FIRE_BATCH, dispatch_steps
 
     ids = list(range(1000, 1000 + 2 * FIRE_BATCH + 3))
     assert dispatch_steps(ids) == len(ids)

@@ -24,9 +24,9 @@ from worker.channels import (
     TwilioSmsChannel,
     mask_email,
     mask_phone,
-    send_with_retry,
 )
 from worker.channels.base import parse_retry_after
+from worker.retry import send_with_retry
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 SERVICE_SID = "MG" + "fedcba9876543210" * 2
@@ -267,7 +267,7 @@ def test_503_is_transient_and_retried_with_backoff(server: FakeProviderServer, p
     server.fail_next(provider, [("status", 503), ("status", 503)])  # type: ignore[arg-type]
     sleeps: list[float] = []
 
-    send_with_retry(channel, msg, sleep=sleeps.append, base_delay=0.2)
+    send_with_retry(channel, msg, sleep=sleeps.append)
 
     assert len(server.requests) == 3
     assert 0.1 <= sleeps[0] <= 0.2 and 0.2 <= sleeps[1] <= 0.4, sleeps  # exponential, jittered

@@ -163,15 +163,15 @@ def test_explain_json_matches_simulate_and_resolves_merged_ids(env: dict[str, st
 
 
 def test_pause_stops_alerting_but_not_scoring(env: dict[str, str]) -> None:
-    from worker import ops
+    from worker import pause
 
     with sessions()() as s:
-        assert ops.is_paused(s) is False
+        assert pause.is_paused(s) is False
     out = cli(env, "pause").stdout
     assert "paused" in out
     with sessions()() as s:
-        assert ops.is_paused(s) is True
-        row = s.get(db.Setting, ops.PAUSE_KEY)
+        assert pause.is_paused(s) is True
+        row = s.get(db.Setting, pause.PAUSE_KEY)
         assert row is not None and row.value["actor"] == getpass.getuser()
     status = cli_json(env, "status")
     assert status["paused"] is True
@@ -184,7 +184,7 @@ def test_pause_stops_alerting_but_not_scoring(env: dict[str, str]) -> None:
 
     cli(env, "resume")
     with sessions()() as s:
-        assert ops.is_paused(s) is False
+        assert pause.is_paused(s) is False
     assert cli_json(env, "status")["paused"] is False
 
 

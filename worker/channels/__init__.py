@@ -1,7 +1,7 @@
 """Delivery channels: one adapter per provider behind one small contract.
 
 ``send`` raises :class:`TransportError` with a ``kind`` the caller acts on;
-:func:`send_with_retry` retries only what provably was not sent.
+:func:`worker.retry.send_with_retry` retries only what provably was not sent.
 """
 
 from worker.channels.base import (
@@ -16,7 +16,6 @@ from worker.channels.base import (
     mask_phone,
     mask_recipient,
     mask_text,
-    send_with_retry,
 )
 from worker.channels.console import ConsoleChannel
 from worker.channels.sendgrid_email import SendGridEmailChannel
@@ -37,5 +36,4 @@ __all__ = [
     "mask_phone",
     "mask_recipient",
     "mask_text",
-    "send_with_retry",
 ]

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import random
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
@@ -112,49 +111,6 @@ class Sent:
     provider_id: str
     status: str
     text: str
-
-
-def send_with_retry(
-    channel: Channel,
-    msg: OutboundMessage,
-    *,
-    attempts: int = 4,
-    base_delay: float = 0.2,
-    max_delay: float = 5.0,
-    max_retry_after: float = 30.0,
-    sleep: Callable[[float], None] = time.sleep,
-    rng: random.Random | None = None,
-) -> SendResult:
-    """Send, retrying only errors that prove nothing was sent.
-
-    Retrying is an explicit decision per error kind: a ``maybe_sent`` (or any
-    permanent error) is raised at once, because a second request could deliver
-    the alert twice. Delays grow exponentially with jitter so a fleet of workers
-    hitting the same 429 does not come back in lock-step; a provider's
-    ``Retry-After`` is honoured (up to ``max_retry_after``).
-    """
-    rand = rng or random
-    for attempt in range(1, attempts + 1):
-        try:
-            return channel.send(msg)
-        except TransportError as err:
-            if err.kind != "transient" or attempt == attempts:
-                raise
-            ceiling = min(max_delay, base_delay * 2 ** (attempt - 1))
-            delay = ceiling / 2 + rand.uniform(0, ceiling / 2)
-            if err.retry_after is not None:
-                delay = max(delay, min(err.retry_after, max_retry_after))
-            log.warning(
-                "delivery %s via %s: %s (attempt %d/%d), retrying in %.2fs",
-                msg.delivery_id,
-                channel.name,
-                err,
-                attempt,
-                attempts,
-                delay,
-            )
-            sleep(delay)
-    raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
 
 
 def parse_retry_after(headers: Mapping[str, str] | None, *, now: float | None = None) -> float | None:
