@@ -32,18 +32,17 @@ import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
 from routing.durations import parse_duration
-from routing.kinds import DeliveryStatus
 from routing.messages import short_code
 from worker import db
-from worker.channels.twilio_sms import is_recipient_error
 from worker.claims import AckResult, claim, current_assignment, pass_lead
 from worker.db import now_utc
+from worker.deliveries import settle
 from worker.runtime import get_runtime
 from worker.tokens import TokenError, verify
 
@@ -53,7 +52,6 @@ T = TypeVar("T")
 
 MAX_BODY = 64 * 1024
 SENDGRID_MAX_AGE = 600           # seconds: older signed timestamps are refused (replays)
-FAILED = {"failed", "undelivered"}
 CLAIM_WORDS = {"1", "Y", "YES", "CLAIM"}
 PASS_WORDS = {"2", "PASS"}
 HELP_TEXT = ("leadrouter: reply 1 (or YES, CLAIM) to claim your newest lead, 2 (or PASS) to pass it on; "
@@ -327,68 +325,6 @@ async def twilio_status(request: Request) -> Response:
     await in_db_thread(functools.partial(settle, sid, status, params.get("ErrorCode") or None, kind_hint="sms",
                                          delivery_id=request.query_params.get("delivery_id")))
     return Response(status_code=204)
-
-
-def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: str,
-           delivery_id: str | None = None, by: str = "callback") -> None:
-    """Record a provider's word on a delivery; failed deliveries fail over to the other channel.
-
-    ``delivery_id`` (from the status callback URL, which the provider signs) finds
-    a delivery whose request timed out before the provider's answer named the
-    message: a "maybe sent" one learns its provider id here. ``by`` says where the
-    word came from (``callback``, or ``lookup`` when we asked), for ``explain``. An SMS
-    found taken settles its twin, the same step's email to the same person still
-    without an answer: SendGrid cannot be asked, and both left in the same instant."""
-    from worker.alerts import disable_channel
-
-    if "\x00" in provider_id:   # no delivery has such an id, and PostgreSQL cannot even compare one
-        return
-    rt = get_runtime()
-    now = now_utc()
-    failed_over: list[int] = []
-    with rt.sessions.begin() as session:
-        d = session.scalar(select(db.Delivery).where(db.Delivery.provider_id == provider_id).limit(1))
-        if d is None and delivery_id is not None and re.fullmatch(r"[0-9]{1,18}", delivery_id):
-            d = session.get(db.Delivery, int(delivery_id))
-            if d is None or d.provider_id is not None or d.channel != kind_hint:
-                return
-            d.provider_id = provider_id
-        if d is None:
-            return
-        d.updated_at = now
-        unanswered = d.status in (DeliveryStatus.PENDING, DeliveryStatus.MAYBE_SENT)
-        if unanswered and d.resent_at is None:
-            d.settled_by = by
-        if status in ("delivered", "read"):
-            d.status = DeliveryStatus.DELIVERED
-        elif status in FAILED or status in ("bounce", "dropped", "blocked"):
-            if d.status == DeliveryStatus.FAILED:
-                return   # already settled: no second fail-over
-            d.status = DeliveryStatus.FAILED
-            d.error = f"{status} {error_code or ''}".strip()
-            recipient_error = (kind_hint == "email" and status in ("bounce", "dropped")) or (
-                is_recipient_error(error_code))
-            if recipient_error and d.recipient != d.to:
-                d.error_kind = "recipient"
-                disable_channel(session, d.recipient, d.channel, d.error, now)
-            failed_over.append(d.id)
-        elif status in ("sent", "queued", "sending", "accepted", "processed", "deferred"):
-            if unanswered:
-                d.status = DeliveryStatus.SENT
-                d.sent_at = d.sent_at or now
-        if unanswered and d.channel == "sms" and d.step_id is not None \
-                and d.status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED):
-            session.execute(update(db.Delivery)
-                            .where(db.Delivery.step_id == d.step_id, db.Delivery.recipient == d.recipient,
-                                   db.Delivery.channel == "email", db.Delivery.status == DeliveryStatus.MAYBE_SENT)
-                            .values(status=DeliveryStatus.SENT, settled_by="twin", updated_at=now))
-    if failed_over:
-        from worker.tasks import queue_failover
-
-        try:
-            queue_failover(failed_over)   # the other channel goes out from an alert worker, never from here
-        except Exception:   # Redis away: the failure is recorded, and the cadence's next step still comes
-            log.exception("fail-over of deliveries %s could not be queued", failed_over)
 
 
 # ---------------------------------------------------------------- SendGrid

@@ -142,6 +142,7 @@ def test_racing_batches_send_each_step_once(alert_env, providers, queued):
 
 def test_a_steps_channels_are_in_flight_together(alert_env, queued, monkeypatch):
     import worker.alerts
+    import worker.deliveries
     from worker.channels import SendResult
 
     class MeetingChannel:
@@ -158,7 +159,7 @@ def test_a_steps_channels_are_in_flight_together(alert_env, queued, monkeypatch)
             return None
 
     make_hot("together-1")
-    monkeypatch.setattr(worker.alerts, "channel_for", lambda kind, settings: MeetingChannel())
+    monkeypatch.setattr(worker.deliveries, "channel_for", lambda kind, settings: MeetingChannel())
     step = steps_of(alert_env, "together-1", 0)[0]
     worker.alerts.fire_steps([step.id])
     assert sorted((d.channel, d.status) for d in deliveries(alert_env, step.id)) == [("email", "sent"),
@@ -216,18 +217,19 @@ def test_one_step_that_fails_holds_back_no_other_in_its_batch(alert_env, provide
 
 def test_a_message_that_cannot_be_composed_fails_its_deliveries_and_no_other(alert_env, providers, queued,
                                                                               monkeypatch):
+    import worker.alert_text
     import worker.alerts
 
     make_hot("text-ok", "text-bad")
     ids = {lead: steps_of(alert_env, lead, 0)[0].id for lead in ("text-ok", "text-bad")}
-    real = worker.alerts.render_alert
+    real = worker.alert_text.render_alert
 
     def render(kind, view, **kw):
         if view.lead_id == "text-bad":
             raise ValueError("a template bug")
         return real(kind, view, **kw)
 
-    monkeypatch.setattr(worker.alerts, "render_alert", render)
+    monkeypatch.setattr(worker.alert_text, "render_alert", render)
     worker.alerts.fire_steps(list(ids.values()))
     assert {d.status for d in deliveries(alert_env, ids["text-ok"])} == {"sent"}
     bad = deliveries(alert_env, ids["text-bad"])
