@@ -10,17 +10,17 @@ Like healthchecks' ``Notification``, one record carries a delivery through its s
    channel sorts a failure into its kind (``worker.channels``).
 3. **recorded** (:func:`record`): ``sent``, ``maybe_sent`` (no answer: never re-sent blindly) or
    ``failed``; a recipient error switches that channel off for the rep (:func:`disable_channel`).
-4. **settled** by the provider's word (:func:`settle`: a status callback, an event, a lookup),
-   read by the channel's own rules; a failure after sending **fails over** to the rep's other
-   channel, once (:func:`failover`, from an alert worker). A ``maybe_sent`` no word has settled is
-   settled by asking the provider (:mod:`worker.settling`).
+4. **settled** by the provider's word (:func:`worker.settling.settle`: a status callback, an event, a
+   lookup), read by the channel's own rules, or, for a ``maybe_sent`` no word has settled, by asking
+   the provider (:func:`worker.settling.settle_maybe_sent`);
+5. **failed over**: a failure after sending carries the step to the rep's other channel, once
+   (:func:`failover`, from an alert worker).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from collections import Counter
@@ -47,7 +47,6 @@ from worker.channels import (
     SendGridEmailChannel,
     TransportError,
     TwilioSmsChannel,
-    read_status,
     send_with_retry,
 )
 from worker.db import now_utc
@@ -379,65 +378,7 @@ def disable_channel(session: Session, rep_id: str, channel: str, reason: str, no
     log.warning("channel %s disabled for rep %s: %s", channel, rep_id, reason[:200])
 
 
-# ---------------------------------------------------------------- 4. settled, failed over
-
-
-def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: str,
-           delivery_id: str | None = None, by: str = "callback") -> None:
-    """Record a provider's word on a delivery; failed deliveries fail over to the other channel.
-
-    ``delivery_id`` (from the status callback URL, which the provider signs) finds
-    a delivery whose request timed out before the provider's answer named the
-    message: a "maybe sent" one learns its provider id here. ``by`` says where the
-    word came from (``callback``, or ``lookup`` when we asked), for ``explain``. An SMS
-    found taken settles its twin, the same step's email to the same person still
-    without an answer: SendGrid cannot be asked, and both left in the same instant."""
-    if "\x00" in provider_id:   # no delivery has such an id, and PostgreSQL cannot even compare one
-        return
-    rt = get_runtime()
-    now = now_utc()
-    failed_over: list[int] = []
-    report = read_status(kind_hint, status, error_code)
-    with rt.sessions.begin() as session:
-        d = session.scalar(select(db.Delivery).where(db.Delivery.provider_id == provider_id).limit(1))
-        if d is None and delivery_id is not None and re.fullmatch(r"[0-9]{1,18}", delivery_id):
-            d = session.get(db.Delivery, int(delivery_id))
-            if d is None or d.provider_id is not None or d.channel != kind_hint:
-                return
-            d.provider_id = provider_id
-        if d is None:
-            return
-        d.updated_at = now
-        unanswered = d.status in (DeliveryStatus.PENDING, DeliveryStatus.MAYBE_SENT)
-        if unanswered and d.resent_at is None:
-            d.settled_by = by
-        if report.outcome == "delivered":
-            d.status = DeliveryStatus.DELIVERED
-        elif report.outcome == "failed":
-            if d.status == DeliveryStatus.FAILED:
-                return   # already settled: no second fail-over
-            d.status = DeliveryStatus.FAILED
-            d.error = f"{status} {error_code or ''}".strip()
-            if report.recipient_error and d.recipient != d.to:
-                d.error_kind = "recipient"
-                disable_channel(session, d.recipient, d.channel, d.error, now)
-            failed_over.append(d.id)
-        elif report.outcome == "sent" and unanswered:
-            d.status = DeliveryStatus.SENT
-            d.sent_at = d.sent_at or now
-        if unanswered and d.channel == "sms" and d.step_id is not None \
-                and d.status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED):
-            session.execute(update(db.Delivery)
-                            .where(db.Delivery.step_id == d.step_id, db.Delivery.recipient == d.recipient,
-                                   db.Delivery.channel == "email", db.Delivery.status == DeliveryStatus.MAYBE_SENT)
-                            .values(status=DeliveryStatus.SENT, settled_by="twin", updated_at=now))
-    if failed_over:
-        from worker.tasks import queue_failover
-
-        try:
-            queue_failover(failed_over)   # the other channel goes out from an alert worker, never from here
-        except Exception:   # Redis away: the failure is recorded, and the cadence's next step still comes
-            log.exception("fail-over of deliveries %s could not be queued", failed_over)
+# ---------------------------------------------------------------- 4. failed over
 
 
 def failover(delivery_ids: Sequence[int]) -> int:

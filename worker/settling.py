@@ -1,8 +1,10 @@
-"""The delivery lifecycle's last state: a "maybe sent" no provider word has settled, settled by asking.
+"""The delivery lifecycle (:mod:`worker.deliveries`), settled: the provider's word on a delivery, and
+for a "maybe sent" no word has settled, asking the provider.
 
-A delivery is left ``maybe_sent`` by a timeout, a dropped connection, a 5xx or a worker that died
-mid-send. A status callback normally settles it within seconds (:func:`worker.deliveries.settle`);
-past ``SETTLE_AFTER`` the provider is asked, and what it has is what happened. When it confirms it
+A status callback or an event settles a delivery (:func:`settle`), read by its channel's own rules;
+a failure is failed over to the rep's other channel. A delivery is left ``maybe_sent`` by a timeout,
+a dropped connection, a 5xx or a worker that died mid-send; past ``SETTLE_AFTER`` without a word the
+provider is asked (:func:`settle_maybe_sent`), and what it has is what happened. When it confirms it
 never took the message and the step still stands, the message goes out then, once: a crash never
 silently swallows an alert.
 """
@@ -21,17 +23,17 @@ from routing import alerting
 from routing.cadence import in_cadence
 from routing.kinds import CLAIMABLE_STEPS, DeliveryStatus, StepStatus
 from worker import alert_text, db
-from worker.channels import NotSupported, Sent, TransportError
+from worker.channels import NotSupported, Sent, TransportError, read_status
 from worker.channels.twilio_sms import FIND_LIMIT
 from worker.db import now_utc
 from worker.deliveries import (
     Delivery,
     assignment_facts,
     channel_for,
+    disable_channel,
     lead_facts,
     plan_recipients,
     send_and_record,
-    settle,
     step_facts,
     transaction,
 )
@@ -47,6 +49,64 @@ SETTLE_AGAIN = timedelta(minutes=10)     # a lookup that could not tell is repea
 SETTLE_BATCH = 50
 _LINK = re.compile(r"/claim/([A-Za-z0-9_.-]+)")
 NOT_TAKEN = "not sent: the provider took no message for this number then"
+
+
+def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: str,
+           delivery_id: str | None = None, by: str = "callback") -> None:
+    """Record a provider's word on a delivery; failed deliveries fail over to the other channel.
+
+    ``delivery_id`` (from the status callback URL, which the provider signs) finds
+    a delivery whose request timed out before the provider's answer named the
+    message: a "maybe sent" one learns its provider id here. ``by`` says where the
+    word came from (``callback``, or ``lookup`` when we asked), for ``explain``. An SMS
+    found taken settles its twin, the same step's email to the same person still
+    without an answer: SendGrid cannot be asked, and both left in the same instant."""
+    if "\x00" in provider_id:   # no delivery has such an id, and PostgreSQL cannot even compare one
+        return
+    rt = get_runtime()
+    now = now_utc()
+    failed_over: list[int] = []
+    report = read_status(kind_hint, status, error_code)
+    with rt.sessions.begin() as session:
+        d = session.scalar(select(db.Delivery).where(db.Delivery.provider_id == provider_id).limit(1))
+        if d is None and delivery_id is not None and re.fullmatch(r"[0-9]{1,18}", delivery_id):
+            d = session.get(db.Delivery, int(delivery_id))
+            if d is None or d.provider_id is not None or d.channel != kind_hint:
+                return
+            d.provider_id = provider_id
+        if d is None:
+            return
+        d.updated_at = now
+        unanswered = d.status in (DeliveryStatus.PENDING, DeliveryStatus.MAYBE_SENT)
+        if unanswered and d.resent_at is None:
+            d.settled_by = by
+        if report.outcome == "delivered":
+            d.status = DeliveryStatus.DELIVERED
+        elif report.outcome == "failed":
+            if d.status == DeliveryStatus.FAILED:
+                return   # already settled: no second fail-over
+            d.status = DeliveryStatus.FAILED
+            d.error = f"{status} {error_code or ''}".strip()
+            if report.recipient_error and d.recipient != d.to:
+                d.error_kind = "recipient"
+                disable_channel(session, d.recipient, d.channel, d.error, now)
+            failed_over.append(d.id)
+        elif report.outcome == "sent" and unanswered:
+            d.status = DeliveryStatus.SENT
+            d.sent_at = d.sent_at or now
+        if unanswered and d.channel == "sms" and d.step_id is not None \
+                and d.status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED):
+            session.execute(update(db.Delivery)
+                            .where(db.Delivery.step_id == d.step_id, db.Delivery.recipient == d.recipient,
+                                   db.Delivery.channel == "email", db.Delivery.status == DeliveryStatus.MAYBE_SENT)
+                            .values(status=DeliveryStatus.SENT, settled_by="twin", updated_at=now))
+    if failed_over:
+        from worker.tasks import queue_failover
+
+        try:
+            queue_failover(failed_over)   # the other channel goes out from an alert worker, never from here
+        except Exception:   # Redis away: the failure is recorded, and the cadence's next step still comes
+            log.exception("fail-over of deliveries %s could not be queued", failed_over)
 
 
 def settle_maybe_sent(now: datetime | None = None) -> int:

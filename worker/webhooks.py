@@ -33,7 +33,6 @@ from routing.messages import short_code
 from worker import db
 from worker.claims import AckResult, claim, current_assignment, pass_lead
 from worker.db import now_utc
-from worker.deliveries import settle
 from worker.http_common import (
     MAX_BODY,
     REFUSED,
@@ -52,6 +51,7 @@ from worker.http_common import (
     too_large,
 )
 from worker.runtime import get_runtime
+from worker.settling import settle
 from worker.tokens import TokenError, verify
 
 log = logging.getLogger("leadrouter.webhooks")
