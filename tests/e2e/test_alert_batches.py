@@ -390,3 +390,28 @@ def test_a_step_that_cannot_be_fired_is_not_carried_into_other_batches(alert_env
     sent = len(providers.requests)
     worker.alerts.fire_steps([ids["fine-2"]])
     assert len(deliveries(alert_env, ids["fine-2"])) == 2 and len(providers.requests) == sent + 2
+
+
+def test_alerts_held_by_the_hourly_cap_go_out_in_one_summary_once_the_hour_is_over(alert_env, providers, queued):
+    from worker import db as models
+    from worker.alerts import fire_steps, flush_held
+    from worker.db import now_utc
+    from worker.runtime import reset_runtime
+
+    fast_rules(Path(alert_env["LEADROUTER_CONFIG"]), hourly_cap=1)
+    reset_runtime()
+    make_hot("sum-1", "sum-2", "sum-3")
+    fire_steps([steps_of(alert_env, lead, 0)[0].id for lead in ("sum-1", "sum-2", "sum-3")])
+    assert len(sms_to(providers, "+14155550102")) == 1
+    assert flush_held() == 0                         # still within the hour: the cap still holds
+    assert flush_held(now_utc() + timedelta(minutes=61)) == 2   # one summary, on the rep's sms and email
+    with db(alert_env) as s:
+        rows = list(s.scalars(select(models.Delivery).order_by(models.Delivery.id)))
+    assert sorted(d.status for d in rows if d.step_id is not None) == ["sent", "sent", "summarized", "summarized",
+                                                                       "summarized", "summarized"]
+    summaries = [d for d in rows if d.step_id is None]
+    assert sorted((d.channel, d.status) for d in summaries) == [("email", "sent"), ("sms", "sent")]
+    assert all(d.recipient == "bob" and d.provider_id for d in summaries)
+    assert len(sms_to(providers, "+14155550102")) == 2
+    assert flush_held(now_utc() + timedelta(minutes=61)) == 0   # summarized once: a second scheduler sends nothing
+    assert len(sms_to(providers, "+14155550102")) == 2
