@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from worker import api_ingest, metrics, webhooks
+from worker import api_ingest, http_common, metrics, webhooks
 from worker.api_ingest import error_response
 from worker.logs import mask_web_server_logs
 from worker.runtime import get_runtime
@@ -84,7 +84,7 @@ async def _bounded(check: Callable[[], str], timeout: float) -> str:
     try:
         with anyio.fail_after(timeout):
             return await anyio.to_thread.run_sync(check, abandon_on_cancel=True,
-                                                  limiter=webhooks.limiter_for_this_loop(_health_threads, 6))
+                                                  limiter=http_common.limiter_for_this_loop(_health_threads, 6))
     except TimeoutError:
         return f"unreachable (no answer within {timeout:g} s)"
 

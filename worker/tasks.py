@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from routing.config import Rules
-    from worker.alerts import Claimed, Fired
+    from worker.alerts import Batch
 
 log = logging.getLogger("leadrouter.tasks")
 # A batch that takes longer than this (hostile input making one lead costly) is split in halves and each half
@@ -81,7 +81,7 @@ def _inline_firing() -> tuple[ThreadPoolExecutor, threading.BoundedSemaphore]:
     return _inline[1], _inline[2]
 
 
-def _send_inline(claimed: Claimed, slots: threading.BoundedSemaphore) -> None:
+def _send_inline(claimed: Batch, slots: threading.BoundedSemaphore) -> None:
     from worker.alerts import send_claimed
 
     try:
@@ -92,7 +92,7 @@ def _send_inline(claimed: Claimed, slots: threading.BoundedSemaphore) -> None:
         slots.release()
 
 
-def _claim_due(session: Session, rules: Rules, step_ids: list[int]) -> Claimed | None:
+def _claim_due(session: Session, rules: Rules, step_ids: list[int]) -> Batch | None:
     """Claim the batch's due steps in its transaction, behind a savepoint: if that fails, the routing
     still commits and the steps, still pending, go to the alert workers."""
     from worker.alerts import claim
@@ -108,7 +108,7 @@ def _claim_due(session: Session, rules: Rules, step_ids: list[int]) -> Claimed |
 
 
 def _apply_with_retries(entries: list[stream.Entry], lane: str, claim: bool = False
-                        ) -> tuple[BatchResult, Claimed | None]:
+                        ) -> tuple[BatchResult, Batch | None]:
     """Apply the batch in one transaction, waiting out a database outage (:data:`worker.retry.DRAIN_OUTAGE`);
     with ``claim``, the due alert steps it makes are claimed in the same transaction."""
     deadline = time.monotonic() + DRAIN_TIME_LIMIT if len(entries) > 1 else None
@@ -130,7 +130,7 @@ def _apply_with_retries(entries: list[stream.Entry], lane: str, claim: bool = Fa
 
 
 def _apply(entries: list[stream.Entry], lane: str, claim: bool, deadline: float | None
-           ) -> tuple[BatchResult, Claimed | None]:
+           ) -> tuple[BatchResult, Batch | None]:
     """One try at applying the batch, in one transaction."""
     from worker.assign import Router
 
@@ -233,7 +233,7 @@ def fire_steps(step_ids: list[int]) -> None:
     _after_firing(fire(step_ids))
 
 
-def _after_firing(fired: Fired) -> None:
+def _after_firing(fired: Batch) -> None:
     """Queue what firing made due, and give back the steps that came early."""
     dispatch.dispatch_steps(fired.follow_up)
     now = now_utc()
@@ -255,16 +255,9 @@ def fire_step(step_id: int) -> None:
 def failover_deliveries(delivery_ids: list[int]) -> None:
     """A delivery the provider reported failed: its step on the rep's other channel, once. Running this
     twice sends nothing twice: a (step, rep, channel) already written is never written again."""
-    from worker.alerts import failover, send_all
+    from worker.deliveries import failover
 
-    rt = get_runtime()
-    sends = []
-    with rt.sessions.begin() as session:
-        for delivery_id in delivery_ids:
-            d = session.get(db.Delivery, delivery_id)
-            if d is not None and d.status == "failed":
-                sends += failover(session, d, now_utc())
-    send_all(sends)
+    failover(delivery_ids)
 
 
 @app.task(name=TICK, ignore_result=True)

@@ -12,150 +12,56 @@ by the provider's id, so a replayed webhook has no second effect.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import functools
-import hashlib
 import html
 import json
 import logging
 import re
 import time
-import weakref
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl
+from typing import Any
 
-import anyio
-import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
-from starlette.requests import ClientDisconnect
 
 from routing.durations import parse_duration
-from routing.kinds import DeliveryStatus
 from routing.messages import short_code
 from worker import db
-from worker.channels.twilio_sms import is_recipient_error
 from worker.claims import AckResult, claim, current_assignment, pass_lead
 from worker.db import now_utc
+from worker.http_common import (
+    MAX_BODY,
+    REFUSED,
+    STR,
+    TWILIO_SIGNATURE,
+    dedup_key,
+    forbidden,
+    form_body_doc,
+    header_doc,
+    html_doc,
+    in_db_thread,
+    parse_form,
+    read_body,
+    remember,
+    text_doc,
+    too_large,
+)
 from worker.runtime import get_runtime
+from worker.settling import settle
 from worker.tokens import TokenError, verify
 
 log = logging.getLogger("leadrouter.webhooks")
 router = APIRouter()
-T = TypeVar("T")
 
-MAX_BODY = 64 * 1024
 SENDGRID_MAX_AGE = 600           # seconds: older signed timestamps are refused (replays)
-FAILED = {"failed", "undelivered"}
 CLAIM_WORDS = {"1", "Y", "YES", "CLAIM"}
 PASS_WORDS = {"2", "PASS"}
 HELP_TEXT = ("leadrouter: reply 1 (or YES, CLAIM) to claim your newest lead, 2 (or PASS) to pass it on; "
              "add the code to pick a lead (1 K7Q). AWAY, AWAY 2h, BACK set your availability.")
-
-
-# ---------------------------------------------------------------- what the OpenAPI document says
-
-_STR: dict[str, Any] = {"type": "string"}
-
-
-def _text(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"text/plain": {"schema": _STR}}}
-
-
-def _html(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"text/html": {"schema": _STR}}}
-
-
-def _form_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"required": bool(required), "content": {"application/x-www-form-urlencoded": {"schema": {
-        "type": "object", "properties": properties, "required": required, "additionalProperties": _STR}}}}
-
-
-def _header(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "header", "required": True, "schema": _STR, "description": description}
-
-
-_TWILIO_SIGNATURE = _header("X-Twilio-Signature", "Base64 HMAC-SHA1 of the public URL and the form fields, "
-                                                  "keyed with the Twilio auth token.")
-_REFUSED: dict[int | str, dict[str, Any]] = {403: _text("Missing or wrong signature; nothing changed."),
-                                              413: _text(f"Body over {MAX_BODY // 1024} KB; nothing changed.")}
-
-
-# Database work and provider calls never run on the event loop: one stalled call there would hold
-# up every request, ingestion included. They run on worker threads, at most DB_THREADS at a time,
-# counted apart from the thread pool the ingestion endpoints use, so requests stuck on an
-# unreachable database cannot take the threads ingestion needs.
-DB_THREADS = 8
-_db_threads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
-
-
-def limiter_for_this_loop(table: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter],
-                          total: int) -> anyio.CapacityLimiter:
-    """One limiter per event loop (a test client runs several loops, one after another)."""
-    loop = asyncio.get_running_loop()
-    limiter = table.get(loop)
-    if limiter is None:
-        limiter = table[loop] = anyio.CapacityLimiter(total)
-    return limiter
-
-
-async def in_db_thread(fn: Callable[..., T], *args: Any) -> T:
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args),
-                                          limiter=limiter_for_this_loop(_db_threads, DB_THREADS))
-
-
-def _forbidden() -> Response:
-    return Response("forbidden", status_code=403, media_type="text/plain")
-
-
-def _too_large() -> Response:
-    return Response(f"request body over {MAX_BODY // 1024} KB", status_code=413, media_type="text/plain")
-
-
-async def _body(request: Request) -> bytes | None:
-    """The body, or None when it is over ``MAX_BODY``: read no further than that (a huge upload is never held)."""
-    try:
-        if int(request.headers.get("content-length", "0")) > MAX_BODY:
-            return None
-    except ValueError:
-        pass   # no usable length: the stream is counted as it comes
-    out = bytearray()
-    try:
-        async for piece in request.stream():
-            out.extend(piece)
-            if len(out) > MAX_BODY:
-                return None
-    except ClientDisconnect:
-        return None
-    return bytes(out)
-
-
-def _dedup_key(provider: str, provider_id: str) -> str:
-    """The stored key for a provider's message or event id: the id itself when it fits the column
-    (120 characters, printable), else its SHA-256, so that no two ids ever share a key."""
-    key = f"{provider}:{provider_id}"
-    if len(key) <= 120 and key.isprintable():
-        return key
-    return f"{provider}:sha256:{hashlib.sha256(provider_id.encode('utf-8', 'surrogatepass')).hexdigest()}"
-
-
-def _remember(session: Session, key: str, now: datetime) -> bool:
-    """True the first time ``key`` is seen; a replay finds it already there."""
-    if session.get(db.InboundMessage, key) is not None:
-        return False
-    try:
-        with session.begin_nested():
-            session.add(db.InboundMessage(key=key, received_at=now))
-    except IntegrityError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------- Twilio
@@ -172,13 +78,6 @@ def _twilio_ok(request: Request, path: str, params: dict[str, str]) -> bool:
     if request.url.query:   # the status callback URL carries the delivery id; Twilio signs the whole URL
         url += "?" + request.url.query
     return bool(RequestValidator(settings.twilio_auth_token).validate(url, params, signature))
-
-
-def _form(body: bytes) -> dict[str, str] | None:
-    try:
-        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
-    except (UnicodeDecodeError, ValueError):
-        return None
 
 
 def _twiml(text: str | None) -> Response:
@@ -198,21 +97,21 @@ def _digits(phone: str) -> str:
 
 async def _signed_twilio_form(request: Request, path: str) -> dict[str, str] | Response:
     """The form Twilio posted to ``path``, or the refusal to answer: too large, unreadable, or not signed."""
-    body = await _body(request)
+    body = await read_body(request)
     if body is None:
-        return _too_large()
-    params = _form(body)
+        return too_large()
+    params = parse_form(body)
     if params is None or not _twilio_ok(request, path, params):
-        return _forbidden()
+        return forbidden()
     return params
 
 
 @router.post("/webhooks/twilio/sms", tags=["webhooks"], response_class=Response,
              responses={200: {"description": "TwiML: the answer to the rep (empty for a replay or an unknown number).",
-                              "content": {"application/xml": {"schema": _STR}}},
-                        400: _text("MessageSid or From is missing."), **_REFUSED},
-             openapi_extra={"parameters": [_TWILIO_SIGNATURE], "requestBody": _form_body(
-                 {"MessageSid": _STR, "From": _STR, "To": _STR, "Body": _STR}, ["MessageSid", "From"])})
+                              "content": {"application/xml": {"schema": STR}}},
+                        400: text_doc("MessageSid or From is missing."), **REFUSED},
+             openapi_extra={"parameters": [TWILIO_SIGNATURE], "requestBody": form_body_doc(
+                 {"MessageSid": STR, "From": STR, "To": STR, "Body": STR}, ["MessageSid", "From"])})
 async def twilio_sms(request: Request) -> Response:
     """A rep's SMS reply. Verified with ``X-Twilio-Signature``; answered with TwiML."""
     params = await _signed_twilio_form(request, "/webhooks/twilio/sms")
@@ -230,7 +129,7 @@ def _answer_reply(sid: str, sender: str, text: str) -> Response:
     now = now_utc()
     due: tuple[int, ...] = ()
     with rt.sessions.begin() as session:
-        if not _remember(session, _dedup_key("twilio", sid), now):
+        if not remember(session, dedup_key("twilio", sid), now):
             return _twiml(None)
         rep = next((r for r in rules.reps if r.phone and _digits(r.phone) == _digits(sender)), None)
         if rep is None:
@@ -312,10 +211,10 @@ def _target_lead(session: Session, rep_id: str, sender: str, code: str | None, n
 
 
 @router.post("/webhooks/twilio/status", tags=["webhooks"], status_code=204, response_class=Response,
-             responses={204: {"description": "Recorded."}, 400: _text("MessageSid or MessageStatus is missing."),
-                        **_REFUSED},
-             openapi_extra={"parameters": [_TWILIO_SIGNATURE], "requestBody": _form_body(
-                 {"MessageSid": _STR, "MessageStatus": _STR, "ErrorCode": _STR}, ["MessageSid", "MessageStatus"])})
+             responses={204: {"description": "Recorded."}, 400: text_doc("MessageSid or MessageStatus is missing."),
+                        **REFUSED},
+             openapi_extra={"parameters": [TWILIO_SIGNATURE], "requestBody": form_body_doc(
+                 {"MessageSid": STR, "MessageStatus": STR, "ErrorCode": STR}, ["MessageSid", "MessageStatus"])})
 async def twilio_status(request: Request) -> Response:
     """Twilio's message status callback: settles a delivery; a failure moves the step to email."""
     params = await _signed_twilio_form(request, "/webhooks/twilio/status")
@@ -329,97 +228,35 @@ async def twilio_status(request: Request) -> Response:
     return Response(status_code=204)
 
 
-def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: str,
-           delivery_id: str | None = None, by: str = "callback") -> None:
-    """Record a provider's word on a delivery; failed deliveries fail over to the other channel.
-
-    ``delivery_id`` (from the status callback URL, which the provider signs) finds
-    a delivery whose request timed out before the provider's answer named the
-    message: a "maybe sent" one learns its provider id here. ``by`` says where the
-    word came from (``callback``, or ``lookup`` when we asked), for ``explain``. An SMS
-    found taken settles its twin, the same step's email to the same person still
-    without an answer: SendGrid cannot be asked, and both left in the same instant."""
-    from worker.alerts import disable_channel
-
-    if "\x00" in provider_id:   # no delivery has such an id, and PostgreSQL cannot even compare one
-        return
-    rt = get_runtime()
-    now = now_utc()
-    failed_over: list[int] = []
-    with rt.sessions.begin() as session:
-        d = session.scalar(select(db.Delivery).where(db.Delivery.provider_id == provider_id).limit(1))
-        if d is None and delivery_id is not None and re.fullmatch(r"[0-9]{1,18}", delivery_id):
-            d = session.get(db.Delivery, int(delivery_id))
-            if d is None or d.provider_id is not None or d.channel != kind_hint:
-                return
-            d.provider_id = provider_id
-        if d is None:
-            return
-        d.updated_at = now
-        unanswered = d.status in (DeliveryStatus.PENDING, DeliveryStatus.MAYBE_SENT)
-        if unanswered and d.resent_at is None:
-            d.settled_by = by
-        if status in ("delivered", "read"):
-            d.status = DeliveryStatus.DELIVERED
-        elif status in FAILED or status in ("bounce", "dropped", "blocked"):
-            if d.status == DeliveryStatus.FAILED:
-                return   # already settled: no second fail-over
-            d.status = DeliveryStatus.FAILED
-            d.error = f"{status} {error_code or ''}".strip()
-            recipient_error = (kind_hint == "email" and status in ("bounce", "dropped")) or (
-                is_recipient_error(error_code))
-            if recipient_error and d.recipient != d.to:
-                d.error_kind = "recipient"
-                disable_channel(session, d.recipient, d.channel, d.error, now)
-            failed_over.append(d.id)
-        elif status in ("sent", "queued", "sending", "accepted", "processed", "deferred"):
-            if unanswered:
-                d.status = DeliveryStatus.SENT
-                d.sent_at = d.sent_at or now
-        if unanswered and d.channel == "sms" and d.step_id is not None \
-                and d.status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED):
-            session.execute(update(db.Delivery)
-                            .where(db.Delivery.step_id == d.step_id, db.Delivery.recipient == d.recipient,
-                                   db.Delivery.channel == "email", db.Delivery.status == DeliveryStatus.MAYBE_SENT)
-                            .values(status=DeliveryStatus.SENT, settled_by="twin", updated_at=now))
-    if failed_over:
-        from worker.app import FAILOVER, app
-
-        try:   # the other channel goes out from an alert worker, never from here
-            app.send_task(FAILOVER, args=[failed_over], queue="alerts")
-        except Exception:   # Redis away: the failure is recorded, and the cadence's next step still comes
-            log.exception("fail-over of deliveries %s could not be queued", failed_over)
-
-
 # ---------------------------------------------------------------- SendGrid
 
 
 @router.post("/webhooks/sendgrid/events", tags=["webhooks"], status_code=204, response_class=Response,
              responses={204: {"description": "Recorded; an sg_event_id seen before changes nothing."},
-                        400: _text("The body is not a JSON array of events."), **_REFUSED},
+                        400: text_doc("The body is not a JSON array of events."), **REFUSED},
              openapi_extra={"parameters": [
-                 _header("X-Twilio-Email-Event-Webhook-Signature",
+                 header_doc("X-Twilio-Email-Event-Webhook-Signature",
                          "Base64 ECDSA (P-256, SHA-256) signature of the timestamp followed by the body."),
-                 _header("X-Twilio-Email-Event-Webhook-Timestamp",
+                 header_doc("X-Twilio-Email-Event-Webhook-Timestamp",
                          f"Unix seconds; more than {SENDGRID_MAX_AGE} s away from now is refused.")],
                  "requestBody": {"required": True, "content": {"application/json": {"schema": {
                      "type": "array", "items": {"type": "object", "additionalProperties": True, "properties": {
-                         "sg_event_id": _STR, "sg_message_id": _STR, "event": _STR, "delivery_id": _STR}}}}}}})
+                         "sg_event_id": STR, "sg_message_id": STR, "event": STR, "delivery_id": STR}}}}}}})
 async def sendgrid_events(request: Request) -> Response:
     """SendGrid's signed event webhook (ECDSA); deduplicated by ``sg_event_id``."""
-    body = await _body(request)
+    body = await read_body(request)
     if body is None:
-        return _too_large()
+        return too_large()
     settings = get_runtime().settings
     signature = request.headers.get("X-Twilio-Email-Event-Webhook-Signature", "")
     stamp = request.headers.get("X-Twilio-Email-Event-Webhook-Timestamp", "")
     # ASCII digits only: "²".isdigit() is true, and a 400-digit stamp is no time at all
     if not settings.sendgrid_webhook_public_key or not signature or not re.fullmatch(r"[0-9]{1,12}", stamp):
-        return _forbidden()
+        return forbidden()
     if abs(time.time() - int(stamp)) > SENDGRID_MAX_AGE:
-        return _forbidden()
+        return forbidden()
     if not _sendgrid_ok(settings.sendgrid_webhook_public_key, body, signature, stamp):
-        return _forbidden()
+        return forbidden()
     try:
         events = json.loads(body)
     except ValueError as exc:
@@ -440,7 +277,7 @@ def _record_email_events(events: list[Any]) -> None:
         for ev in events:
             if not isinstance(ev, dict) or not isinstance(ev.get("sg_event_id"), str):
                 continue
-            if not _remember(session, _dedup_key("sendgrid", ev["sg_event_id"]), now):
+            if not remember(session, dedup_key("sendgrid", ev["sg_event_id"]), now):
                 continue
             delivery_id = ev.get("delivery_id")
             message_id = str(ev.get("sg_message_id") or "").split(".")[0]
@@ -531,8 +368,8 @@ _GONE = "<p>This lead is no longer open to you.</p>"
 
 
 _CLAIM_REFUSED: dict[int | str, dict[str, Any]] = {
-    403: _html("Not a valid claim link."),
-    410: _html("The link has expired, or the lead is no longer open to this rep.")}
+    403: html_doc("Not a valid claim link."),
+    410: html_doc("The link has expired, or the lead is no longer open to this rep.")}
 
 
 @router.get("/claim/{token}", response_class=HTMLResponse, tags=["claim"], responses={**_CLAIM_REFUSED})
@@ -562,20 +399,20 @@ def _show_claim(token: str) -> HTMLResponse:
 
 
 @router.post("/claim/{token}", response_class=HTMLResponse, tags=["claim"],
-             responses={400: _html("An action other than claim or pass."), **_CLAIM_REFUSED,
-                        409: _html("Already claimed, or no longer this rep's lead."),
-                        413: _html(f"Body over {MAX_BODY // 1024} KB.")},
-             openapi_extra={"requestBody": _form_body({"action": {"type": "string", "enum": ["claim", "pass"]}}, [])})
+             responses={400: html_doc("An action other than claim or pass."), **_CLAIM_REFUSED,
+                        409: html_doc("Already claimed, or no longer this rep's lead."),
+                        413: html_doc(f"Body over {MAX_BODY // 1024} KB.")},
+             openapi_extra={"requestBody": form_body_doc({"action": {"type": "string", "enum": ["claim", "pass"]}}, [])})
 async def claim_post(token: str, request: Request) -> HTMLResponse:
     """Claim (or pass) the lead the token names."""
     now = now_utc()
     tok, bad = _check_token(token, now)
     if bad is not None:
         return bad
-    body = await _body(request)
+    body = await read_body(request)
     if body is None:
         return _page("Too large", "<p>Use the Claim or Pass button.</p>", 413)
-    params = _form(body) or {}
+    params = parse_form(body) or {}
     action = params.get("action")   # the button pressed; an empty POST (a link checker's) does nothing
     if action not in ("claim", "pass"):
         return _page("Unknown action", "<p>Use the Claim or Pass button.</p>", 400)

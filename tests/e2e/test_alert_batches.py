@@ -164,6 +164,7 @@ def test_racing_batches_send_each_step_once(alert_env, providers, queued):
 
 def test_a_steps_channels_are_in_flight_together(alert_env, queued, monkeypatch):
     import worker.alerts
+    import worker.deliveries
     from worker.channels import SendResult
 
     class MeetingChannel:
@@ -180,7 +181,7 @@ def test_a_steps_channels_are_in_flight_together(alert_env, queued, monkeypatch)
             return None
 
     make_hot("together-1")
-    monkeypatch.setattr(worker.alerts, "channel_for", lambda kind, settings: MeetingChannel())
+    monkeypatch.setattr(worker.deliveries, "channel_for", lambda kind, settings: MeetingChannel())
     step = steps_of(alert_env, "together-1", 0)[0]
     worker.alerts.fire_steps([step.id])
     assert sorted((d.channel, d.status) for d in deliveries(alert_env, step.id)) == [("email", "sent"),
@@ -238,18 +239,19 @@ def test_one_step_that_fails_holds_back_no_other_in_its_batch(alert_env, provide
 
 def test_a_message_that_cannot_be_composed_fails_its_deliveries_and_no_other(alert_env, providers, queued,
                                                                               monkeypatch):
+    import worker.alert_text
     import worker.alerts
 
     make_hot("text-ok", "text-bad")
     ids = {lead: steps_of(alert_env, lead, 0)[0].id for lead in ("text-ok", "text-bad")}
-    real = worker.alerts.render_alert
+    real = worker.alert_text.render_alert
 
     def render(kind, view, **kw):
         if view.lead_id == "text-bad":
             raise ValueError("a template bug")
         return real(kind, view, **kw)
 
-    monkeypatch.setattr(worker.alerts, "render_alert", render)
+    monkeypatch.setattr(worker.alert_text, "render_alert", render)
     worker.alerts.fire_steps(list(ids.values()))
     assert {d.status for d in deliveries(alert_env, ids["text-ok"])} == {"sent"}
     bad = deliveries(alert_env, ids["text-bad"])
@@ -422,3 +424,28 @@ def test_a_step_that_cannot_be_fired_is_not_carried_into_other_batches(alert_env
     sent = len(providers.requests)
     worker.alerts.fire_steps([ids["fine-2"]])
     assert len(deliveries(alert_env, ids["fine-2"])) == 2 and len(providers.requests) == sent + 2
+
+
+def test_alerts_held_by_the_hourly_cap_go_out_in_one_summary_once_the_hour_is_over(alert_env, providers, queued):
+    from worker import db as models
+    from worker.alerts import fire_steps, flush_held
+    from worker.db import now_utc
+    from worker.runtime import reset_runtime
+
+    fast_rules(Path(alert_env["LEADROUTER_CONFIG"]), hourly_cap=1)
+    reset_runtime()
+    make_hot("sum-1", "sum-2", "sum-3")
+    fire_steps([steps_of(alert_env, lead, 0)[0].id for lead in ("sum-1", "sum-2", "sum-3")])
+    assert len(sms_to(providers, "+14155550102")) == 1
+    assert flush_held() == 0                         # still within the hour: the cap still holds
+    assert flush_held(now_utc() + timedelta(minutes=61)) == 2   # one summary, on the rep's sms and email
+    with db(alert_env) as s:
+        rows = list(s.scalars(select(models.Delivery).order_by(models.Delivery.id)))
+    assert sorted(d.status for d in rows if d.step_id is not None) == ["sent", "sent", "summarized", "summarized",
+                                                                       "summarized", "summarized"]
+    summaries = [d for d in rows if d.step_id is None]
+    assert sorted((d.channel, d.status) for d in summaries) == [("email", "sent"), ("sms", "sent")]
+    assert all(d.recipient == "bob" and d.provider_id for d in summaries)
+    assert len(sms_to(providers, "+14155550102")) == 2
+    assert flush_held(now_utc() + timedelta(minutes=61)) == 0   # summarized once: a second scheduler sends nothing
+    assert len(sms_to(providers, "+14155550102")) == 2

@@ -90,20 +90,20 @@ def test_if_claiming_fails_the_lead_is_still_routed_and_the_step_queued(alert_en
 def test_a_reply_that_overtakes_the_senders_record_still_times_the_claim(alert_env, providers, client, monkeypatch):
     import threading
 
-    import worker.alerts as alerts
     import worker.claims as claims
+    import worker.deliveries as deliveries
     from tests.e2e.test_alerts_flow import signed_sms
     from worker import db as models
 
     held = threading.Event()
-    real_deliver = alerts.deliver
+    real_deliver = deliveries.send
 
     def deliver_then_wait(items):          # the provider has it; its answer is not recorded yet
         real_deliver(items)
         held.wait(10)
 
     observed: list[tuple[str, float]] = []
-    monkeypatch.setattr(alerts, "deliver", deliver_then_wait)
+    monkeypatch.setattr(deliveries, "send", deliver_then_wait)
     monkeypatch.setattr(claims.metrics, "observe", lambda name, seconds, **_: observed.append((name, seconds)))
     try:
         send(hot_lead("quick"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from tests.e2e.test_alert_batches import deliveries, make_hot, steps_of
+from tests.e2e.test_alert_batches import deliveries, make_due, make_hot, steps_of
 from tests.e2e.test_alerts_flow import PUBLIC, TOKEN, sms_to
 
 
@@ -105,7 +105,9 @@ def test_a_message_of_someone_else_then_is_not_taken_for_ours(alert_env, provide
     make_hot("other-1")
     make_hot("mine-1")
     other, mine = steps_of(alert_env, "other-1", 0)[0], steps_of(alert_env, "mine-1", 0)[0]
+    make_due(alert_env, mine.id, ago=-60)        # not late yet: the other lead's batch must not take it in
     fire_steps([other.id])                       # another lead's alert to the same rep, answered
+    make_due(alert_env, mine.id)
     providers.fail_next("twilio", [("drop",)])   # scripted only now: nothing else can take the drop
     fire_steps([mine.id])                        # ours: dropped before Twilio took it
     assert {d.channel: d for d in deliveries(alert_env, mine.id)}["sms"].status == "maybe_sent"

@@ -4,11 +4,13 @@
 :func:`worker.retry.send_with_retry` retries only what provably was not sent.
 """
 
+from worker.channels import sendgrid_email, twilio_sms
 from worker.channels.base import (
     Channel,
     ErrorKind,
     NotSupported,
     OutboundMessage,
+    Report,
     SendResult,
     Sent,
     TransportError,
@@ -21,12 +23,22 @@ from worker.channels.console import ConsoleChannel
 from worker.channels.sendgrid_email import SendGridEmailChannel
 from worker.channels.twilio_sms import TwilioSmsChannel
 
+
+def read_status(channel: str, status: str, error_code: str | None = None) -> Report:
+    """A provider's word on a message of ``channel``, read by that channel's own rules."""
+    if channel == "sms":
+        return twilio_sms.read_status(status, error_code)
+    if channel == "email":
+        return sendgrid_email.read_status(status, error_code)
+    return Report("delivered" if status == "delivered" else None)   # the console: printing is delivering
+
 __all__ = [
     "Channel",
     "ConsoleChannel",
     "ErrorKind",
     "NotSupported",
     "OutboundMessage",
+    "Report",
     "SendGridEmailChannel",
     "SendResult",
     "Sent",
@@ -36,4 +48,5 @@ __all__ = [
     "mask_phone",
     "mask_recipient",
     "mask_text",
+    "read_status",
 ]

@@ -105,6 +105,17 @@ class NotSupported(Exception):
 
 
 @dataclass(frozen=True)
+class Report:
+    """What a provider's word on a message (a status callback, an event, a lookup) means for its delivery.
+
+    Each channel module reads its own provider's words (``twilio_sms.read_status``,
+    ``sendgrid_email.read_status``); the delivery lifecycle acts on the report."""
+
+    outcome: Literal["delivered", "failed", "sent"] | None   # None: a word that changes nothing
+    recipient_error: bool = False   # the failure condemns the rep's address: the channel is switched off
+
+
+@dataclass(frozen=True)
 class Sent:
     """A message as the provider has it."""
 

@@ -18,6 +18,7 @@ from worker.channels.base import (
     ErrorKind,
     NotSupported,
     OutboundMessage,
+    Report,
     SendResult,
     Sent,
     TransportError,
@@ -31,6 +32,25 @@ DEFAULT_API_BASE_URL = "https://api.sendgrid.com"
 # about our request: field names look like "personalizations.0.to.0.email".
 _RECIPIENT_FIELD = re.compile(r"^personalizations\.\d+\.(to|cc|bcc)\.\d+\.email$")
 _SENDER_FIELD = re.compile(r"^from(\.|$)")
+
+
+# Event webhook words: https://www.twilio.com/docs/sendgrid/for-developers/tracking-events/event
+# A bounce or a drop is about the address (invalid, unsubscribed, bounced before); "blocked" is a
+# bounce of the receiving server's policy, not of the address.
+ADDRESS_FAILURES = frozenset({"bounce", "dropped"})
+FAILED_EVENTS = ADDRESS_FAILURES | {"blocked"}
+TAKEN_EVENTS = frozenset({"processed", "deferred", "sent"})
+
+
+def read_status(event: str, error_code: str | None = None) -> Report:
+    """What a SendGrid event means for the delivery."""
+    if event in ("delivered", "read"):
+        return Report("delivered")
+    if event in FAILED_EVENTS:
+        return Report("failed", recipient_error=event in ADDRESS_FAILURES)
+    if event in TAKEN_EVENTS:
+        return Report("sent")
+    return Report(None)
 
 
 class SendGridEmailChannel:

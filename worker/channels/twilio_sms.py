@@ -19,6 +19,7 @@ from urllib3.exceptions import NewConnectionError
 from worker.channels.base import (
     ErrorKind,
     OutboundMessage,
+    Report,
     SendResult,
     Sent,
     TransportError,
@@ -50,6 +51,23 @@ def is_recipient_error(code: int | str | None) -> bool:
     except ValueError:
         return False
     return n in RECIPIENT_CODES or n in DELIVERY_RECIPIENT_CODES
+# Message statuses (status callbacks, lookups): https://www.twilio.com/docs/messaging/api/message-resource
+DELIVERED_STATUSES = frozenset({"delivered", "read"})
+FAILED_STATUSES = frozenset({"failed", "undelivered"})
+TAKEN_STATUSES = frozenset({"sent", "queued", "sending", "accepted"})
+
+
+def read_status(status: str, error_code: str | None = None) -> Report:
+    """What a Twilio message status (and its ErrorCode) means for the delivery."""
+    if status in DELIVERED_STATUSES:
+        return Report("delivered")
+    if status in FAILED_STATUSES:
+        return Report("failed", recipient_error=is_recipient_error(error_code))
+    if status in TAKEN_STATUSES:
+        return Report("sent")
+    return Report(None)
+
+
 # Our sender is wrong: every rep would fail the same way, so alert operators.
 ACCOUNT_CODES = frozenset({20003, 21212, 21606, 21659})  # auth, invalid From, From not SMS-capable / not ours
 
