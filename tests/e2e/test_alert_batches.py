@@ -11,43 +11,9 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select, update
 
-from tests.e2e.test_alerts_flow import db, fast_rules, hot_lead, send, sms_to
-
-
-@pytest.fixture
-def queued(alert_env, monkeypatch):
-    """Steps the code under test hands to Celery: (step ids, eta) per task, instead of a broker."""
-    import worker.tasks
-
-    calls: list[tuple[list[int], object]] = []
-    monkeypatch.setattr(worker.tasks.fire_steps, "apply_async",
-                        lambda args, queue, eta=None: calls.append((list(args[0]), eta)))
-    return calls
-
-
-def make_hot(*leads: str) -> None:
-    """Publish and process (in this process) the events that make these leads hot."""
-    from worker import stream
-    from worker.tasks import drain_once
-
-    for lead in leads:
-        send(hot_lead(lead))
-    for lane in stream.LANES:
-        while drain_once(lane)[0]:
-            pass
-
-
-def steps_of(env, lead: str, step: int | None = None):
-    from worker import db as models
-
-    with db(env) as s:
-        q = select(models.AlertStep).where(models.AlertStep.lead_id == lead)
-        if step is not None:
-            q = q.where(models.AlertStep.step == step)
-        return list(s.scalars(q.order_by(models.AlertStep.step)))
+from tests.support.alerting import db, deliveries, fast_rules, make_hot, sms_to, steps_of
 
 
 def make_due(env, *step_ids: int, ago: float = 0.0) -> None:
@@ -71,13 +37,6 @@ def cannot_plan(monkeypatch, step_id: int) -> None:
         return real(session, rules, step, assignment, disabled)
 
     monkeypatch.setattr(worker.alerts, "plan_recipients", plan)
-
-
-def deliveries(env, step_id: int) -> list:
-    from worker import db as models
-
-    with db(env) as s:
-        return list(s.scalars(select(models.Delivery).where(models.Delivery.step_id == step_id)))
 
 
 def test_a_batch_sends_each_due_step_once_on_every_channel(alert_env, providers, queued):
