@@ -1,70 +1,18 @@
-"""What the benchmark runs against: a private Redis, a fresh database per scenario, worker processes."""
+"""What the benchmark runs against: a private Redis and the worker processes (the launcher's), a fresh
+database per scenario."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from worker.launcher import ROOT, LaunchError, Processes, RedisServer, free_port, wait_for
+
+__all__ = ["CONFIG", "ROOT", "Databases", "LaunchError", "Processes", "RedisServer", "free_port", "tree_rss_kb",
+           "wait_for"]
+
 CONFIG = ROOT / "config" / "routing.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A private redis-server on a free port, configured like production (AOF, no eviction)."""
-
-    def __init__(self, directory: Path):
-        self.dir = directory
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise SystemExit("redis-server is not on PATH (apt-get install redis-server)")
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--maxmemory-policy", "noeviction",
-             "--daemonize", "no", "--logfile", str(self.dir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as c:
-                    c.sendall(b"PING\r\n")
-                    if c.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 class Databases:
@@ -114,58 +62,6 @@ def _psycopg(url: str) -> str:
     return "postgresql+psycopg://" + url.removeprefix("postgresql://") if url.startswith("postgresql://") else url
 
 
-class Processes:
-    """Processes a scenario starts, each in a session of its own so its whole tree can be stopped."""
-
-    def __init__(self, env: dict[str, str], logdir: Path):
-        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        self.logdir = logdir
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, args: list[str], name: str) -> subprocess.Popen[bytes]:
-        log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115 - lives as long as the process
-        proc = subprocess.Popen(args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        log.close()
-        self.procs.append(proc)
-        return proc
-
-    def celery(self, app: str, queues: str, concurrency: int, name: str) -> subprocess.Popen[bytes]:
-        return self.start([sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queues, "-c", str(concurrency),
-                           "--pool", "prefork", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--without-heartbeat",
-                           "--without-gossip", "--without-mingle", "-l", "WARNING"], name)
-
-    def beat(self) -> subprocess.Popen[bytes]:
-        return self.start([sys.executable, "-m", "worker.cli", "beat"], "beat")
-
-    def check_alive(self) -> None:
-        for p in self.procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"{' '.join(map(str, p.args[:6]))}… exited with {p.returncode}; "
-                                   f"logs in {self.logdir}")
-
-    def stop_all(self) -> None:
-        for p in self.procs:
-            _signal_group(p, signal.SIGTERM)
-        deadline = time.monotonic() + 8
-        for p in self.procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(p, signal.SIGKILL)  # children a parent left behind, too
-            if p.poll() is None:
-                p.wait()
-        self.procs.clear()
-
-
-def _signal_group(p: subprocess.Popen[bytes], sig: int) -> None:
-    try:
-        os.killpg(p.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def tree_rss_kb(root_pid: int) -> int:
     """VmRSS of a process and all its descendants, in kB."""
     children: dict[int, list[int]] = {}
@@ -190,17 +86,3 @@ def tree_rss_kb(root_pid: int) -> int:
         except OSError:
             continue
     return total
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05,
-               procs: Processes | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if procs is not None:
-            procs.check_alive()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)

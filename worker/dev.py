@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
+
+from worker.launcher import LaunchError, Processes, RedisServer, free_port, wait_port
 
 VAR = Path("var")
 DEMO_RETRIES = ["8s", "16s", "30s"]
@@ -30,47 +29,15 @@ class DevError(RuntimeError):
     pass
 
 
-def _free_port(preferred: int) -> int:
-    for port in (preferred, 0):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(s.getsockname()[1])
-    raise DevError("no free port")
-
-
-def _wait_port(port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.3):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise DevError(f"nothing answered on port {port}")
-
-
 def say(text: str) -> None:
     print(f"\033[1mleadrouter dev\033[0m  {text}" if sys.stdout.isatty() else f"leadrouter dev  {text}", flush=True)
 
 
-def start_redis(procs: list[subprocess.Popen[bytes]]) -> str:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise DevError("redis-server is not on PATH. Install it (Debian/Ubuntu: `sudo apt-get install redis-server`, "
-                       "macOS: `brew install redis`) or point REDIS_URL at a running Redis.")
-    data = (VAR / "redis").resolve()
-    data.mkdir(parents=True, exist_ok=True)
-    port = _free_port(6390)
-    procs.append(subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--appendonly", "yes",
-         "--appendfsync", "everysec", "--maxmemory-policy", "noeviction", "--save", "",
-         "--logfile", str(data / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-    _wait_port(port)
-    return f"redis://127.0.0.1:{port}/0"
+def start_redis() -> RedisServer:
+    """redis-server with its data (AOF) in ``./var/redis``, on port 6390 when that is free."""
+    server = RedisServer(VAR / "redis", port=free_port(6390))
+    server.start(timeout=15)
+    return server
 
 
 def demo_rules(source: Path) -> Path:
@@ -93,8 +60,28 @@ def demo_rules(source: Path) -> Path:
     return out
 
 
+class _Stack:
+    """What ``dev`` started: Redis (unless REDIS_URL was given) and the product's processes."""
+
+    def __init__(self) -> None:
+        self.redis: RedisServer | None = None
+        self.procs: Processes | None = None
+
+    def check_alive(self) -> None:
+        if self.redis is not None:
+            self.redis.check_alive()
+        if self.procs is not None:
+            self.procs.check_alive()
+
+    def stop(self) -> None:
+        if self.procs is not None:
+            self.procs.stop_all(grace=10)
+        if self.redis is not None:
+            self.redis.stop()
+
+
 def run_dev(demo: bool = False, port: int = 8000) -> int:
-    procs: list[subprocess.Popen[bytes]] = []
+    stack = _Stack()
     stopping = {"flag": False}
 
     def stop(_signum: int, _frame: object) -> None:
@@ -103,26 +90,24 @@ def run_dev(demo: bool = False, port: int = 8000) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        env = _prepare(procs, demo, port)
-        _start_services(procs, env, port)
+        env = _prepare(stack, demo, port)
+        _start_services(stack, env, port)
         say(f"API on http://127.0.0.1:{port}  (Ctrl-C stops everything)")
         if demo:
             _play_demo(env, port, stopping)
         while not stopping["flag"]:
-            for p in procs:
-                if p.poll() is not None:
-                    raise DevError(f"a child process stopped unexpectedly (exit {p.returncode}): {p.args!r}")
+            stack.check_alive()
             time.sleep(0.2)
         return 0
-    except DevError as exc:
+    except (DevError, LaunchError) as exc:
         print(f"leadrouter dev: {exc}", file=sys.stderr)
         return 1
     finally:
-        _stop_all(procs)
+        stack.stop()
         say("stopped")
 
 
-def _prepare(procs: list[subprocess.Popen[bytes]], demo: bool, port: int) -> dict[str, str]:
+def _prepare(stack: _Stack, demo: bool, port: int) -> dict[str, str]:
     from worker.migrate import upgrade
     from worker.settings import Settings, get_settings, reset_settings
     from worker.startup import rules_problems, secret_problem
@@ -130,7 +115,8 @@ def _prepare(procs: list[subprocess.Popen[bytes]], demo: bool, port: int) -> dic
     VAR.mkdir(exist_ok=True)
     env = dict(os.environ)
     if not env.get("REDIS_URL"):
-        env["REDIS_URL"] = start_redis(procs)
+        stack.redis = start_redis()
+        env["REDIS_URL"] = stack.redis.url
         say(f"redis-server started ({env['REDIS_URL']}, data in {VAR / 'redis'})")
     env.setdefault("DATABASE_URL", f"sqlite:///{(VAR / 'leadrouter.db').resolve()}")
     env.setdefault("LEADROUTER_PUBLIC_URL", f"http://127.0.0.1:{port}")
@@ -155,32 +141,13 @@ def _prepare(procs: list[subprocess.Popen[bytes]], demo: bool, port: int) -> dic
     return env
 
 
-def _start_services(procs: list[subprocess.Popen[bytes]], env: dict[str, str], port: int) -> None:
-    py = sys.executable
-    common: dict[str, Any] = {"env": {**env, "PYTHONUNBUFFERED": "1"}, "start_new_session": True}
-    procs.append(subprocess.Popen([py, "-m", "celery", "-A", "worker.app", "worker", "-Q", "events,fast,alerts",
-                                   "-c", "2", "--pool", "prefork", "-n", "dev@%h", "--without-gossip",
-                                   "--without-mingle", "-l", "WARNING"], **common))
-    procs.append(subprocess.Popen([py, "-m", "worker.cli", "beat"], **common))
-    procs.append(subprocess.Popen([py, "-m", "worker.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
-                                  **common))
-    _wait_port(port, timeout=30)
-
-
-def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in reversed(procs):
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + 10
-    for p in reversed(procs):
-        try:
-            p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+def _start_services(stack: _Stack, env: dict[str, str], port: int) -> None:
+    # output on this terminal (console alerts print there), working directory as given
+    procs = stack.procs = Processes(env, logdir=None, cwd=None)
+    procs.celery_worker(concurrency=2, hostname="dev@%h", heartbeat=True)
+    procs.beat()
+    procs.api(port)
+    wait_port(port, timeout=30, what="the API", processes=procs)
 
 
 # ---------------------------------------------------------------- the demo story

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import time_machine
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from tests.e2e.test_alerts_flow import db, fast_rules, hot_lead, send, sms_to
+from tests.support.alerting import db, deliveries, fast_rules, make_due, make_hot, sms_to, steps_of
 
 
 @pytest.fixture
@@ -32,55 +32,6 @@ def alert_env(alert_env):  # noqa: F811
     return alert_env
 
 
-@pytest.fixture
-def queued(alert_env, monkeypatch):
-    """Steps the code under test hands to Celery: (step ids, eta) per task, instead of a broker."""
-    from worker.app import FIRE_STEPS, app
-
-    calls: list[tuple[list[int], object]] = []
-    send_task = app.send_task
-
-    def record(name, args=None, kwargs=None, **options):
-        if name != FIRE_STEPS:
-            return send_task(name, args, kwargs, **options)
-        calls.append((list(args[0]), options.get("eta")))
-        return None
-
-    monkeypatch.setattr(app, "send_task", record)
-    return calls
-
-
-def make_hot(*leads: str) -> None:
-    """Publish and process (in this process) the events that make these leads hot."""
-    from worker import stream
-    from worker.tasks import drain_once
-
-    for lead in leads:
-        send(hot_lead(lead))
-    for lane in stream.LANES:
-        while drain_once(lane)[0]:
-            pass
-
-
-def steps_of(env, lead: str, step: int | None = None):
-    from worker import db as models
-
-    with db(env) as s:
-        q = select(models.AlertStep).where(models.AlertStep.lead_id == lead)
-        if step is not None:
-            q = q.where(models.AlertStep.step == step)
-        return list(s.scalars(q.order_by(models.AlertStep.step)))
-
-
-def make_due(env, *step_ids: int, ago: float = 0.0) -> None:
-    from worker import db as models
-    from worker.db import now_utc
-
-    with db(env) as s, s.begin():
-        s.execute(update(models.AlertStep).where(models.AlertStep.id.in_(step_ids))
-                  .values(due_at=now_utc() - timedelta(seconds=ago)))
-
-
 def cannot_plan(monkeypatch, step_id: int) -> None:
     """A bug that strikes one step: planning its recipients raises."""
     import worker.alerts
@@ -93,13 +44,6 @@ def cannot_plan(monkeypatch, step_id: int) -> None:
         return real(session, rules, step, assignment, disabled)
 
     monkeypatch.setattr(worker.alerts, "plan_recipients", plan)
-
-
-def deliveries(env, step_id: int) -> list:
-    from worker import db as models
-
-    with db(env) as s:
-        return list(s.scalars(select(models.Delivery).where(models.Delivery.step_id == step_id)))
 
 
 def test_a_batch_sends_each_due_step_once_on_every_channel(alert_env, providers, queued):

@@ -8,61 +8,12 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from urllib.parse import urlencode
 
 import pytest
-from ruamel.yaml import YAML
-from sqlalchemy import create_engine, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
 
-from tests.conftest import CONFIG, wait_until
-from tests.fakes.providers import FakeProviderServer
-
-TOKEN = "twilio-test-token"
-PUBLIC = "https://leads.example.test"
-REPLY = "Reply 1 to claim, 2 to pass"
-
-
-def fast_rules(path: Path, **alerts: object) -> None:
-    yaml = YAML()
-    doc = yaml.load(CONFIG.read_text())
-    for rep in doc["reps"]:
-        rep["hours"] = "Mon-Sun 00:00-24:00"
-        rep["holidays"] = []
-    doc["alerts"].update({"retries": ["2s", "4s", "6s"], "first_contact_sla": "2s", "escalate_from_retry": 2,
-                          **alerts})
-    with path.open("w") as fh:
-        yaml.dump(doc, fh)
-
-
-@pytest.fixture
-def providers():
-    server = FakeProviderServer(validation="background")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def alert_env(service_env, providers, tmp_path, monkeypatch):
-    rules = Path(service_env["LEADROUTER_CONFIG"])
-    fast_rules(rules)
-    extra = {
-        "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_FROM_NUMBER": "+15005550006",
-        "TWILIO_API_BASE_URL": providers.url, "SENDGRID_API_KEY": "SG.test-key",
-        "SENDGRID_FROM_EMAIL": "alerts@example.com", "SENDGRID_API_BASE_URL": providers.url,
-        "LEADROUTER_PUBLIC_URL": PUBLIC, "LEADROUTER_TICK_SECONDS": "0.1",
-    }
-    for k, v in extra.items():
-        monkeypatch.setenv(k, v)
-    from worker.alerts import reset_channels
-    from worker.runtime import reset_runtime
-    from worker.settings import reset_settings
-
-    reset_settings()
-    reset_runtime()
-    reset_channels()
-    service_env.update(extra)
-    return service_env
+from tests.support.alerting import PUBLIC, REPLY, db, fast_rules, hot_lead, send, signed_sms, sms_to
+from tests.support.stack import wait_until
 
 
 @pytest.fixture
@@ -71,55 +22,6 @@ def stack(alert_env, processes):
     processes.celery_worker(queues="events,fast,alerts", concurrency=2)
     processes.leadrouter("beat", name="beat")
     return processes
-
-
-@pytest.fixture
-def client(alert_env):
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
-
-    from worker.webhooks import router
-
-    app = FastAPI()
-    app.include_router(router)
-    return TestClient(app)
-
-
-def hot_lead(lead: str, country: str = "US") -> list[dict]:
-    traits = {"name": "Jane Doe", "email": f"{lead}@acme.com", "title": "VP Engineering", "phone": "+14155550100",
-              "role": "decision_maker", "company": {"name": "Acme", "industry": "software", "employee_count": 1200},
-              "address": {"country": country}}
-    return [
-        {"type": "identify", "messageId": f"{lead}-1", "userId": lead, "traits": traits},
-        {"type": "track", "messageId": f"{lead}-2", "userId": lead, "event": "Pricing Page Viewed"},
-        {"type": "track", "messageId": f"{lead}-3", "userId": lead, "event": "Demo Requested"},
-    ]
-
-
-def send(events: list[dict]) -> None:
-    from worker.publish import publish
-    from worker.runtime import get_runtime
-
-    rt = get_runtime()
-    assert publish(rt.redis, events, rt.rules).accepted == len(events)
-
-
-def db(env) -> Session:
-    return Session(create_engine(env["DATABASE_URL"]))
-
-
-def sms_to(server: FakeProviderServer, number: str) -> list[dict]:
-    return [m for m in server.sms() if m.get("To") == number]
-
-
-def signed_sms(client, sender: str, body: str, sid: str):
-    from twilio.request_validator import RequestValidator
-
-    params = {"MessageSid": sid, "From": sender, "To": "+15005550006", "Body": body, "AccountSid": "AC" + "0" * 32}
-    signature = RequestValidator(TOKEN).compute_signature(f"{PUBLIC}/webhooks/twilio/sms", params)
-    return client.post("/webhooks/twilio/sms", content=urlencode(params),
-                       headers={"X-Twilio-Signature": signature,
-                                "Content-Type": "application/x-www-form-urlencoded"})
 
 
 def test_hot_lead_is_alerted_reminded_escalated_and_claimed_by_sms(stack, providers, client, alert_env):

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Processes
-from tests.e2e.clients import CHROMIUM_ARGS, FaultyProxy, SiteServer, chromium
-from tests.e2e.test_ingest_api import KEYS, Api, start_api
+from tests.support.clients import CHROMIUM_ARGS, FaultyProxy, SiteServer, chromium
+from tests.support.ingest import KEYS, Api, start_api
+from tests.support.stack import Processes
 
 WRITE_KEY = KEYS["web"]
 
@@ -47,7 +47,7 @@ def open_page(browser: Any, url: str) -> Any:
 
 def _wait_for_messages(api: Api, proxy: FaultyProxy, count: int) -> list[dict[str, Any]]:
     """The stream once ``count`` events are in it and the proxy has recorded the answers that took them."""
-    from tests.conftest import wait_until
+    from tests.support.stack import wait_until
 
     def delivered() -> int:
         return sum(len(body["batch"]) if "batch" in (body := p.json()) else 1

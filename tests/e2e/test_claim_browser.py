@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from tests.conftest import ROOT, free_port, wait_until
-from tests.e2e.test_alerts_flow import hot_lead, send
+from tests.support.alerting import hot_lead, send
+from tests.support.stack import ROOT, free_port, wait_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "tests" / "artifacts"

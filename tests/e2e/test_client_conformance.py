@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Processes
-from tests.e2e.clients import FaultyProxy, node_clients, run_node_client
-from tests.e2e.test_ingest_api import KEYS, Api, shared_api  # noqa: F401 (the fixture)
+from tests.support.clients import FaultyProxy, node_clients, run_node_client
+from tests.support.ingest import KEYS, Api
+from tests.support.stack import Processes
 
 NODE_CLIENTS = ("segment-node", "legacy-node", "rudder-node")
 
 
 @pytest.fixture
-def api(shared_api: Api) -> Api:  # noqa: F811
+def api(shared_api: Api) -> Api:
     shared_api.redis.flushall()
     return shared_api
 
@@ -92,9 +92,9 @@ def test_every_client_gets_its_lead_scored_routed_and_alerted_as_simulate_predic
     from routing.config import load_rules
     from routing.events import parse_time
     from routing.simulate import simulate
-    from tests.conftest import wait_until
-    from tests.e2e.clients import CHROMIUM_ARGS, SiteServer, chromium, events_as_received
-    from tests.e2e.test_ingest_api import start_api
+    from tests.support.clients import CHROMIUM_ARGS, SiteServer, chromium, events_as_received
+    from tests.support.ingest import start_api
+    from tests.support.stack import wait_until
     from worker import db
 
     node_clients()

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.conftest import CONFIG, ROOT, free_port
+from tests.support.stack import CONFIG, ROOT, free_port
 
 
 def test_dev_demo_alerts_reminds_claims_and_stops_cleanly(tmp_path: Path):

@@ -13,7 +13,7 @@ import redis
 from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
-from tests.e2e.test_alerts_flow import PUBLIC, TOKEN, alert_env, client, providers  # noqa: F401
+from tests.support.alerting import PUBLIC, TOKEN
 from worker import db
 
 STATUS = "/webhooks/twilio/status"
@@ -42,7 +42,7 @@ def _sms_only_step(sessions, lead_id: str) -> int:
         return d.id
 
 
-def test_a_failed_sms_fails_over_to_email_from_the_alerts_queue_not_the_request(alert_env, providers, client):  # noqa: F811
+def test_a_failed_sms_fails_over_to_email_from_the_alerts_queue_not_the_request(alert_env, providers, client):
     from worker.runtime import get_runtime
     from worker.tasks import failover_deliveries
 

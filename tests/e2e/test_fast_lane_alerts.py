@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from tests.conftest import wait_until
-from tests.e2e.test_alerts_flow import db, hot_lead, send
+from tests.support.alerting import db, hot_lead, send
+from tests.support.stack import wait_until
 
 
 def steps(env) -> list[tuple[int, str]]:
@@ -92,7 +92,7 @@ def test_a_reply_that_overtakes_the_senders_record_still_times_the_claim(alert_e
 
     import worker.claims as claims
     import worker.deliveries as deliveries
-    from tests.e2e.test_alerts_flow import signed_sms
+    from tests.support.alerting import signed_sms
     from worker import db as models
 
     held = threading.Event()

@@ -14,8 +14,8 @@ import httpx
 import segment.analytics as analytics
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, free_port, wait_until
-from tests.e2e.test_alerts_flow import TOKEN, fast_rules, sms_to
+from tests.support.alerting import TOKEN, fast_rules, sms_to
+from tests.support.stack import ROOT, free_port, wait_until
 
 
 def test_segment_sdk_to_sms_alert_to_signed_reply_to_report(alert_env, processes, providers):

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from tests.conftest import SECRET_KEY, Processes, free_port, wait_until
+from tests.support.stack import SECRET_KEY, Processes, free_port, wait_until
 from worker.tokens import ClaimToken, sign
 
 

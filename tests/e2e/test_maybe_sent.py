@@ -7,8 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from tests.e2e.test_alert_batches import deliveries, make_due, make_hot, steps_of
-from tests.e2e.test_alerts_flow import PUBLIC, TOKEN, sms_to
+from tests.support.alerting import PUBLIC, TOKEN, deliveries, make_due, make_hot, sms_to, steps_of
 
 
 def _first_alert(env, lead: str):
@@ -84,7 +83,7 @@ def test_a_message_sent_again_is_never_sent_a_third_time(alert_env, providers, q
 
 
 def test_an_sms_never_taken_for_a_lead_claimed_meanwhile_is_recorded_as_not_sent(alert_env, providers, queued):
-    from tests.e2e.test_alerts_flow import db
+    from tests.support.alerting import db
     from worker import db as models
     from worker.alerts import settle_maybe_sent
     from worker.db import now_utc
@@ -124,7 +123,7 @@ def test_a_step_whose_worker_died_mid_send_is_released_and_its_alert_reaches_the
     """The worker claimed the step and wrote its deliveries, then died before any request left."""
     from datetime import timedelta
 
-    from tests.e2e.test_alerts_flow import db
+    from tests.support.alerting import db
     from worker import db as models
     from worker.alerts import claim, fire_steps, settle_maybe_sent
     from worker.db import now_utc
@@ -168,7 +167,7 @@ def test_a_step_whose_worker_died_mid_send_is_released_and_its_alert_reaches_the
 def test_a_step_of_a_live_worker_is_not_released_until_it_is_given_up(alert_env, providers, queued):
     from datetime import timedelta
 
-    from tests.conftest import wait_until
+    from tests.support.stack import wait_until
     from worker import liveness
     from worker.alerts import claim
     from worker.db import now_utc
@@ -215,7 +214,7 @@ def test_an_email_without_an_answer_follows_its_sms_twin_found_taken(alert_env, 
 
 
 def test_a_maybe_sent_sms_with_a_provider_id_is_looked_up_by_it(alert_env, providers, queued):
-    from tests.e2e.test_alerts_flow import db
+    from tests.support.alerting import db
     from worker import db as models
     from worker.alerts import settle_maybe_sent
 

@@ -19,9 +19,9 @@ from ruamel.yaml import YAML
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from tests.conftest import ROOT, SECRET_KEY, wait_until
-from tests.e2e.test_alerts_flow import hot_lead, send, sms_to
 from tests.fakes.receiver import WebhookReceiver
+from tests.support.alerting import hot_lead, send, sms_to
+from tests.support.stack import ROOT, SECRET_KEY, wait_until
 
 BOB, ALICE, CAROL = "+14155550102", "+14155550101", "+4915155550103"
 
@@ -45,9 +45,9 @@ def running(alert_env: dict[str, str], processes: Any, receiver: WebhookReceiver
         yaml.dump(doc, fh)
     env = {**alert_env, "SLACK_WEBHOOK_URL": f"{receiver.url}/slack/T1/B1/x"}
     monkeypatch.setenv("SLACK_WEBHOOK_URL", env["SLACK_WEBHOOK_URL"])
-    from tests.conftest import _reset_process_state
+    from tests.support.stack import reset_process_state
 
-    _reset_process_state()
+    reset_process_state()
     processes.env.update(env)
     processes.celery_worker(queues="events,fast,alerts", concurrency=2)
     processes.leadrouter("beat", name="beat")

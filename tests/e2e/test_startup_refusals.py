@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SECRET_KEY, free_port
+from tests.support.stack import ROOT, SECRET_KEY, free_port
 
 WORKER = ["-m", "worker.cli", "worker"]
 BEAT = ["-m", "worker.cli", "beat"]
@@ -79,7 +79,7 @@ def test_broken_rules_stop_every_part_at_start_naming_the_line(service_env, comm
 def test_a_good_key_and_good_rules_start_the_api(service_env):
     import httpx
 
-    from tests.conftest import wait_until
+    from tests.support.stack import wait_until
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "api", "--port", str(port)],
@@ -103,7 +103,7 @@ def test_a_good_key_and_good_rules_start_the_api(service_env):
 def test_a_bad_reload_keeps_the_running_rules_and_healthz_and_status_say_the_file_is_refused(service_env):
     import httpx
 
-    from tests.conftest import wait_until
+    from tests.support.stack import wait_until
 
     port = free_port()
     env = {**os.environ, **service_env, "LEADROUTER_WRITE_KEY": "wk-reload-3c"}

@@ -19,10 +19,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from routing.messages import short_code
-from tests.conftest import Processes, wait_until
-from tests.e2e.test_alerts_flow import fast_rules, hot_lead, signed_sms
 from tests.fakes.providers import FakeProviderServer
-from tests.faults.support import Publisher, Store, delivery_id_of
+from tests.support.alerting import fast_rules, hot_lead, signed_sms
+from tests.support.faults import Publisher, Store, delivery_id_of
+from tests.support.stack import Processes, wait_until
 from worker import db
 
 OFFSETS = [-0.3, -0.1, 0.0, 0.03, 0.06, 0.1, 0.2, 1.0]   # seconds from the first reminder's due time

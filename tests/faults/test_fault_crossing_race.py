@@ -17,9 +17,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from tests.conftest import Processes, wait_until
-from tests.e2e.test_alerts_flow import fast_rules
-from tests.faults.support import Publisher, Store, identify, track, ts
+from tests.support.alerting import fast_rules
+from tests.support.faults import Publisher, Store, identify, track, ts
+from tests.support.stack import Processes, wait_until
 from worker import db
 
 # each one alone takes a lead from 70 to 75 or more; four of them go by the fast lane

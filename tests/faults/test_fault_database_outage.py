@@ -12,9 +12,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from tests.conftest import Processes, wait_until
-from tests.e2e.test_alerts_flow import hot_lead
-from tests.faults.support import ProxiedDatabase, Publisher, Store, background, running, start_service
+from tests.support.alerting import hot_lead
+from tests.support.faults import ProxiedDatabase, Publisher, Store, background, running, start_service
+from tests.support.stack import Processes, wait_until
 from worker import db
 
 OUTAGE_SECONDS = 20.0

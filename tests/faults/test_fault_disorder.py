@@ -25,10 +25,10 @@ from routing.config import load_rules
 from routing.events import iso
 from routing.kinds import OPENING, DeliveryStatus, StepKind
 from routing.simulate import simulate
-from tests.conftest import Processes, wait_until
-from tests.e2e.test_alerts_flow import PUBLIC, TOKEN, fast_rules
 from tests.fakes.providers import FakeProviderServer
-from tests.faults.support import PrivateRedis, Publisher, Store, running
+from tests.support.alerting import PUBLIC, TOKEN, fast_rules
+from tests.support.faults import PrivateRedis, Publisher, Store, running
+from tests.support.stack import Processes, wait_until
 from worker import db
 from worker.tokens import TokenError, verify
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from tests.conftest import Processes, wait_until
-from tests.e2e.test_alerts_flow import fast_rules, hot_lead
 from tests.fakes.providers import FakeProviderServer
-from tests.faults.support import Publisher, Store, delivery_id_of
+from tests.support.alerting import fast_rules, hot_lead
+from tests.support.faults import Publisher, Store, delivery_id_of
+from tests.support.stack import Processes, wait_until
 from worker import db
 
 # In the order requests arrive: one hangs until the client gives up (after 10 s), one is rate limited,

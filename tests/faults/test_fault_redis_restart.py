@@ -15,9 +15,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from tests.conftest import Processes, wait_until
-from tests.e2e.test_alerts_flow import hot_lead
-from tests.faults.support import PrivateRedis, Publisher, Store, background, running, start_service
+from tests.support.alerting import hot_lead
+from tests.support.faults import PrivateRedis, Publisher, Store, background, running, start_service
+from tests.support.stack import Processes, wait_until
 from worker import db
 
 

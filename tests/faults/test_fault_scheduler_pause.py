@@ -14,10 +14,10 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
-from tests.conftest import Processes, wait_until
-from tests.e2e.test_alerts_flow import fast_rules, hot_lead
 from tests.fakes.providers import FakeProviderServer
-from tests.faults.support import Publisher, Store, delivery_id_of
+from tests.support.alerting import fast_rules, hot_lead
+from tests.support.faults import Publisher, Store, delivery_id_of
+from tests.support.stack import Processes, wait_until
 from worker import db
 
 LEADS = ["s-0", "s-1", "s-2"]

@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import SECRET_KEY, Processes, free_port, wait_until
-from tests.faults.support import ProxiedDatabase
+from tests.support.faults import ProxiedDatabase
+from tests.support.stack import SECRET_KEY, Processes, free_port, wait_until
 from worker.tokens import ClaimToken, sign
 
 WRITE_KEY = "wk-stall-5e1c"

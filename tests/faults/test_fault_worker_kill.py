@@ -17,8 +17,8 @@ from contextlib import contextmanager
 
 import sqlalchemy as sa
 
-from tests.conftest import Processes, RedisServer, wait_until
-from tests.faults.support import Publisher, Store, TcpProxy, background, children_of
+from tests.support.faults import Publisher, Store, TcpProxy, background, children_of
+from tests.support.stack import Processes, RedisServer, wait_until
 from worker import db
 
 QUEUES = "events,fast"

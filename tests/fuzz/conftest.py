@@ -1,5 +1,6 @@
 """The HTTP app in this process, with every verifier configured (write keys, Twilio, SendGrid, claim
-tokens), so hostile requests reach the code that must refuse them. Built on the e2e fixtures."""
+tokens), so hostile requests reach the code that must refuse them. Built on the alert environment of
+the top conftest; the code is in ``tests/support``."""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.e2e.test_alerts_flow import alert_env, providers  # noqa: F401
-from tests.fuzz.support import KEYS, Api, sendgrid_public_key
+from tests.support.fuzz import KEYS, Api, sendgrid_public_key
 
 
 @pytest.fixture
-def fuzz_env(alert_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:  # noqa: F811
+def fuzz_env(alert_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """alert_env plus write keys, a SendGrid verification key and a rate limit no fuzz run reaches."""
     from worker.api_ingest import get_ingest_settings
     from worker.runtime import reset_runtime

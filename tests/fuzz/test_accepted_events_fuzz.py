@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from tests.conftest import hold_alerts
-from tests.fuzz.strategies import FUZZ, event_dicts, odd_events
-from tests.fuzz.support import Api
+from tests.support.fuzz import Api
+from tests.support.stack import hold_alerts
+from tests.support.strategies import FUZZ, event_dicts, odd_events
 from worker import db, stream
 
 

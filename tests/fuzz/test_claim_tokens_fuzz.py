@@ -6,60 +6,23 @@ from __future__ import annotations
 import base64
 import json
 import string
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 import time_machine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import SECRET_KEY
-from tests.fuzz.strategies import FUZZ, mutated
-from tests.fuzz.support import Api
+from tests.support.fuzz import Api, Open, claim_path, open_lead
+from tests.support.stack import SECRET_KEY
+from tests.support.strategies import FUZZ, mutated
 from worker import db
 from worker.tokens import ClaimToken, TokenError, sign, verify
 
 SOME = settings(FUZZ, max_examples=20)
 SECRET = SECRET_KEY                 # LEADROUTER_SECRET_KEY of service_env
 TOKEN_CHARS = string.ascii_letters + string.digits + "-_.=+/ %~!*é"
-
-
-@dataclass
-class Open:
-    """A hot lead assigned to bob, not yet claimed."""
-
-    lead_id: str
-    assignment_id: int
-    sessions: Any
-
-    def token(self, rep: str = "bob", lead: str | None = None, assignment: int | None = None,
-              expires: datetime | None = None, secret: str = SECRET) -> str:
-        when = expires or datetime.now(UTC) + timedelta(hours=24)
-        return sign(secret, ClaimToken(rep, lead or self.lead_id, self.assignment_id if assignment is None
-                                       else assignment, int(when.timestamp())))
-
-    def claimed(self) -> tuple[datetime | None, str | None]:
-        with self.sessions() as s:
-            a = s.get(db.Assignment, self.assignment_id)
-            return a.claimed_at, a.claimed_by
-
-
-def open_lead(sessions: Any, lead_id: str, rep: str = "bob") -> Open:
-    now = datetime.now(UTC)
-    with sessions.begin() as s:
-        s.add(db.Lead(id=lead_id, created_at=now, updated_at=now, traits={"name": "Jane <b>Doe</b>"}, score=90,
-                      tier="hot", hot_at=now, owner=rep))
-        episode = db.HotEpisode(lead_id=lead_id, opened_at=now, rules_hash="h")
-        s.add(episode)
-        s.flush()
-        a = db.Assignment(episode_id=episode.id, lead_id=lead_id, rep_id=rep, team_id="na", route="team",
-                          rules_hash="h", created_at=now, start_at=now, current=True)
-        s.add(a)
-        s.flush()
-        return Open(lead_id, a.id, sessions)
 
 
 @pytest.fixture
@@ -71,13 +34,9 @@ def lead(api: Api) -> Open:
     return open_lead(sessions, "u-claim")
 
 
-def path(token: str) -> str:
-    return "/claim/" + quote(token, safe="")
-
-
 def assert_refused(api: Api, lead: Open, token: str) -> None:
     for method in ("GET", "POST"):
-        r = api.client.request(method, path(token), data={"action": "claim"} if method == "POST" else None)
+        r = api.client.request(method, claim_path(token), data={"action": "claim"} if method == "POST" else None)
         assert 400 <= r.status_code < 500, (method, token, r.status_code)
         assert r.headers.get("cache-control", "no-store") == "no-store"
         assert "Claimed" not in r.text
@@ -119,9 +78,9 @@ def test_a_genuine_token_for_another_rep_claims_nothing(api: Api, lead: Open) ->
     """Such a token exists when a manager was alerted; without an escalation to them it claims nothing."""
     for who in ("alice", "maria", "nobody"):
         token = lead.token(rep=who)
-        assert api.client.get(path(token)).status_code in (200, 403, 410)    # showing the page changes nothing
+        assert api.client.get(claim_path(token)).status_code in (200, 403, 410)    # showing the page changes nothing
         for action in ("claim", "pass"):
-            r = api.client.post(path(token), data={"action": action})
+            r = api.client.post(claim_path(token), data={"action": action})
             assert r.status_code == 409 and "Claimed" not in r.text and "Passed" not in r.text, (who, action)
     assert lead.claimed() == (None, None)
     with lead.sessions() as s:
@@ -142,7 +101,7 @@ def test_a_genuine_token_pointing_elsewhere_claims_nothing(api: Api, lead: Open)
 def test_an_expired_token_is_410_and_claims_nothing(api: Api, lead: Open, seconds: int) -> None:
     token = lead.token(expires=datetime.now(UTC) - timedelta(seconds=seconds))
     for method in ("GET", "POST"):
-        r = api.client.request(method, path(token))
+        r = api.client.request(method, claim_path(token))
         assert r.status_code == 410 and "expired" in r.text
     assert lead.claimed() == (None, None)
 
@@ -150,13 +109,13 @@ def test_an_expired_token_is_410_and_claims_nothing(api: Api, lead: Open, second
 def test_a_link_stops_working_when_its_day_is_over(api: Api, lead: Open) -> None:
     token = lead.token(expires=datetime.now(UTC) + timedelta(hours=24))
     with time_machine.travel(datetime.now(UTC) + timedelta(hours=24, seconds=2), tick=False):
-        assert api.client.post(path(token), data={"action": "claim"}).status_code == 410
+        assert api.client.post(claim_path(token), data={"action": "claim"}).status_code == 410
     assert lead.claimed() == (None, None)
-    done = api.client.post(path(token), data={"action": "claim"})          # the control: in time it works
+    done = api.client.post(claim_path(token), data={"action": "claim"})          # the control: in time it works
     assert done.status_code == 200 and "Claimed" in done.text
     claimed_at, by = lead.claimed()
     assert by == "bob" and claimed_at is not None
-    again = api.client.post(path(token), data={"action": "claim"})          # a replayed POST changes nothing
+    again = api.client.post(claim_path(token), data={"action": "claim"})          # a replayed POST changes nothing
     assert again.status_code in (200, 409) and lead.claimed() == (claimed_at, "bob")
 
 

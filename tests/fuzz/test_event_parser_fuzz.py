@@ -26,8 +26,8 @@ from routing.events import (
     parse_time,
 )
 from routing.simulate import simulate
-from tests.conftest import CONFIG
-from tests.fuzz.strategies import (
+from tests.support.stack import CONFIG
+from tests.support.strategies import (
     EVENT_KEYS,
     FUZZ,
     deep_values,

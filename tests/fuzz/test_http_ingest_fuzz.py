@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 from routing.config import load_rules
 from routing.events import MAX_BATCH_BYTES, EventError, EventTooLarge, check_envelope, normalize
-from tests.conftest import CONFIG
-from tests.fuzz.strategies import (
+from tests.support.fuzz import KEYS, Api, basic, post_streamed
+from tests.support.stack import CONFIG
+from tests.support.strategies import (
     FUZZ,
     any_text,
     event_dicts,
@@ -27,7 +28,6 @@ from tests.fuzz.strategies import (
     timestamps,
     valid_event,
 )
-from tests.fuzz.support import KEYS, Api, basic, post_streamed
 from worker import stream
 from worker.api_ingest import IngestError, _prepare
 

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from routing.config import load_rules
 from routing.events import EventError, check_envelope, normalize
 from routing.scoring import event_rule
-from tests.conftest import CONFIG
-from tests.fuzz.strategies import FUZZ, any_text, deep_values, event_dicts, json_values
+from tests.support.stack import CONFIG
+from tests.support.strategies import FUZZ, any_text, deep_values, event_dicts, json_values
 from worker import stream
 from worker.api_ingest import IngestError, _basic_user, _prepare, parse_json
 from worker.publish import lane_for

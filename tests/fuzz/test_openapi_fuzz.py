@@ -17,8 +17,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.fuzz.strategies import FUZZ
-from tests.fuzz.support import KEYS, Api, basic
+from tests.support.fuzz import KEYS, Api, basic
+from tests.support.strategies import FUZZ
 from worker.settings import reset_settings
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
@@ -40,8 +40,8 @@ def _document_app() -> Any:
     strong key, the shipped rules), which are forgotten again afterwards."""
     import os
 
-    from tests.conftest import CONFIG as RULES
-    from tests.conftest import SECRET_KEY
+    from tests.support.stack import CONFIG as RULES
+    from tests.support.stack import SECRET_KEY
     from worker.api import create_app
 
     saved = {k: os.environ.get(k) for k in ("LEADROUTER_SECRET_KEY", "LEADROUTER_CONFIG")}

@@ -18,34 +18,25 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
-from twilio.request_validator import RequestValidator
 
-from tests.e2e.test_alerts_flow import PUBLIC, TOKEN
-from tests.fuzz.strategies import FUZZ, flip_byte, mutated
-from tests.fuzz.support import Api, sendgrid_sign
+from tests.support.alerting import PUBLIC, TOKEN
+from tests.support.fuzz import (
+    BOB,
+    SMS,
+    STATUS,
+    Api,
+    header,
+    post_form,
+    sendgrid_post,
+    sendgrid_sign,
+    twilio_signature,
+)
+from tests.support.strategies import FUZZ, flip_byte, mutated
 from worker import db
 
 SOME = settings(FUZZ, max_examples=20)
-BOB = "+14155550102"
-SMS, STATUS, SENDGRID = "/webhooks/twilio/sms", "/webhooks/twilio/status", "/webhooks/sendgrid/events"
 B64 = string.ascii_letters + string.digits + "+/="
 OTHER_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-def header(value: str) -> bytes:
-    """A header as a client may send it: any latin-1 text (HTTP carries bytes)."""
-    return value.encode("latin-1", "replace")
-
-
-def twilio_signature(path: str, params: dict[str, str], *, url: str = PUBLIC, token: str = TOKEN) -> str:
-    return RequestValidator(token).compute_signature(f"{url}{path}", params)
-
-
-def post_form(api: Api, path: str, params: dict[str, str], signature: str | None) -> Any:
-    headers: dict[str, Any] = {"Content-Type": "application/x-www-form-urlencoded"}
-    if signature is not None:
-        headers["X-Twilio-Signature"] = header(signature)
-    return api.client.post(path, content=urlencode(params), headers=headers)
 
 
 class State:
@@ -205,17 +196,6 @@ def test_any_ids_in_a_genuine_status_callback_get_an_answer(api: Api, state: Sta
 
 
 # ---------------------------------------------------------------- SendGrid
-
-
-def sendgrid_post(api: Api, events: list[dict[str, Any]] | bytes, *, stamp: str | None = None,
-                  signature: str | None = None, key: ec.EllipticCurvePrivateKey | None = None) -> Any:
-    body = events if isinstance(events, bytes) else json.dumps(events).encode()
-    stamp = str(int(time.time())) if stamp is None else stamp
-    if signature is None:
-        signature = sendgrid_sign(body, stamp, key) if key else sendgrid_sign(body, stamp)
-    return api.client.post(SENDGRID, content=body, headers={
-        "Content-Type": "application/json", "X-Twilio-Email-Event-Webhook-Signature": header(signature),
-        "X-Twilio-Email-Event-Webhook-Timestamp": header(stamp)})
 
 
 @st.composite

@@ -8,9 +8,7 @@ import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 
 from routing.messages import SMS_MAX, is_gsm7, sms_length
-from tests.fuzz.support import Api
-from tests.fuzz.test_claim_tokens_fuzz import open_lead
-from tests.fuzz.test_signed_webhooks_fuzz import BOB, SMS, post_form, sendgrid_post, twilio_signature
+from tests.support.fuzz import BOB, SMS, Api, open_lead, post_form, sendgrid_post, twilio_signature
 from worker import db
 
 HOSTILE = "Jane <script>alert(1)</script> Click evil.example/login now \u202e\U0001F600 https://x.test/a " + "A" * 32_000

@@ -3,7 +3,7 @@ as control characters (escape sequences, carriage returns, bidirectional overrid
 
 from __future__ import annotations
 
-from tests.integration.test_ops import cli, env, feed, ts  # noqa: F401
+from tests.support.operator import cli, feed, ts
 
 RAW = ("\x1b", "\r", "\x07", "\u202e", "\x9b", "\x08")
 
@@ -16,7 +16,7 @@ def _hostile_lead() -> None:
            "event": "Pricing\x1b[31m Viewed\x9b", "properties": {"page": "/pricing\r\n\x1b[1A"}}])
 
 
-def test_explain_prints_control_characters_from_events_as_escapes(env):  # noqa: F811
+def test_explain_prints_control_characters_from_events_as_escapes(env):
     _hostile_lead()
     out = cli(env, "explain", "u-esc").stdout
     assert "Pricing\\x1b[31m Viewed\\x9b" in out
@@ -26,7 +26,7 @@ def test_explain_prints_control_characters_from_events_as_escapes(env):  # noqa:
     assert not any(c in as_json for c in RAW) and "\\u001b" in as_json
 
 
-def test_other_views_and_errors_too(env):  # noqa: F811
+def test_other_views_and_errors_too(env):
     _hostile_lead()
     for args in (("status",), ("report", "--since", "1d")):
         out = cli(env, *args).stdout

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from tests.faults.conftest import postgres_server_url
+from tests.support.stack import postgres_server_url
 from worker.db import POOL_TIMEOUT, make_engine
 
 

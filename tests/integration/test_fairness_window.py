@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from routing.config import load_rules
 from routing.ledger import ROUND_ROBIN_WINDOW, RoutingLedger
-from tests.conftest import CONFIG
+from tests.support.stack import CONFIG
 from worker import db
 from worker.assign import routing_state
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from tests.integration.test_ops import _all_text, cli, cli_json, env, feed, hot_lead, sessions  # noqa: F401
+from tests.support.operator import all_text, cli, cli_json, feed, hot_lead, sessions
 from worker import db
 
 USER = "jane.roe@roe-industries.com"
@@ -19,10 +19,10 @@ ANON = "anon-9f3c-roe"
 def _mentions(s: Any, needle: str) -> list[tuple[str, str]]:
     # events.message_id is the producer's idempotency key, kept so a replayed event is still
     # recognised; this test's producer happens to build it from the user id
-    return [(t, c) for t, c, v in _all_text(s) if needle in v and (t, c) != ("events", "message_id")]
+    return [(t, c) for t, c, v in all_text(s) if needle in v and (t, c) != ("events", "message_id")]
 
 
-def test_forget_replaces_the_lead_id_everywhere_with_a_one_way_id(env):  # noqa: F811
+def test_forget_replaces_the_lead_id_everywhere_with_a_one_way_id(env):
     feed(hot_lead(USER, email=USER, anon=ANON))
     with sessions()() as s:
         assert {t for t, _ in _mentions(s, USER)} >= {"leads", "events", "hot_episodes", "assignments",
@@ -46,7 +46,7 @@ def test_forget_replaces_the_lead_id_everywhere_with_a_one_way_id(env):  # noqa:
     assert again.returncode == 0
 
 
-def test_forget_refuses_without_the_services_key(env):  # noqa: F811
+def test_forget_refuses_without_the_services_key(env):
     feed(hot_lead("u-keyless"))
     refused = cli({**env, "LEADROUTER_SECRET_KEY": ""}, "forget", "u-keyless", ok=False)
     assert refused.returncode == 1 and "LEADROUTER_SECRET_KEY" in refused.stderr

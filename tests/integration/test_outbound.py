@@ -13,9 +13,9 @@ import pytest
 from ruamel.yaml import YAML
 from sqlalchemy import select
 
-from tests.conftest import SECRET_KEY
 from tests.fakes.receiver import WebhookReceiver
-from tests.integration.test_ops import ALWAYS, cli, cli_json, current, feed, hot_lead, sessions, ts
+from tests.support.operator import ALWAYS, cli, cli_json, current, feed, hot_lead, sessions, ts
+from tests.support.stack import SECRET_KEY
 from worker import db
 
 SECRET = SECRET_KEY                 # LEADROUTER_SECRET_KEY of service_env
@@ -48,9 +48,9 @@ def env(service_env: dict[str, str], receiver: WebhookReceiver, monkeypatch: pyt
                  {"url": f"{receiver.url}/crm/owners", "events": ["lead.assigned", "lead.claimed"]}])
     slack = f"{receiver.url}/slack/T0001/B0001/secret"
     monkeypatch.setenv("SLACK_WEBHOOK_URL", slack)
-    from tests.conftest import _reset_process_state, hold_alerts
+    from tests.support.stack import hold_alerts, reset_process_state
 
-    _reset_process_state()
+    reset_process_state()
     hold_alerts(monkeypatch)   # alerts are not under test here
     return {**service_env, "SLACK_WEBHOOK_URL": slack}
 
@@ -130,7 +130,7 @@ def test_each_ownership_change_queues_its_event_in_the_same_transaction(env: dic
 
 
 def test_an_unroutable_lead_is_announced_to_the_crm_and_slack(env: dict[str, str]) -> None:
-    from tests.conftest import _reset_process_state
+    from tests.support.stack import reset_process_state
 
     path = Path(env["LEADROUTER_CONFIG"])
     yaml = YAML()
@@ -140,7 +140,7 @@ def test_an_unroutable_lead_is_announced_to_the_crm_and_slack(env: dict[str, str
     del doc["routing"]["on_call"]
     with path.open("w") as fh:
         yaml.dump(doc, fh)
-    _reset_process_state()
+    reset_process_state()
     feed(hot_lead("u-full-1"))
     feed(hot_lead("u-full-2"))
     feed(hot_lead("u-nobody"))
@@ -236,9 +236,9 @@ def test_gives_up_after_the_retry_window(env: dict[str, str], receiver: WebhookR
     # a window long enough that the first attempt, however loaded the machine, comes well inside it
     write_rules(Path(env["LEADROUTER_CONFIG"]), [{"url": f"{receiver.url}/crm/all", "events": ["lead.hot"]}],
                 retry_for="3s")
-    from tests.conftest import _reset_process_state
+    from tests.support.stack import reset_process_state
 
-    _reset_process_state()
+    reset_process_state()
     receiver.fail_next(*[("status", 503)] * 50, path="/crm")
     feed(hot_lead("u-down"))
     rt = get_runtime()

@@ -21,8 +21,8 @@ import redis
 
 from routing.config import load_rules
 from routing.events import iso
-from tests.conftest import ROOT, wait_until
-from tests.integration.conftest import Pipeline
+from tests.support.pipeline import Pipeline
+from tests.support.stack import ROOT, wait_until
 from worker import db, stream
 
 NOW = datetime.now().astimezone()

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import ROOT, handles_sigusr1, wait_until
+from tests.support.stack import ROOT, handles_sigusr1, wait_until
 
 PROBE = """
 import gc, json

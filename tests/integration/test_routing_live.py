@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, func, select
 
 from routing.config import load_rules
 from routing.events import iso
-from tests.conftest import CONFIG, Processes, wait_until
+from tests.support.stack import CONFIG, Processes, wait_until
 from worker import db, stream
 from worker.publish import publish
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tests.conftest import wait_until
-from tests.e2e.test_alerts_flow import fast_rules, hot_lead
-from tests.integration.conftest import Pipeline
+from tests.support.alerting import fast_rules, hot_lead
+from tests.support.pipeline import Pipeline
+from tests.support.stack import wait_until
 from worker import db
 
 TRUSTED = {"email": "jane@acme.com", "phone": "+14155550100", "title": "VP Engineering",

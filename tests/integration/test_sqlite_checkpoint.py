@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from tests.conftest import wait_until
+from tests.support.stack import wait_until
 from worker import db
 
 

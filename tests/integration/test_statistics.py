@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import insert, text
 
-from tests.conftest import wait_until
+from tests.support.stack import wait_until
 from worker import db
 from worker.scheduler import keep_statistics
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 
-from tests.conftest import wait_until
-from tests.e2e.test_alerts_flow import fast_rules, hot_lead
-from tests.integration.conftest import Pipeline
+from tests.support.alerting import fast_rules, hot_lead
+from tests.support.pipeline import Pipeline
+from tests.support.stack import wait_until
 from worker import db
 
 
@@ -75,7 +75,7 @@ def test_updates_within_the_caps_are_taken_and_a_value_change_always_counts(pipe
 def test_a_batch_past_its_time_limit_is_applied_in_halves_and_nothing_is_lost(service_env, monkeypatch,
                                                                                caplog) -> None:
     import worker.tasks
-    from tests.e2e.test_alerts_flow import send
+    from tests.support.alerting import send
     from worker import stream
     from worker.db import make_engine, make_sessionmaker
 
@@ -98,7 +98,7 @@ def test_a_batch_past_its_time_limit_is_applied_in_halves_and_nothing_is_lost(se
 def test_entries_of_a_batch_being_worked_on_stay_young_so_no_one_takes_them_over(service_env) -> None:
     import redis
 
-    from tests.e2e.test_alerts_flow import send
+    from tests.support.alerting import send
     from worker import stream
 
     send([{"type": "track", "messageId": f"held-{i}", "userId": "u-held", "event": "Email Clicked"} for i in range(5)])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ACCEPTANCE
+from tests.support.stack import ACCEPTANCE
 from worker.cli import main
 
 CASES = sorted((ACCEPTANCE / "scoring").glob("*.jsonl"))

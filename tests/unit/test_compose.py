@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-from tests.conftest import ROOT
+from tests.support.stack import ROOT
 from worker import cli
 from worker.settings import Settings
 

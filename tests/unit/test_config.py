@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from routing.config import Rules, RulesError, parse_rules
-from tests.conftest import ROOT
+from tests.support.stack import ROOT
 
 # line numbers matter below: each problem is on the line its comment names
 BROKEN = """\

@@ -6,7 +6,7 @@ from ruamel.yaml import YAML
 
 from routing.config import load_rules
 from routing.simulate import simulate
-from tests.conftest import CONFIG
+from tests.support.stack import CONFIG
 
 
 def rules_with_campaign_rule(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from routing.config import load_rules
 from routing.events import EventError, check_envelope, context_traits, event_time, map_page, normalize
 from routing.simulate import simulate
-from tests.conftest import CONFIG
+from tests.support.stack import CONFIG
 
 UTC = UTC
 RULES = load_rules(CONFIG)

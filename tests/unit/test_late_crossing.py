@@ -11,7 +11,7 @@ from routing.config import load_rules
 from routing.events import Event, normalize
 from routing.leads import Applied, Lead, apply_event
 from routing.scoring import FYI, PRIORITY, ROUTE, first_crossings
-from tests.conftest import CONFIG
+from tests.support.stack import CONFIG
 
 RULES = load_rules(CONFIG)
 T0 = datetime(2026, 11, 2, 15, 0, tzinfo=UTC)

@@ -12,8 +12,8 @@ import pytest
 
 from routing.config import Outbound, RulesError, parse_rules
 from routing.messages import LeadView, render_slack
-from tests.conftest import CONFIG
 from tests.fakes.receiver import block_kit_problems
+from tests.support.stack import CONFIG
 from worker.outbound import backoff, classify, signature, verify
 
 BODY = b'{"id":"evt_1","event":"lead.assigned"}'

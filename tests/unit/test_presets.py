@@ -10,7 +10,7 @@ import pytest
 
 from routing.config import Rules, load_rules
 from routing.simulate import simulate
-from tests.conftest import CONFIG, ROOT
+from tests.support.stack import CONFIG, ROOT
 
 PRESETS = ROOT / "config" / "presets"
 DEFAULT = load_rules(CONFIG)

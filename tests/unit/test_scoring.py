@@ -21,7 +21,7 @@ from routing.scoring import (
     traits_as_of,
     transition,
 )
-from tests.conftest import CONFIG
+from tests.support.stack import CONFIG
 
 UTC = UTC
 T0 = datetime(2026, 11, 2, 15, 0, tzinfo=UTC)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CONFIG, ROOT
+from tests.support.stack import CONFIG, ROOT
 
 SAAS = ROOT / "config" / "presets" / "b2b-saas.yaml"
 

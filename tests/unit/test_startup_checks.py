@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONFIG
+from tests.support.stack import CONFIG
 from worker.startup import KNOWN_SECRETS, MIN_SECRET_BYTES, rules_problems, secret_problem
 
 

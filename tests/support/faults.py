@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import socket
 import subprocess
 import threading
@@ -24,8 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from routing.config import load_rules
 from routing.events import iso
-from tests.conftest import Processes, free_port, wait_until
-from tests.conftest import RedisServer as _RedisServer
+from tests.support.alerting import fast_rules
+from tests.support.stack import Processes, RedisServer, free_port
 from worker import db, stream
 from worker.publish import publish, queue_for
 
@@ -54,33 +53,7 @@ def background(prefix: str, n: int, leads: int = 20) -> list[dict[str, Any]]:
     return [track(f"{prefix}-{i}", f"{prefix}-u{i % leads}", names[i % 3]) for i in range(n)]
 
 
-class PrivateRedis(_RedisServer):
-    """A redis-server of one test's own (AOF, ``appendfsync everysec``): killed, paused, restarted at will."""
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-        super().stop()
-
-    def wait_written(self, timeout: float = 5.0) -> None:
-        """Until every write acknowledged so far is in the AOF file, where a ``kill -9`` of Redis no
-        longer reaches it. With ``appendfsync everysec`` Redis acknowledges a write before it writes
-        it out, and holds it back for up to 2 s while the previous second's fsync is still running:
-        on a busy disk a ``kill -9`` right after a write loses it, whatever its client does."""
-        r = redis.Redis.from_url(self.url)
-        try:
-            wait_until(lambda: r.info("persistence")["aof_buffer_length"] == 0, timeout=timeout, interval=0.005,
-                       message="Redis to write its AOF buffer")
-        finally:
-            r.close()
+PrivateRedis = RedisServer   # a redis-server of one test's own: killed, paused, restarted at will
 
 
 class Publisher:
@@ -194,8 +167,6 @@ def start_service(processes: Processes, rules: Path, **env: str) -> tuple[subpro
                                                                           subprocess.Popen[bytes]]:
     """A worker and a scheduler on batches of 20 and a 3 s reclaim, with ``env`` pointing them at the
     Redis or the database a test is about to take away: (worker, beat)."""
-    from tests.e2e.test_alerts_flow import fast_rules
-
     fast_rules(rules, first_contact_sla="60s")
     processes.env.update({"LEADROUTER_BATCH_SIZE": "20", "LEADROUTER_RECLAIM_IDLE_SECONDS": "3", **env})
     worker = processes.celery_worker(queues="events,fast,alerts", concurrency=2)

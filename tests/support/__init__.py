@@ -1,0 +1,2 @@
+"""What the tests share: the stack they start (through ``worker.launcher``), the product's environment,
+and the helpers of each suite. Test files and conftest files import from here, never from each other."""
