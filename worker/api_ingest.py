@@ -18,26 +18,18 @@ compressed bomb is never fully inflated.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import json
 import logging
 import math
-import re
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
-from itertools import islice
 from typing import Any
 
 import redis
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.requests import ClientDisconnect
 
 from routing.events import (
@@ -46,15 +38,25 @@ from routing.events import (
     EventError,
     EventTooLarge,
     check_envelope,
-    iso,
-    map_page,
 )
 from routing.leads import CONTACTED
 from worker import metrics
 from worker.db import now_utc
+from worker.ingest_access import (
+    WRITE_KEY_IN_BODY,
+    IngestError,
+    basic_user,
+    client_ip,
+    contacts_a_lead,
+    is_public,
+    may_name_a_source,
+    record_refusal,
+    source_for,
+    take_tokens,
+)
+from worker.ingest_schema import BATCH_SCHEMA, IngestResponse, event_schema, request_body, responses
 from worker.publish import PublishResult, kick_drain, publish
 from worker.runtime import get_runtime
-from worker.settings import get_settings
 
 log = logging.getLogger("leadrouter.api")
 
@@ -62,31 +64,6 @@ log = logging.getLogger("leadrouter.api")
 # adds a few bytes per 16 KB block), so it is refused before inflating anything.
 MAX_COMPRESSED_BYTES = MAX_BATCH_BYTES + 16 * 1024
 READ_STEP = 64 * 1024
-
-
-class IngestSettings(BaseSettings):
-    """Per-source rate limit: a token bucket of ``burst`` events refilled at ``rate`` events a second."""
-
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
-
-    rate: float = Field(default=50.0, alias="LEADROUTER_RATE_LIMIT", gt=0)
-    burst: int = Field(default=500, alias="LEADROUTER_RATE_BURST", ge=1)
-
-
-@lru_cache(maxsize=1)
-def get_ingest_settings() -> IngestSettings:
-    return IngestSettings()
-
-
-class IngestError(Exception):
-    """A refused request: answered with ``status`` and a Segment-style ``{code, message}`` body."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
 
 
 class IngestJSONResponse(JSONResponse):
@@ -100,123 +77,6 @@ class IngestJSONResponse(JSONResponse):
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return IngestJSONResponse({"success": False, "code": code, "message": message}, status_code=status,
                               headers=headers)
-
-
-# ---------------------------------------------------------------- documentation models
-
-
-class EventErrorItem(BaseModel):
-    index: int = Field(description="Position of the event in the request's batch (0 for a single event).")
-    error: str = Field(description="Why the event was refused.")
-    field: str | None = Field(default=None, description="The offending key, when one is to blame.")
-    messageId: str | None = None
-
-
-class IngestResponse(BaseModel):
-    success: bool = True
-    accepted: int = Field(description="Events durably queued by this request.")
-    errors: list[EventErrorItem] = Field(default_factory=list,
-                                         description="Events refused, by index; the others were queued.")
-
-
-class ErrorResponse(BaseModel):
-    success: bool = False
-    code: str = Field(description="A stable machine-readable code, e.g. invalid_json, unauthorized.")
-    message: str = Field(description="What was wrong, for a human.")
-
-
-_ID = {"type": ["string", "integer"], "maxLength": 200}
-_OBJ = {"type": "object", "additionalProperties": True}
-_TS = {"type": "string", "description": "ISO 8601; without an offset it is UTC."}
-_COMMON: dict[str, Any] = {
-    "messageId": {**_ID, "description": "Idempotency key, unique within the write key's source."},
-    "userId": _ID,
-    "anonymousId": _ID,
-    "timestamp": _TS,
-    "sentAt": {**_TS, "description": "When the sender sent it; corrects the sender's clock skew."},
-    "context": _OBJ,
-    "integrations": _OBJ,
-    "writeKey": {"type": "string", "description": "The write key, when not given as the HTTP Basic user name."},
-}
-
-
-def _event_schema(etype: str | None) -> dict[str, Any]:
-    props = dict(_COMMON)
-    required = ["messageId"]
-    if etype in (None, "track"):
-        props["event"] = {"type": "string", "maxLength": 200, "description": "The track event name."}
-        props["properties"] = _OBJ
-    if etype in (None, "identify"):
-        props["traits"] = _OBJ
-    if etype in (None, "page"):
-        props["name"] = {"type": "string"}
-        props["properties"] = _OBJ
-    if etype in (None, "alias"):
-        props["previousId"] = _ID
-    if etype == "group":
-        props["groupId"] = _ID
-        props["traits"] = _OBJ
-    if etype == "screen":
-        props["name"] = {"type": "string"}
-        props["properties"] = _OBJ
-    props["type"] = ({"type": "string", "description": "track, identify, page or alias; other types are ignored."}
-                     if etype is None else {"type": "string", "enum": [etype],
-                                            "description": "Implied by the route; a different value is replaced."})
-    if etype is None:
-        required.append("type")
-    if etype == "track":
-        required.append("event")
-    if etype == "alias":
-        required += ["userId", "previousId"]
-    return {"type": "object", "properties": props, "required": required, "additionalProperties": True,
-            "description": f"A Segment {etype or 'event'} call; at most {MAX_EVENT_BYTES // 1024} KB."
-                           + ("" if etype == "alias" else " userId or anonymousId is required."
-                              if etype not in ("group", "screen") else " Accepted and ignored.")}
-
-
-_BATCH_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["batch"],
-    "additionalProperties": True,
-    "properties": {
-        "batch": {"type": "array", "items": _event_schema(None),
-                  "description": "The events; each is checked on its own, and a bad one does not stop the rest."},
-        "sentAt": _COMMON["sentAt"],
-        "context": {**_OBJ, "description": "Merged into each event's context (the event's own keys win)."},
-        "integrations": _OBJ,
-        "writeKey": _COMMON["writeKey"],
-    },
-    "description": f"At most {MAX_BATCH_BYTES // 1024} KB after decompression.",
-}
-
-
-def _request_body(schema: dict[str, Any]) -> dict[str, Any]:
-    content = {"schema": schema}
-    return {
-        "requestBody": {
-            "required": True,
-            "description": "JSON, optionally with Content-Encoding: gzip (limits apply after decompression). "
-                           "Any Content-Type is read as JSON, as browsers send text/plain to avoid a preflight.",
-            "content": {"application/json": content, "text/plain": content},
-        },
-        "security": [{"writeKey": []}, {}],
-    }
-
-
-def _responses(single: bool) -> dict[int | str, dict[str, Any]]:
-    return {
-        200: {"model": IngestResponse, "description": "Accepted events are durably queued; refused ones are listed."},
-        400: {"model": ErrorResponse, "description": "Malformed JSON, a body that is not an object, invalid gzip"
-              + (", or an invalid event." if single else ", or a batch that is not a list.")},
-        401: {"model": ErrorResponse, "description": "Missing or unknown write key; nothing was stored."},
-        413: {"model": ErrorResponse, "description": f"Body over {MAX_BATCH_BYTES // 1024} KB after decompression"
-              + (f", or the event over {MAX_EVENT_BYTES // 1024} KB." if single else ".")},
-        415: {"model": ErrorResponse, "description": "A Content-Encoding other than gzip or identity."},
-        429: {"model": ErrorResponse, "description": "The source's rate limit is exceeded; retry after Retry-After "
-              "seconds. Nothing was stored.",
-              "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}},
-        503: {"model": ErrorResponse, "description": "The event queue (Redis) is unreachable; nothing was stored."},
-    }
 
 
 # ---------------------------------------------------------------- reading the body
@@ -302,154 +162,6 @@ def parse_json(body: bytes) -> dict[str, Any]:
     return data
 
 
-# ---------------------------------------------------------------- write keys and rate limits
-
-
-def _basic_user(header: str | None) -> str | None:
-    """The user name of an HTTP Basic ``Authorization`` header (Segment puts the write key there)."""
-    if not header:
-        return None
-    scheme, _, value = header.strip().partition(" ")
-    if scheme.lower() != "basic" or not value.strip():
-        return None
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        return None
-    return decoded.partition(":")[0] or None
-
-
-# A "writeKey" member with a plain string value, wherever it is in the body. The body's top-level
-# writeKey is necessarily one of these matches (unless its name is written with escapes).
-_WRITE_KEY_IN_BODY = re.compile(rb'"writeKey"\s*:\s*"((?:[^"\\]|\\.){0,400})"')
-
-
-def _may_name_a_source(body: bytes) -> bool:
-    """Whether the body can carry a write key we know, found without parsing it: a body from an
-    unknown key is refused before its JSON (up to 500 KB of it) is parsed."""
-    for found in islice(_WRITE_KEY_IN_BODY.finditer(body), 1000):
-        try:
-            key = json.loads(b'"' + found.group(1) + b'"')
-        except ValueError:
-            continue
-        if isinstance(key, str) and source_for(key) is not None:
-            return True
-    return False
-
-
-def source_for(key: str | None) -> str | None:
-    """The source a write key names, trusted or public; None for a key we do not know."""
-    if not key:
-        return None
-    found = None
-    for known, source in get_settings().sources().items():
-        if hmac.compare_digest(known.encode(), key.encode("utf-8", "replace")):
-            found = source
-    return found
-
-
-def is_public(source: str) -> bool:
-    """A browser source (``LEADROUTER_PUBLIC_WRITE_KEYS``): its key is on every page of the site."""
-    return source in get_settings().public_sources()
-
-
-def _contacts_a_lead(raw: Any, rules: Any) -> bool:
-    """Whether the event records first contact (``Lead Contacted``), directly or as a mapped page."""
-    if not isinstance(raw, dict):
-        return False
-    if raw.get("type") == "track" and isinstance(raw.get("event"), str):
-        name = raw["event"].strip()
-    elif raw.get("type") == "page":
-        name = map_page(raw, rules.pages)
-    else:
-        return False
-    return name.casefold() == CONTACTED.casefold()
-
-
-_BUCKET = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or burst
-local ts = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-if cost > burst then
-  return {-1, tostring(burst)}
-end
-if tokens < cost then
-  return {0, tostring((cost - tokens) / rate)}
-end
-tokens = tokens - cost
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
-return {1, tostring(tokens)}
-"""
-
-
-def take_tokens(r: redis.Redis, source: str, cost: int) -> float:
-    """Spend ``cost`` events from ``source``'s bucket; 0 when allowed, else the seconds to wait.
-
-    A request costing more than the whole burst is refused (413) and spends nothing: let
-    through, it would leave the bucket in debt and every other sender on that key refused
-    for as long as the debt lasts.
-    """
-    s = get_ingest_settings()
-    allowed, value = r.eval(_BUCKET, 1, f"lr:ratelimit:{source}", s.rate, s.burst, max(cost, 1))
-    if int(allowed) == -1:
-        raise IngestError(413, "over_burst", f"a request of {cost} events is more than source {source!r} may send "
-                          f"at once ({s.burst}); send at most {s.burst} events per request")
-    return 0.0 if int(allowed) == 1 else float(value.decode() if isinstance(value, bytes) else value)
-
-
-# ---------------------------------------------------------------- refusals
-
-def mask_ip(ip: str | None) -> str | None:
-    """An address with its host part hidden (``203.0.113.x``, ``2001:db8:85a3::x``): enough to tell
-    networks apart in a log, not to name a visitor."""
-    if not ip:
-        return None
-    if ":" in ip:
-        return ":".join(ip.split(":")[:3]) + "::x"
-    head, dot, _ = ip.rpartition(".")
-    return f"{head}.x" if dot else "x"
-
-
-def mask_user_agent(ua: str | None) -> str | None:
-    """The first product token only (``Mozilla/5.0``, ``analytics-node-next/latest``)."""
-    if not ua:
-        return None
-    first = ua.strip().split(" ", 1)[0][:60]
-    return first + (" …" if len(ua.strip()) > len(first) else "")
-
-
-def _client_ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
-def record_refusal(request: Request, route: str, source: str, status: int, code: str, message: str) -> None:
-    """Log a refused tracking request with its reason, count it by route and source, and keep it
-    among the latest refusals ``status`` shows. Never raises: a refusal is answered either way.
-
-    ``source`` is the source's name, ``unknown`` for a key we do not know (never the key itself),
-    or ``none`` when no key came with the request."""
-    ip, ua = mask_ip(_client_ip(request)), mask_user_agent(request.headers.get("user-agent"))
-    log.warning("refused %s %s: %s %s (%s); source %s, client %s, user agent %s",
-                request.method, request.url.path[:200], status, code, message[:300], source, ip, ua)
-    metrics.inc("requests_refused_total", route=route, source=source, status=str(status), reason=code)
-    entry = {"at": iso(now_utc()), "route": route, "path": request.url.path[:200], "source": source,
-             "status": status, "reason": code, "message": message[:300], "client": ip, "user_agent": ua}
-    try:
-        pipe = get_runtime().redis.pipeline()
-        pipe.lpush(metrics.REFUSALS_KEY, json.dumps(entry))
-        pipe.ltrim(metrics.REFUSALS_KEY, 0, metrics.REFUSALS_KEPT - 1)
-        pipe.execute()
-    except Exception as exc:
-        log.warning("refusal not recorded for status: %s", exc)
-
-
 # ---------------------------------------------------------------- the endpoints
 
 
@@ -520,7 +232,7 @@ def _ingest_sync(source: str, events: list[Any], received_at: datetime) -> Accep
     indices = list(range(len(events)))
     if is_public(source):
         # only a trusted source (a CRM, a dialer) may say a rep reached the lead: it stops the cadence
-        contacted = {i for i, raw in enumerate(events) if _contacts_a_lead(raw, rt.rules)}
+        contacted = {i for i, raw in enumerate(events) if contacts_a_lead(raw, rt.rules)}
         for i in sorted(contacted):
             mid = events[i].get("messageId")
             refused.append({"index": i, "field": "event", "messageId": mid if isinstance(mid, str) else None,
@@ -545,7 +257,7 @@ async def ingest(request: Request, route: str, etype: str | None) -> JSONRespons
     source_label = "none"
     try:
         # the header (Segment's SDKs), else the query string (RudderStack's beacon), else the body
-        header_key = (_basic_user(request.headers.get("authorization"))
+        header_key = (basic_user(request.headers.get("authorization"))
                       or request.query_params.get("writeKey") or None)
         if header_key is not None:
             source_label = source_for(header_key) or "unknown"
@@ -553,8 +265,8 @@ async def ingest(request: Request, route: str, etype: str | None) -> JSONRespons
                 raise IngestError(401, "unauthorized", "unknown write key",
                                   {"WWW-Authenticate": 'Basic realm="leadrouter"'})
         body = await read_body(request)
-        if header_key is None and not _may_name_a_source(body):
-            source_label = "unknown" if _WRITE_KEY_IN_BODY.search(body) else "none"
+        if header_key is None and not may_name_a_source(body):
+            source_label = "unknown" if WRITE_KEY_IN_BODY.search(body) else "none"
             raise IngestError(401, "unauthorized", "unknown write key" if source_label == "unknown" else
                               "a write key is required (HTTP Basic user name or writeKey in the body)",
                               {"WWW-Authenticate": 'Basic realm="leadrouter"'})
@@ -566,7 +278,7 @@ async def ingest(request: Request, route: str, etype: str | None) -> JSONRespons
             raise IngestError(401, "unauthorized", "unknown write key" if key else
                               "a write key is required (HTTP Basic user name or writeKey in the body)",
                               {"WWW-Authenticate": 'Basic realm="leadrouter"'})
-        events = _prepare(data, etype, _client_ip(request))
+        events = _prepare(data, etype, client_ip(request))
         if etype is not None:
             _check_single(events[0])
         accepted = await run_in_threadpool(_ingest_sync, source, events, received_at)
@@ -604,8 +316,8 @@ def _route(path: str, etype: str | None, summary: str, *, include: bool = True) 
         router.add_api_route(
             served, endpoint, methods=["POST"], summary=summary,
             operation_id=endpoint.__name__ + ("" if served == path else "_slash"), response_model=IngestResponse,
-            responses=_responses(etype is not None),
-            openapi_extra=_request_body(_event_schema(etype) if etype else _BATCH_SCHEMA),
+            responses=responses(etype is not None),
+            openapi_extra=request_body(event_schema(etype) if etype else BATCH_SCHEMA),
             include_in_schema=shown,
         )
 

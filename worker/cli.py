@@ -3,223 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import re
 import sys
-from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from datetime import timedelta
 
-from routing.config import Rules, RulesError, load_rules
+from routing.config import RulesError
 from routing.durations import parse_duration
-from routing.events import EventError, iso, parse_time
-
-
-class CliError(Exception):
-    """A user-facing error: printed without a traceback, exit 1."""
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _rules(path: str | None) -> Rules:
-    from worker.settings import get_settings
-
-    p = Path(path) if path else get_settings().config_path
-    try:
-        return load_rules(p)
-    except RulesError as exc:
-        raise CliError(f"{p}: invalid rules\n" + "\n".join(f"  {e}" for e in exc.errors)) from None
-
-
-def read_events(path: str) -> Iterator[Any]:
-    """JSON (an object, a list, or a Segment batch ``{"batch": [...]}``) or JSON lines, from a file or ``-``."""
-    if path == "-":
-        text = sys.stdin.read()
-    else:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise CliError(f"cannot read {path}: {exc.strerror}") from None
-    stripped = text.strip()
-    if not stripped:
-        return iter(())
-    if stripped[0] in "[{":
-        try:
-            doc = json.loads(stripped)
-        except ValueError:
-            doc = None
-        if isinstance(doc, list):
-            return iter(doc)
-        if isinstance(doc, dict):
-            return iter(doc["batch"] if isinstance(doc.get("batch"), list) else [doc])
-    return _json_lines(stripped, path)
-
-
-def _json_lines(text: str, path: str) -> Iterator[Any]:
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield _BadLine(n, f"{path}:{n}: malformed JSON: {exc.msg} at column {exc.colno}")
-        except ValueError as exc:   # not a JSONDecodeError: an integer too long to convert
-            yield _BadLine(n, f"{path}:{n}: malformed JSON: {exc}")
-
-
-class _BadLine(dict):  # type: ignore[type-arg]
-    """A line that is not JSON: carried through so it is reported in order, never silently dropped."""
-
-    def __init__(self, line: int, message: str):
-        super().__init__()
-        self.line, self.message = line, message
-
-
-def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str], align: str = "") -> str:
-    """Columns padded to their widest cell; ``align`` holds one ``l``/``r`` per column (default left)."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    right = [j < len(align) and align[j] == "r" for j in range(len(headers))]
-    out = []
-    for i, r in enumerate(cells):
-        out.append("  ".join(c.rjust(widths[j]) if right[j] else c.ljust(widths[j])
-                             for j, c in enumerate(r)).rstrip())
-        if i == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
-
-
-def _num(x: float) -> str:
-    return f"{x:g}"
-
-
-def _parse_ts(text: str) -> datetime:
-    try:
-        return parse_time(text, "--as-of")
-    except EventError as exc:
-        raise CliError(str(exc)) from None
-
+from routing.events import iso
+from worker.cli_offline import (
+    BadLine,
+    CliError,
+    cmd_check_config,
+    cmd_simulate,
+    parse_ts,
+    read_events,
+    table,
+)
+from worker.terminal import EscapingStream
 
 # ---------------------------------------------------------------- commands
-
-
-def cmd_check_config(args: argparse.Namespace) -> int:
-    from worker.settings import get_settings
-
-    path = Path(args.path) if args.path else get_settings().config_path
-    try:
-        rules = load_rules(path)
-    except RulesError as exc:
-        print(f"{path}: {len(exc.errors)} error(s)", file=sys.stderr)
-        for e in exc.errors:
-            print(f"  {path}:{e.line or '?'}: {e.path or '(top)'}: {e.message}", file=sys.stderr)
-        return 1
-    print(f"{path}: ok (rules {rules.hash}: {len(rules.scoring.events)} events, {len(rules.scoring.fit)} fit rules, "
-          f"{len(rules.reps)} reps, {len(rules.teams)} teams)")
-    return 0
-
-
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from routing.simulate import compare, simulate
-
-    rules = _rules(args.config)
-    # load both rule sets before replaying anything: a bad --compare file fails at once
-    other_rules = _rules(args.compare) if args.compare else None
-    events = list(read_events(args.events))
-    bad = [e for e in events if isinstance(e, _BadLine)]
-    good = [e for e in events if not isinstance(e, _BadLine)]
-    as_of = _parse_ts(args.as_of) if args.as_of else None
-    replay = simulate(good, rules, as_of=as_of)
-    errors = [{"line": b.line, "error": b.message} for b in bad] + replay.errors
-    other = simulate(good, other_rules, as_of=as_of) if other_rules is not None else None
-    if args.json:
-        out = replay.to_json()
-        out["errors"] = errors
-        if other is not None and other_rules is not None:
-            out["compare"] = {"config": args.compare, "rules": [rules.hash, other_rules.hash],
-                              **compare(replay, other)}
-        json.dump(out, sys.stdout, indent=1)
-        print()
-    else:
-        print(_render_replay(replay, len(good), rules.hash))
-        if other is not None and other_rules is not None:
-            print()
-            print(_render_compare(compare(replay, other), args.compare, rules.hash, other_rules.hash))
-        for e in errors:
-            print(f"error: {_describe_event_error(e)}", file=sys.stderr)
-    return 0
-
-
-def _describe_event_error(e: dict[str, Any]) -> str:
-    if "index" in e:
-        field = f"{e['field']}: " if e.get("field") else ""
-        return f"event #{e['index'] + 1}: {field}{e['error']}"
-    return str(e["error"])
-
-
-def _share(x: float) -> str:
-    return f"{x:.0%}"
-
-
-def _arrows(pairs: Sequence[tuple[Any, ...]]) -> list[str]:
-    """``before -> after`` with the arrows lined up down the column; None shows as ``-``."""
-    shown = [("-" if a is None else str(a), "-" if b is None else str(b)) for a, b in pairs]
-    width = max((len(a) for a, _ in shown), default=0)
-    return [f"{a.ljust(width)} -> {b}" for a, b in shown]
-
-
-def _render_replay(replay: Any, n_events: int, rules_hash: str) -> str:
-    s = replay.summary
-    lines = [f"replayed {n_events} event(s) under rules {rules_hash}, scores as of {s['as_of'] or '-'}", ""]
-    rows = [(r.lead_id, _num(r.score), _num(r.behavior), _num(r.fit), r.tier.replace("_", "-"),
-             iso(r.hot_at) or "-", iso(r.red_hot_at) or "-", r.rep or "-", (r.route or "-").replace("_", "-"))
-            for r in replay.leads]
-    if rows:
-        lines += [_table(rows, ["lead", "score", "behavior", "fit", "tier", "hot at", "red-hot at", "rep", "route"],
-                         align="lrrrl"), ""]
-    tiers = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in s["tiers"].items())
-    summary = [
-        ("leads", s["leads"], tiers),
-        ("went hot", s["hot_crossings"], f"{s['red_hot_crossings']} red-hot"),
-        ("routed", s["routed"], "assigned a rep (after-hours and on-call included)"),
-        ("after hours", s["after_hours"], "queued for the rep's next shift"),
-        ("on-call", s["on_call"], "sent to the on-call rep"),
-        ("unrouted", s["unrouted"], "nobody to route to: unrouted_notify alerted"),
-    ]
-    lines.append("summary")
-    lines += [f"  {name.ljust(11)} {str(n).rjust(5)}  {note}".rstrip() for name, n, note in summary]
-    if s["per_rep"]:
-        lines += ["", _table([(rep, v["leads"], _share(v["share"])) for rep, v in s["per_rep"].items()],
-                             ["rep", "leads", "share"], align="lrr")]
-    return "\n".join(lines)
-
-
-def _render_compare(cmp: dict[str, Any], path: str, before_hash: str, after_hash: str) -> str:
-    changed = cmp["changed"]
-    lines = [f"compared with {path} (rules {before_hash} -> {after_hash}): "
-             f"{len(changed)} of {cmp['leads'][0]} lead(s) change rep or tier"]
-    if changed:
-        tiers = _arrows([tuple(t.replace("_", "-") if t else t for t in c["tier"]) for c in changed])
-        reps = _arrows([tuple(c["rep"]) for c in changed])
-        scores = _arrows([tuple(_num(x) if x is not None else None for x in c["score"]) for c in changed])
-        rows: list[tuple[Any, ...]] = [(c["lead_id"], t, r, sc)
-                                       for c, t, r, sc in zip(changed, tiers, reps, scores, strict=True)]
-        lines += ["", _table(rows, ["lead", "tier before -> after", "rep before -> after", "score"])]
-    if cmp["per_rep"]:
-        rows = [(rep, v["before"], v["after"], f"{v['change']:+d}", _share(v["share_before"]),
-                 _share(v["share_after"]), f"{v['share_change'] * 100:+.0f} pts")
-                for rep, v in cmp["per_rep"].items()]
-        lines += ["", _table(rows, ["rep", "leads before", "leads after", "change", "share before", "share after", "shift"],
-                             align="lrrrrrr")]
-    outcomes = [("went hot", "hot_crossings"), ("red-hot", "red_hot_crossings"), ("routed", "routed"),
-                ("after hours", "after_hours"), ("on-call", "on_call"), ("unrouted", "unrouted")]
-    rows = [(name, cmp[key][0], cmp[key][1], f"{cmp[key][1] - cmp[key][0]:+d}") for name, key in outcomes]
-    lines += ["", _table(rows, ["outcome", "before", "after", "change"], align="lrrr")]
-    return "\n".join(lines)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -228,8 +32,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     rt = get_runtime()
     items = list(read_events(args.file))
-    bad = [e for e in items if isinstance(e, _BadLine)]
-    good = [e for e in items if not isinstance(e, _BadLine)]
+    bad = [e for e in items if isinstance(e, BadLine)]
+    good = [e for e in items if not isinstance(e, BadLine)]
     result = publish(rt.redis, good, rt.rules)
     for b in bad:
         print(f"error: {b.message}", file=sys.stderr)
@@ -291,7 +95,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     elif not rows:
         print("no dead letters")
     else:
-        print(_table([(r["id"], r["created_at"], r["source"], r["message_id"] or "-", r["error"][:80],
+        print(table([(r["id"], r["created_at"], r["source"], r["message_id"] or "-", r["error"][:80],
                        r["attempts"], r["retried_at"] or "-") for r in rows],
                      ["id", "when", "source", "messageId", "error", "attempts", "retried"]))
     return 0
@@ -412,7 +216,7 @@ def cmd_rep(args: argparse.Namespace) -> int:
             if args.action == "away":
                 until = None
                 if args.until:
-                    until = _parse_ts(args.until)
+                    until = parse_ts(args.until)
                 elif args.for_:
                     until = now_utc() + _duration_arg(args.for_)
                 end = ops.set_away(session, rt.rules, args.rep, until, actor=_actor(),
@@ -596,44 +400,6 @@ def _unreachable(exc: BaseException) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------- terminal safety
-
-# What an operator's terminal must never receive raw from event data: C0 controls but newline and
-# tab (escape sequences can rewrite the screen, retitle the window, or hide text with \r), DEL, C1
-# controls, line and paragraph separators, and bidirectional overrides (text that reads one way
-# and is another).
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\u200e\u200f]")
-
-
-def escape_controls(text: str) -> str:
-    """``text`` with every character a terminal would act on written as a visible escape (``\x1b``)."""
-    return _UNSAFE.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
-
-
-class _EscapingStream(io.TextIOBase):
-    """A text stream that escapes control characters on their way to the real one."""
-
-    def __init__(self, inner: Any):
-        self._inner = inner
-
-    def write(self, text: str) -> int:
-        self._inner.write(escape_controls(text))
-        return len(text)
-
-    def flush(self) -> None:
-        self._inner.flush()
-
-    def isatty(self) -> bool:
-        return bool(self._inner.isatty())
-
-    def fileno(self) -> int:
-        return int(self._inner.fileno())
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return str(getattr(self._inner, "encoding", "utf-8"))
-
-
 # Long-running parts and `dev` print their own (console alerts, coloured progress): left as they are.
 _RAW_OUTPUT = {"dev", "worker", "beat", "api"}
 
@@ -641,8 +407,8 @@ _RAW_OUTPUT = {"dev", "worker", "beat", "api"}
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     streams = sys.stdout, sys.stderr
-    if args.command not in _RAW_OUTPUT and not isinstance(sys.stdout, _EscapingStream):
-        sys.stdout, sys.stderr = _EscapingStream(sys.stdout), _EscapingStream(sys.stderr)
+    if args.command not in _RAW_OUTPUT and not isinstance(sys.stdout, EscapingStream):
+        sys.stdout, sys.stderr = EscapingStream(sys.stdout), EscapingStream(sys.stderr)
     try:
         return _run(args)
     finally:

@@ -37,7 +37,7 @@ from routing import alerting
 from routing.alerting import Recipient
 from routing.config import Rules
 from routing.kinds import DeliveryStatus, StepKind
-from worker import alert_text, db, metrics
+from worker import alert_text, db, engines, metrics
 from worker.channels import (
     Channel,
     ConsoleChannel,
@@ -141,13 +141,13 @@ def transaction() -> Iterator[Session]:
     """A transaction of the alert path. SQLite has one writer at a time and its waiters poll
     with growing sleeps, first come not first served; so this process's threads queue on a
     lock of their own and at most one of them waits on the database, and the normal lane
-    starts no new batch meanwhile (:func:`worker.db.urgent`)."""
+    starts no new batch meanwhile (:func:`worker.engines.urgent`)."""
     rt = get_runtime()
     serial = rt.engine.dialect.name == "sqlite"
     if serial:
         _sqlite_writer.acquire()
     try:
-        with db.urgent(rt.engine), rt.sessions.begin() as session:
+        with engines.urgent(rt.engine), rt.sessions.begin() as session:
             yield session
     finally:
         if serial:

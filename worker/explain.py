@@ -32,7 +32,7 @@ def explain(session: Session, lead_id: str, rules: Rules | None = None, now: dat
     score, behavior, fit, tier = lead.score, lead.behavior, lead.fit, lead.tier
     if rules is not None and lead.forgotten_at is None and lead.event_count:
         # as of now, with decay: what the same core would say at this instant
-        from worker.pipeline import load_history
+        from worker.lead_store import load_history
 
         b = load_history(session, lead.id).score(rules.scoring, now)
         score, behavior, fit, tier = float(b.score), float(b.behavior), float(b.fit), b.tier

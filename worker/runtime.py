@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
 from routing.config import Rules, RulesError, load_rules
-from worker.db import make_engine, make_sessionmaker
+from worker.engines import make_engine, make_sessionmaker
 from worker.settings import Settings, get_settings
 
 log = logging.getLogger("leadrouter.runtime")

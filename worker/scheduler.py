@@ -34,7 +34,7 @@ from sqlalchemy import select, update
 
 from routing.cadence import collapse_overdue, in_cadence
 from routing.kinds import DeliveryStatus, StepStatus
-from worker import db, liveness, stream
+from worker import db, engines, liveness, stream
 from worker.alerts import COLLAPSED, flush_held, settle_maybe_sent
 from worker.db import now_utc
 from worker.pause import is_paused
@@ -213,7 +213,7 @@ def run_forever(tick_seconds: float | None = None) -> int:
 
 def keep_statistics() -> None:
     """PostgreSQL's planner statistics for our tables, where autovacuum has not kept them current."""
-    analyzed = db.refresh_statistics(get_runtime().engine)
+    analyzed = engines.refresh_statistics(get_runtime().engine)
     if analyzed:
         log.info("analyzed %s: their planner statistics were behind", ", ".join(analyzed))
 

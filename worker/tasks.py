@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 
 from celery.signals import worker_ready
 
-from worker import db, dispatch, retry, stream
+from worker import dispatch, engines, retry, stream
 from worker.app import DRAIN, FAILOVER, FIRE_STEPS, TICK, app
 from worker.db import now_utc
-from worker.pipeline import BatchResult, BatchTooSlow, dead_letter, forecast, process_batch
+from worker.lead_store import dead_letter
+from worker.pipeline import BatchResult, BatchTooSlow, forecast, process_batch
 from worker.runtime import get_runtime
 
 if TYPE_CHECKING:
@@ -140,11 +141,11 @@ def _apply(entries: list[stream.Entry], lane: str, claim: bool, deadline: float 
     fc = None
     if lane != stream.FAST:
         # scored before the write lock, so workers score at the same time (worker.pipeline.Forecast)
-        with db.reading(rt.engine) as conn:
+        with engines.reading(rt.engine) as conn:
             fc = forecast(conn, entries, rules, now)
-        db.yield_to_urgent(rt.engine)
-    # the fast lane goes first on SQLite; the normal lane let it, just above (worker.db.urgent)
-    with db.urgent(rt.engine) if lane == stream.FAST else nullcontext(), rt.sessions.begin() as session:
+        engines.yield_to_urgent(rt.engine)
+    # the fast lane goes first on SQLite; the normal lane let it, just above (worker.engines.urgent)
+    with engines.urgent(rt.engine) if lane == stream.FAST else nullcontext(), rt.sessions.begin() as session:
         result = process_batch(session, entries, rules, now, Router(rules), fc, deadline=deadline)
         # one batch's worth: a burst of crossings leaves the rest to the alert workers, in parallel
         claimed = _claim_due(session, rules, result.due_steps[:dispatch.FIRE_BATCH]) \

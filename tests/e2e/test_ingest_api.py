@@ -253,7 +253,8 @@ def test_metrics_parse_and_count(api: Api, redis_server: Any, monkeypatch: pytes
     from sqlalchemy import delete
 
     from worker import metrics
-    from worker.db import DeadLetter, make_engine, make_sessionmaker, now_utc
+    from worker.db import DeadLetter, now_utc
+    from worker.engines import make_engine, make_sessionmaker
     from worker.settings import reset_settings
 
     monkeypatch.setenv("REDIS_URL", redis_server.url)    # this process records metrics as a worker would
@@ -474,7 +475,7 @@ def test_a_public_source_cannot_send_lead_contacted(processes: Processes, servic
 
 
 def test_refusal_logs_mask_the_client() -> None:
-    from worker.api_ingest import mask_ip, mask_user_agent
+    from worker.ingest_access import mask_ip, mask_user_agent
 
     assert mask_ip("203.0.113.9") == "203.0.113.x"
     assert mask_ip("2001:db8:85a3:8d3:1319:8a2e:370:7348") == "2001:db8:85a3::x"

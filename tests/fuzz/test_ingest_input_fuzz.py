@@ -17,7 +17,8 @@ from routing.scoring import event_rule
 from tests.support.stack import CONFIG
 from tests.support.strategies import FUZZ, any_text, deep_values, event_dicts, json_values
 from worker import stream
-from worker.api_ingest import IngestError, _basic_user, _prepare, parse_json
+from worker.api_ingest import IngestError, _prepare, parse_json
+from worker.ingest_access import basic_user
 from worker.publish import lane_for
 
 RULES = load_rules(CONFIG)
@@ -59,7 +60,7 @@ def test_json_objects_round_trip_through_the_body_parser(obj: dict[str, Any]) ->
                         st.binary(max_size=40).map(lambda b: "Basic " + base64.b64encode(b).decode()),
                         st.binary(max_size=40).map(lambda b: "bAsIc  " + base64.b64encode(b).decode() + " ")))
 def test_any_authorization_header_gives_a_user_name_or_none(header: str | None) -> None:
-    user = _basic_user(header)
+    user = basic_user(header)
     assert user is None or (isinstance(user, str) and user and ":" not in user)
 
 
@@ -68,7 +69,7 @@ def test_any_authorization_header_gives_a_user_name_or_none(header: str | None) 
 def test_the_write_key_is_the_basic_user_name(key: str, password: str) -> None:
     header = "Basic " + base64.b64encode(f"{key}:{password}".encode("utf-8", "surrogatepass")).decode()
     expected = key if not any(0xD800 <= ord(c) <= 0xDFFF for c in key + password) else None
-    assert _basic_user(header) == expected
+    assert basic_user(header) == expected
 
 
 @MANY

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tests.support.stack import postgres_server_url
-from worker.db import POOL_TIMEOUT, make_engine
+from worker.engines import POOL_TIMEOUT, make_engine
 
 
 def test_statement_parameters_never_appear_in_errors(database_url):

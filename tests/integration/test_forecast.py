@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from routing.config import Rules, load_rules
 from routing.events import iso
-from worker import db, pipeline
+from worker import db, engines, pipeline
 from worker.assign import Router
 from worker.stream import Entry
 
@@ -25,7 +25,7 @@ NOW = db.now_utc().replace(microsecond=0)
 
 @pytest.fixture
 def world(service_env: dict[str, str]) -> Iterator[tuple[Any, Rules]]:
-    engine = db.make_engine(service_env["DATABASE_URL"])
+    engine = engines.make_engine(service_env["DATABASE_URL"])
     try:
         yield engine, load_rules(service_env["LEADROUTER_CONFIG"])
     finally:
@@ -39,13 +39,13 @@ def track(mid: str, user: str, event: str, minutes_ago: float = 1) -> Entry:
 
 
 def forecast(engine: Any, entries: list[Entry], rules: Rules) -> pipeline.Forecast:
-    with db.reading(engine) as conn:
+    with engines.reading(engine) as conn:
         return pipeline.forecast(conn, entries, rules, NOW)
 
 
 def apply(engine: Any, entries: list[Entry], rules: Rules, fc: pipeline.Forecast | None = None
           ) -> pipeline.BatchResult:
-    with db.make_sessionmaker(engine).begin() as session:
+    with engines.make_sessionmaker(engine).begin() as session:
         return pipeline.process_batch(session, entries, rules, NOW, Router(rules), fc)
 
 

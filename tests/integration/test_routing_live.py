@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, func, select
 from routing.config import load_rules
 from routing.events import iso
 from tests.support.stack import CONFIG, Processes, wait_until
-from worker import db, stream
+from worker import db, engines, stream
 from worker.publish import publish
 
 LEADS = 300
@@ -67,7 +67,7 @@ def live(service_env: dict[str, str], processes: Processes, tmp_path: Path) -> I
     processes.env["LEADROUTER_BATCH_SIZE"] = "8"
     r = redis.Redis.from_url(service_env["REDIS_URL"])
     engine = create_engine(service_env["DATABASE_URL"])
-    yield {"rules": rules, "redis": r, "sessions": db.make_sessionmaker(engine), "processes": processes}
+    yield {"rules": rules, "redis": r, "sessions": engines.make_sessionmaker(engine), "processes": processes}
     engine.dispose()
     r.close()
 

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from tests.support.stack import wait_until
-from worker import db
+from worker import engines
 
 
 def _rows_in_main_file(path: Path, copy: Path) -> int:
@@ -31,7 +31,7 @@ def _rows_in_main_file(path: Path, copy: Path) -> int:
 def _write(url: str, rows: int) -> Engine:
     """``rows`` commits; the engine is returned with its connection open, as a worker's stays (the
     last connection to close checkpoints the WAL itself)."""
-    engine = db.make_engine(url)
+    engine = engines.make_engine(url)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE IF NOT EXISTS t (n INTEGER)"))
     for n in range(rows):
@@ -42,9 +42,9 @@ def _write(url: str, rows: int) -> Engine:
 
 def test_commits_leave_the_checkpoint_to_the_thread_which_copies_the_wal_soon_after(tmp_path):
     path = tmp_path / "wal.db"
-    engine = db.make_engine(f"sqlite:///{path}")
+    engine = engines.make_engine(f"sqlite:///{path}")
     with engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == db.BACKSTOP_PAGES
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == engines.BACKSTOP_PAGES
     writer = _write(f"sqlite:///{path}", 50)
     # 50 commits are far below the backstop: only the thread can have copied them into the file
     wait_until(lambda: _rows_in_main_file(path, tmp_path / "copy.db") == 50, timeout=5,
@@ -73,7 +73,7 @@ def test_a_forked_child_checkpoints_what_it_writes(tmp_path):
 
 def test_a_database_removed_meanwhile_is_not_created_again(tmp_path):
     path = tmp_path / "gone.db"
-    db.CHECKPOINTER.checkpoint(str(path))
+    engines.CHECKPOINTER.checkpoint(str(path))
     assert not path.exists()
 
 
@@ -85,6 +85,6 @@ def test_a_path_that_needs_quoting_in_a_uri_is_checkpointed(tmp_path):
     conn.execute("CREATE TABLE t (n INTEGER)")
     conn.execute("INSERT INTO t VALUES (1)")
     assert _rows_in_main_file(path, tmp_path / "copy.db") == -1
-    db.CHECKPOINTER.checkpoint(str(path))
+    engines.CHECKPOINTER.checkpoint(str(path))
     assert _rows_in_main_file(path, tmp_path / "copy.db") == 1
     conn.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import insert, text
 
 from tests.support.stack import wait_until
-from worker import db
+from worker import db, engines
 from worker.scheduler import keep_statistics
 
 
@@ -16,10 +16,10 @@ def _last_analyzed(engine, table: str):  # type: ignore[no-untyped-def]
 
 
 def test_tables_that_changed_are_analyzed_and_then_left_alone(service_env):
-    engine = db.make_engine(service_env["DATABASE_URL"])
+    engine = engines.make_engine(service_env["DATABASE_URL"])
     try:
         if engine.dialect.name != "postgresql":
-            assert db.refresh_statistics(engine) == []    # SQLite: nothing to do, nothing done
+            assert engines.refresh_statistics(engine) == []    # SQLite: nothing to do, nothing done
             return
         now = db.now_utc()
         with engine.begin() as conn:
@@ -29,14 +29,14 @@ def test_tables_that_changed_are_analyzed_and_then_left_alone(service_env):
         analyzed: set[str] = set()
 
         def leads_analyzed() -> bool:   # the server counts the changes in its own time (about a second)
-            analyzed.update(db.refresh_statistics(engine))
+            analyzed.update(engines.refresh_statistics(engine))
             return "leads" in analyzed
 
         wait_until(leads_analyzed, timeout=15, interval=0.2, message="leads analyzed")
         after = _last_analyzed(engine, "leads")
         assert after is not None and (before is None or after > before)
         assert analyzed <= set(db.Base.metadata.tables)   # ours only
-        assert "leads" not in db.refresh_statistics(engine)   # caught up: not analyzed again
+        assert "leads" not in engines.refresh_statistics(engine)   # caught up: not analyzed again
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM pg_stats WHERE tablename = 'leads' "
                                      "AND schemaname = current_schema()")).scalar() > 0
@@ -45,7 +45,7 @@ def test_tables_that_changed_are_analyzed_and_then_left_alone(service_env):
 
 
 def test_the_scheduler_chore_analyzes_the_service_database(service_env):
-    engine = db.make_engine(service_env["DATABASE_URL"])
+    engine = engines.make_engine(service_env["DATABASE_URL"])
     try:
         if engine.dialect.name != "postgresql":
             keep_statistics()   # on SQLite the chore does nothing, and never fails

@@ -77,7 +77,7 @@ def test_a_batch_past_its_time_limit_is_applied_in_halves_and_nothing_is_lost(se
     import worker.tasks
     from tests.support.alerting import send
     from worker import stream
-    from worker.db import make_engine, make_sessionmaker
+    from worker.engines import make_engine, make_sessionmaker
 
     monkeypatch.setattr(worker.tasks, "DRAIN_TIME_LIMIT", 0.0)   # every batch of two or more runs late
     events = [{"type": "track", "messageId": f"slow-{i}", "userId": f"u-slow-{i % 3}", "event": "Email Clicked"}

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, func, select
 
 from routing.config import load_rules
 from tests.support.stack import Processes, wait_until
-from worker import db, stream
+from worker import db, engines, stream
 from worker.publish import publish
 
 EVENT_QUEUES = "events,fast"
@@ -26,7 +26,7 @@ class Pipeline:
         self.redis = redis.Redis.from_url(env["REDIS_URL"])
         # a plain engine: on SQLite the product takes the write lock at BEGIN, a reader need not
         self.engine = create_engine(env["DATABASE_URL"])
-        self.sessions = db.make_sessionmaker(self.engine)
+        self.sessions = engines.make_sessionmaker(self.engine)
         self.config = Path(env["LEADROUTER_CONFIG"])
         self.rules = load_rules(self.config)   # the publisher's copy: it only picks the lane
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from worker.db import Base, make_engine
+from worker.db import Base
+from worker.engines import make_engine
 
 config = context.config
 
