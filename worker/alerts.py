@@ -94,6 +94,10 @@ def channel_for(kind: str, settings: Settings) -> Channel:
 
 
 def _build_channel(kind: str, s: Settings) -> Channel:
+    if kind == "voice":
+        from worker.voice import voice_channel
+
+        return cast(Channel, voice_channel(s))
     if kind == "sms" and s.twilio_account_sid and s.twilio_auth_token and (
             s.twilio_from_number or s.twilio_messaging_service_sid):
         return TwilioSmsChannel(s.twilio_account_sid, s.twilio_auth_token, from_number=s.twilio_from_number,
@@ -165,6 +169,8 @@ def _addresses(rep: Rep) -> list[tuple[str, str]]:
             out.append(("sms", rep.phone))
         elif ch == "email" and rep.email:
             out.append(("email", rep.email))
+        elif ch == "voice" and rep.phone:
+            out.append(("voice", rep.phone))
         elif ch == "console":
             out.append(("console", rep.email or rep.phone or rep.id))
     return out
@@ -206,7 +212,7 @@ def plan_recipients(session: Session, rules: Rules, step: db.AlertStep, assignme
     for person, msg_kind in people:
         off = disabled(person.id) if disabled is not None else _disabled(session, person.id)
         for channel, to in _addresses(person):
-            if channel in off:
+            if channel in off or not rules.alerts.channels.allows(msg_kind, channel):
                 continue
             out.append(Planned(person.id, channel, to, msg_kind, person.display, person.id))
     return out
@@ -1090,7 +1096,7 @@ def flush_held(now: datetime | None = None) -> int:
             text = render_summary(rep.display, views, "the last hour")
             off = _disabled(session, rep_id)
             for channel, to in _addresses(rep):
-                if channel in off:
+                if channel in off or channel == "voice":   # a summary is read, not called
                     continue
                 d = db.Delivery(step_id=None, lead_id=lead_ids[0], recipient=rep_id, channel=channel, to=to,
                                 status=DeliveryStatus.PENDING, created_at=now, updated_at=now)
