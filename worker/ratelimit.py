@@ -1,28 +1,30 @@
 """Provider rate limits, shared by every process through Redis: a token bucket per sender, and a pool.
 
-Twilio places outbound calls at 1 per second per account by default (faster calls are queued by
-Twilio, ringing later), and a US long code sends 1 SMS segment a second. A burst of hot leads
-must neither be refused nor silently pile up behind one number: each sender has a bucket, a
-:class:`SenderPool` takes the first sender of its pool with a token, and waits (briefly) for the
-soonest one otherwise. The bucket lives in Redis and is taken by one Lua script, atomically, with
-Redis's own clock, so workers on several machines share it exactly.
+Twilio places outbound calls at 1 per second per account by default and queues the calls it is
+asked for faster (they ring later, they are not refused); a US long code sends 1 SMS segment a
+second, and Twilio queues messages the same way. So a burst is never refused here either: each
+request *reserves* the next slot of its sender's bucket and learns how long the provider will hold
+it, and a :class:`SenderPool` gives the sender with the nearest slot, so a burst spreads over the
+whole pool instead of queueing behind one number. The bucket lives in Redis and is taken by one
+Lua script, atomically, on Redis's own clock, so workers on several machines share it exactly.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
 
-# KEYS[1]: the bucket. ARGV: rate (tokens a second), burst (capacity), ttl (ms).
-# Returns 0 when a token was taken, else the milliseconds until one will be there.
+# KEYS[1]: the bucket. ARGV: rate (tokens a second), burst (capacity), ttl (ms), reserve (1: take the
+# token even if it is not there yet, up to a day of debt). Returns 0 when a token was there, else the
+# milliseconds until it is (with reserve: until the slot taken now comes round).
 _TAKE = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local reserve = tonumber(ARGV[4]) == 1
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
@@ -37,21 +39,16 @@ if tokens >= 1 then
   tokens = tokens - 1
 else
   wait = math.ceil((1 - tokens) * 1000 / rate)
+  if reserve and tokens > -86400 * rate then
+    tokens = tokens - 1
+  end
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) + wait)
 return wait
 """
 
 PREFIX = "leadrouter:ratelimit:"
-
-
-class RateLimited(Exception):
-    """No sender of the pool had a token within the wait allowed."""
-
-    def __init__(self, kind: str, wait: float) -> None:
-        super().__init__(f"every {kind} sender is at its rate limit; the next token in {wait:.2f} s")
-        self.wait = wait
 
 
 @dataclass
@@ -70,22 +67,27 @@ class TokenBucket:
 
     def take(self) -> float:
         """Take a token: 0.0 when taken, else the seconds until one is there (nothing is taken)."""
+        return self._run(reserve=False)
+
+    def reserve(self) -> float:
+        """Take the next slot, now or later: the seconds until it comes round (0.0: now)."""
+        return self._run(reserve=True)
+
+    def _run(self, *, reserve: bool) -> float:
         ttl = int(max(self.burst / self.rate, 1) * 1000) + 1000
-        wait = self._script(keys=[PREFIX + self.key], args=[self.rate, self.burst, ttl])
+        wait = self._script(keys=[PREFIX + self.key], args=[self.rate, self.burst, ttl, 1 if reserve else 0])
         return int(wait) / 1000
 
 
 class SenderPool:
-    """Senders of one kind (``call``, ``sms``), each with its own bucket; ``acquire`` names the one to use.
+    """Senders of one kind (``call``, ``sms``), each with its own bucket; :meth:`pick` names the one to use.
 
-    The pool is read through ``senders`` at each acquire, so a changed rules file takes effect
-    at once. Senders are tried from a rotating start: a burst spreads over the whole pool."""
+    The pool is read through ``senders`` at each pick, so a changed rules file counts at once.
+    Senders are tried from a rotating start, so a burst spreads over the whole pool."""
 
-    def __init__(self, client: redis.Redis, kind: str, senders: Callable[[], Sequence[str]], rate: Callable[[], float],
-                 *, burst: float = 1, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, client: redis.Redis, kind: str, senders: Callable[[], Sequence[str]],
+                 rate: Callable[[], float], *, burst: float = 1) -> None:
         self._client, self._kind, self._senders, self._rate, self._burst = client, kind, senders, rate, burst
-        self._sleep, self._clock = sleep, clock
         self._turn = itertools.count()
         self._lock = threading.Lock()
         self._buckets: dict[tuple[str, float], TokenBucket] = {}
@@ -98,23 +100,20 @@ class SenderPool:
                                                                      self._burst)
             return bucket
 
-    def acquire(self, max_wait: float) -> str:
-        """The sender to use now, its token taken; waits up to ``max_wait`` seconds for one, else
-        raises :class:`RateLimited` (nothing taken)."""
-        senders = list(self._senders())
+    def pick(self) -> tuple[str, float]:
+        """The sender with a token now, else the one whose next slot comes soonest (reserved):
+        (sender, seconds the provider will hold the request). Never waits, never refuses."""
+        senders = list(dict.fromkeys(self._senders()))
         if not senders:
             raise ValueError(f"no {self._kind} sender is configured")
         rate = self._rate()
-        deadline = self._clock() + max_wait
-        while True:
-            start = next(self._turn) % len(senders)
-            soonest = float("inf")
-            for sender in senders[start:] + senders[:start]:
-                wait = self._bucket(sender, rate).take()
-                if wait == 0:
-                    return sender
-                soonest = min(soonest, wait)
-            left = deadline - self._clock()
-            if soonest > left:
-                raise RateLimited(self._kind, soonest)
-            self._sleep(soonest)
+        start = next(self._turn) % len(senders)
+        order = senders[start:] + senders[:start]
+        waits: dict[str, float] = {}
+        for sender in order:
+            wait = self._bucket(sender, rate).take()
+            if wait == 0:
+                return sender, 0.0
+            waits[sender] = wait
+        soonest = min(order, key=lambda s: waits[s])
+        return soonest, self._bucket(soonest, rate).reserve()

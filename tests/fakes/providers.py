@@ -330,6 +330,8 @@ class FakeProviderServer:
         self._messages: dict[str, dict[str, Any]] = {}  # Twilio message resources by sid
         self.voice_calls: dict[str, dict[str, Any]] = {}  # Twilio call resources by sid (tests/fakes/voice.py)
         self.call_forms: dict[str, dict[str, str]] = {}   # the form each call was created with
+        self.calls_per_second = 1.0   # Twilio's default per account; faster calls are queued, as Twilio does
+        self.next_call_slot: dict[str, float] = {}
         self._checks: queue.Queue[RecordedRequest | None] = queue.Queue()
         if validation != "off":
             for provider in ("twilio", "sendgrid"):
@@ -425,6 +427,7 @@ class FakeProviderServer:
             self._messages.clear()
             self.voice_calls.clear()
             self.call_forms.clear()
+            self.next_call_slot.clear()
             for script in self._scripts.values():
                 script.clear()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -92,18 +93,25 @@ def _create(server: FakeProviderServer, account: str, form: Mapping[str, str], e
 
     sid = "CA" + secrets.token_hex(16)
     now = _rfc2822_now()
+    # Twilio dials an account's REST calls at its calls-per-second (1 by default) and queues the rest:
+    # when this one will ring, and its QueueTime.
+    with server._lock:
+        taken = time.time()
+        slot = max(taken, server.next_call_slot.get(account, 0.0))
+        server.next_call_slot[account] = slot + 1 / server.calls_per_second
+    queue_ms = int((slot - taken) * 1000)
     call = {
         "sid": sid, "account_sid": account, "api_version": "2010-04-01", "annotation": None, "answered_by": None,
         "caller_name": None, "date_created": now, "date_updated": now, "direction": "outbound-api",
         "duration": None, "end_time": None, "forwarded_from": None, "from": form.get("From"),
         "from_formatted": form.get("From"), "group_sid": None, "parent_call_sid": None, "phone_number_sid": None,
-        "price": None, "price_unit": "USD", "queue_time": "0", "start_time": None, "status": "queued",
+        "price": None, "price_unit": "USD", "queue_time": str(queue_ms), "start_time": None, "status": "queued",
         "subresource_uris": {}, "to": form.get("To"), "to_formatted": form.get("To"), "trunk_sid": None,
         "uri": f"/2010-04-01/Accounts/{account}/Calls/{sid}.json",
     }
     with server._lock:
         server.voice_calls[sid] = call
-        server.call_forms[sid] = {**form, "StatusCallbackEvent": " ".join(events)}
+        server.call_forms[sid] = {**form, "StatusCallbackEvent": " ".join(events), "RingsAt": repr(slot)}
     return call
 
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from tests.conftest import RedisServer
-from worker.ratelimit import RateLimited, SenderPool, TokenBucket
+from worker.ratelimit import SenderPool, TokenBucket
 
 
 @pytest.fixture
@@ -51,21 +51,24 @@ def test_processes_share_one_bucket(redis_server: RedisServer) -> None:
     assert taken == 10   # 24 attempts from 3 processes, exactly the burst granted
 
 
-def test_a_pool_spreads_a_burst_over_its_senders_and_waits_for_the_soonest(client: redis.Redis) -> None:
-    slept: list[float] = []
-    kind = f"call-{uuid.uuid4()}"
-    pool = SenderPool(client, kind, lambda: ["+14155550100", "+14155550109"], lambda: 1.0, sleep=slept.append)
-    got = {pool.acquire(max_wait=0), pool.acquire(max_wait=0)}
-    assert got == {"+14155550100", "+14155550109"}
-    with pytest.raises(RateLimited) as err:
-        pool.acquire(max_wait=0)
-    assert 0 < err.value.wait <= 1
-    real = SenderPool(client, kind, lambda: ["+14155550100", "+14155550109"], lambda: 1.0)
-    started = time.monotonic()
-    assert real.acquire(max_wait=2) in got
-    assert time.monotonic() - started <= 1.5
+def test_reserving_takes_the_next_slot_and_says_when_it_comes(client: redis.Redis) -> None:
+    bucket = TokenBucket(client, f"t:{uuid.uuid4()}", rate=1, burst=1)
+    waits = [bucket.reserve() for _ in range(4)]
+    assert waits[0] == 0 and [round(w) for w in waits[1:]] == [1, 2, 3]
+    assert bucket.take() > 3   # the reserved slots are spoken for
+
+
+def test_a_pool_spreads_a_burst_over_its_senders_then_reserves_the_nearest_slot(client: redis.Redis) -> None:
+    kind = f"sms-{uuid.uuid4()}"
+    senders = ["+14155550100", "+14155550109", "+14155550119"]
+    pool = SenderPool(client, kind, lambda: senders, lambda: 1.0)
+    first = [pool.pick() for _ in range(3)]
+    assert sorted(s for s, _ in first) == sorted(senders) and all(w == 0 for _, w in first)
+    later = [pool.pick() for _ in range(6)]
+    assert sorted(s for s, _ in later) == sorted(senders * 2)   # each sender's queue grows by one, in turn
+    assert sorted(round(w) for _, w in later) == [1, 1, 1, 2, 2, 2]
 
 
 def test_an_empty_pool_is_a_configuration_error(client: redis.Redis) -> None:
     with pytest.raises(ValueError, match="no sms sender"):
-        SenderPool(client, "sms", lambda: [], lambda: 1.0).acquire(1)
+        SenderPool(client, "sms", lambda: [], lambda: 1.0).pick()
