@@ -43,7 +43,7 @@ from bench.stack import CONFIG, ROOT, Databases, Processes, RedisServer, tree_rs
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 PLOT = Path(__file__).resolve().parent / "speed_to_lead.svg"
-SCENARIOS = ("throughput", "speed_to_lead", "priority", "cadence", "per_event_cost", "worker_rss")
+SCENARIOS = ("throughput", "speed_to_lead", "priority", "cadence", "per_event_cost", "worker_rss", "voice")
 LOW_VALUE = ("Page Viewed", "Blog Post Viewed", "Email Clicked")   # never enough together to make a lead hot
 
 PROVIDER_ENV = {
@@ -837,6 +837,10 @@ def main(argv: list[str] | None = None) -> int:
             results["cadence_lateness_ms"] = attempt("cadence", lambda: cadence(bench))
         if "per_event_cost" in chosen:
             results["per_event_cost_ratio_1m_vs_10k"] = attempt("per_event_cost", lambda: per_event_cost(bench))
+        if "voice" in chosen:   # call-first alerts: crossing → ring (bench/voice.py)
+            from bench.voice import crossing_to_ring
+
+            results["voice_ring_ms"] = attempt("voice", lambda: crossing_to_ring(bench))
     finally:
         bench.close()
     results["meta"]["failed"] = failed
