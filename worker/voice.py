@@ -75,8 +75,16 @@ def voice_channel(settings: Settings) -> Any:
 
     if not (settings.twilio_account_sid and settings.twilio_auth_token):
         return ConsoleChannel()
-    rt = get_runtime()
-    bucket = TokenBucket(rt.redis, f"call:{settings.twilio_account_sid}", rt.rules.voice.calls_per_second)
+    account = settings.twilio_account_sid
+    buckets: dict[float, TokenBucket] = {}
+
+    def bucket() -> TokenBucket:   # at the rules' current rate: a changed calls_per_second counts at once
+        rt = get_runtime()
+        rate = rt.rules.voice.calls_per_second
+        if rate not in buckets:
+            buckets[rate] = TokenBucket(rt.redis, f"call:{account}", rate)
+        return buckets[rate]
+
     return TwilioVoiceChannel(
         settings.twilio_account_sid, settings.twilio_auth_token, public_url=settings.public_url,
         caller_ids=lambda: caller_ids(get_runtime().rules, settings),
@@ -335,8 +343,7 @@ def record_contact(session: Session, rules: Rules, call: _Call, call_sid: str, d
     cancelled = db.changed_rows(session, update(db.AlertStep)
                                 .where(db.AlertStep.lead_id == lead.id, db.AlertStep.status == "pending")
                                 .values(status="cancelled", note="lead contacted"))
-    session.execute(update(db.HotEpisode).where(db.HotEpisode.lead_id == lead.id,
-                                                db.HotEpisode.status.in_(("open", "claimed")))
+    session.execute(update(db.HotEpisode).where(db.HotEpisode.lead_id == lead.id, db.HotEpisode.status == "open")
                     .values(status="contacted", closed_at=now))
     # speed to contact, measured: from the crossing event's arrival to the moment the lead picked up
     received = session.scalar(select(db.HotEpisode.event_received_at)

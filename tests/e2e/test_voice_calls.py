@@ -23,6 +23,7 @@ ACCOUNT = "AC" + "0" * 32
 CALLERS = ["+15005550006", "+15005550007"]
 BOB = "+14155550102"            # the rep the test lead is routed to (na team, skill software)
 LEAD_PHONE = "+14155550100"     # the lead's own phone (hot_lead's traits)
+MARIA = "+14155550104"          # bob's manager
 
 
 @pytest.fixture
@@ -181,11 +182,15 @@ def test_voicemail_is_a_failed_attempt_and_the_next_step_calls_on_time(voice_sta
     (retry,) = _rows(voice_env, models.AlertStep, models.AlertStep.lead_id == "v-2", models.AlertStep.step == 1)
     assert retry.status == "done" and (retry.fired_at - retry.due_at).total_seconds() < 1.0
     assert second["Sid"] != call["Sid"]
+    # the second reminder reaches the manager too, by SMS only (alerts.channels.escalation), and calls bob again
+    providers.wait_for(lambda s: [m for m in s.sms() if m["To"] == MARIA], timeout=15)
+    providers.wait_for(lambda s: calls_to(s, BOB)[2:], timeout=10)
+    assert calls_to(providers, MARIA) == []
     # no answer at all on the reminder's call: failed as well, and nothing claimed
     assert player.status(second, "no-answer").status_code == 204
-    wait_until(lambda: sorted(d.error or "" for d in _rows(voice_env, models.Delivery,
-                                                           models.Delivery.channel == "voice"))
-               == ["call no-answer", "call voicemail"], timeout=10, message="both calls failed")
+    wait_until(lambda: sorted(d.error for d in _rows(voice_env, models.Delivery, models.Delivery.channel == "voice")
+                              if d.error) == ["call no-answer", "call voicemail"],
+               timeout=10, message="both calls failed")
     assert providers.violations == []
 
 

@@ -65,7 +65,7 @@ class TwilioVoiceChannel:
         caller_ids: Callable[[], Sequence[str]],
         ring_timeout: Callable[[], int] = lambda: 25,
         machine_detection: Callable[[], bool] = lambda: True,
-        bucket: TokenBucket | None = None,
+        bucket: TokenBucket | Callable[[], TokenBucket] | None = None,
         api_base_url: str | None = None,
         timeout: float = 10,
     ) -> None:
@@ -93,7 +93,8 @@ class TwilioVoiceChannel:
         if self._bucket is not None:
             # Twilio queues calls placed faster than the account's calls-per-second and dials them in turn:
             # the shared bucket mirrors that queue, so how late this call will ring is known and logged.
-            queued = self._bucket.reserve()
+            bucket = self._bucket if isinstance(self._bucket, TokenBucket) else self._bucket()
+            queued = bucket.reserve()
             if queued > 0:
                 log.warning("delivery %s: the account's call rate holds this call about %.1f s at Twilio",
                             msg.delivery_id, queued)
