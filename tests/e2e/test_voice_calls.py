@@ -24,6 +24,7 @@ CALLERS = ["+15005550006", "+15005550007"]
 BOB = "+14155550102"            # the rep the test lead is routed to (na team, skill software)
 LEAD_PHONE = "+14155550100"     # the lead's own phone (hot_lead's traits)
 MARIA = "+14155550104"          # bob's manager
+CAROL = "+4915155550103"        # the default team's rep
 
 
 @pytest.fixture
@@ -63,12 +64,19 @@ def player(app_client) -> CallPlayer:
 
 
 @pytest.fixture
-def voice_stack(voice_env, processes):
+def voice_stack(voice_env, processes, providers, app_client):
+    """The service running, its alert path warm: a fresh worker pays its first alert's imports and SDK set-up
+    (a second or more on a busy machine), and the figures here are about a running service. The warm-up
+    lead goes to carol, who claims it by SMS, so nothing of it is left to call or text anyone."""
     processes.env.update(voice_env)
     processes.celery_worker(queues="events,fast,alerts", concurrency=2)
     processes.leadrouter("beat", name="beat")
-    send([{"type": "identify", "messageId": "warm-1", "userId": "warm-up", "traits": {"name": "W"}}])
-    wait_until(lambda: _lead(voice_env, "warm-up") is not None, timeout=60, message="the workers up and processing")
+    warm = hot_lead("warm-up", country="DE")
+    warm[0]["traits"].update(email="warm-up@globex.example", company={"name": "Globex", "industry": "software",
+                                                                       "employee_count": 1200})
+    send(warm)   # another company: acme.com's leads would go to the rep who has its account
+    providers.wait_for(lambda s: calls_to(s, CAROL) and [m for m in s.sms() if m["To"] == CAROL], timeout=60)
+    assert "Claimed" in signed_sms(app_client, CAROL, "1", "SM" + "9" * 32).text
     return processes
 
 
@@ -81,6 +89,16 @@ def _lead(env, lead_id: str):
 
 def calls_to(server: FakeProviderServer, number: str) -> list[dict]:
     return [c for c in server.calls() if c.get("To") == number]
+
+
+def ringing(env, call: dict) -> dict:
+    """The call once its sender has recorded Twilio's answer: a real phone rings for seconds before
+    anything comes back about it, and a callback that overtook the sender's record would be overwritten."""
+    from worker import db as models
+
+    wait_until(lambda: [d.status for d in _rows(env, models.Delivery, models.Delivery.provider_id == call["Sid"])]
+               == ["sent"], timeout=10, message=f"call {call['Sid']} recorded as sent")
+    return call
 
 
 def _rows(env, model, *where):
@@ -99,11 +117,19 @@ def test_a_hot_lead_is_called_claimed_by_keypress_bridged_and_contact_recorded(v
     from worker import db as models
     from worker.explain import explain, render_explain
 
+    published = time.time()
     send(hot_lead("v-1"))
     call = providers.wait_for(lambda s: calls_to(s, BOB), timeout=15)[0]
-    (episode,) = _rows(voice_env, models.HotEpisode, models.HotEpisode.lead_id == "v-1")
+    ringing(voice_env, call)
     placed = next(r["received_at"] for r in providers.requests if r["provider_id"] == call["Sid"])
-    assert placed - episode.event_received_at.replace(tzinfo=UTC).timestamp() < 1.0   # crossing → call request
+    steps = _rows(voice_env, models.AlertStep, models.AlertStep.lead_id == "v-1")
+    (episode,) = _rows(voice_env, models.HotEpisode, models.HotEpisode.lead_id == "v-1")
+    seen = {"published": published, "received": episode.event_received_at.replace(tzinfo=UTC).timestamp(),
+            "opened": episode.opened_at.replace(tzinfo=UTC).timestamp(),
+            "due": steps[0].due_at.replace(tzinfo=UTC).timestamp(), "placed": placed,
+            "written": min(d.created_at for d in _rows(voice_env, models.Delivery, models.Delivery.lead_id == "v-1")
+                           ).replace(tzinfo=UTC).timestamp()}
+    assert placed - published < 1.0, " ".join(f"{k}={v - published:.3f}" for k, v in seen.items())
     assert call["From"] in CALLERS and call["MachineDetection"] == "Enable"
     assert call["Url"].startswith(f"{PUBLIC}/webhooks/twilio/voice?delivery_id=")
     providers.wait_for(lambda s: [m for m in s.sms() if m["To"] == BOB], timeout=10)   # the SMS goes with it
@@ -168,17 +194,17 @@ def test_voicemail_is_a_failed_attempt_and_the_next_step_calls_on_time(voice_sta
     from worker import db as models
 
     send(hot_lead("v-2"))
-    call = providers.wait_for(lambda s: calls_to(s, BOB), timeout=15)[0]
+    call = ringing(voice_env, providers.wait_for(lambda s: calls_to(s, BOB), timeout=15)[0])
     _resp, doc = player.answer(call, answered_by="machine_end_beep")
     assert doc.find("Gather") is None and doc.find("Hangup") is not None   # nothing is read to a machine
     assert player.status(call, "completed", AnsweredBy="machine_end_beep", CallDuration="3").status_code == 204
-    wait_until(lambda: [d.status for d in _rows(voice_env, models.Delivery, models.Delivery.channel == "voice",
-                                                models.Delivery.lead_id == "v-2")] == ["failed"],
-               timeout=10, message="the voice delivery failed")
-    (failed,) = _rows(voice_env, models.Delivery, models.Delivery.channel == "voice")
-    assert failed.error == "call voicemail"
-    assert _rows(voice_env, models.Assignment, models.Assignment.claimed_at.is_not(None)) == []   # no claim
+    # (the reminder's call may already be out: the first one is the call that was answered by the machine)
+    failed = _rows(voice_env, models.Delivery, models.Delivery.channel == "voice", models.Delivery.lead_id == "v-2")[0]
+    assert failed.provider_id == call["Sid"] and failed.status == "failed" and failed.error == "call voicemail"
+    assert _rows(voice_env, models.Assignment, models.Assignment.lead_id == "v-2",
+                 models.Assignment.claimed_at.is_not(None)) == []   # no claim
     second = providers.wait_for(lambda s: calls_to(s, BOB)[1:], timeout=15)[0]   # the first reminder calls again
+    ringing(voice_env, second)
     (retry,) = _rows(voice_env, models.AlertStep, models.AlertStep.lead_id == "v-2", models.AlertStep.step == 1)
     assert retry.status == "done" and (retry.fired_at - retry.due_at).total_seconds() < 1.0
     assert second["Sid"] != call["Sid"]
@@ -188,8 +214,8 @@ def test_voicemail_is_a_failed_attempt_and_the_next_step_calls_on_time(voice_sta
     assert calls_to(providers, MARIA) == []
     # no answer at all on the reminder's call: failed as well, and nothing claimed
     assert player.status(second, "no-answer").status_code == 204
-    wait_until(lambda: sorted(d.error for d in _rows(voice_env, models.Delivery, models.Delivery.channel == "voice")
-                              if d.error) == ["call no-answer", "call voicemail"],
+    wait_until(lambda: sorted(d.error for d in _rows(voice_env, models.Delivery, models.Delivery.channel == "voice",
+                                                     models.Delivery.lead_id == "v-2") if d.error) == ["call no-answer", "call voicemail"],
                timeout=10, message="both calls failed")
     assert providers.violations == []
 
@@ -199,7 +225,7 @@ def test_forged_or_tampered_voice_webhooks_are_refused_with_no_effect(voice_stac
     from worker import db as models
 
     send(hot_lead("v-3"))
-    call = providers.wait_for(lambda s: calls_to(s, BOB), timeout=15)[0]
+    call = ringing(voice_env, providers.wait_for(lambda s: calls_to(s, BOB), timeout=15)[0])
     _resp, doc = player.answer(call)
     gather = f"{PUBLIC}/webhooks/twilio/voice/gather?delivery_id="
     action = doc.find("Gather").get("action")
@@ -214,8 +240,10 @@ def test_forged_or_tampered_voice_webhooks_are_refused_with_no_effect(voice_stac
     assert player.post(action, params, signature=sig).status_code == 403
     assert player.post(f"{PUBLIC}/webhooks/twilio/voice/status?delivery_id=1",
                        {"CallSid": call["Sid"], "CallStatus": "no-answer"}, signature="x").status_code == 403
-    assert _rows(voice_env, models.Assignment, models.Assignment.claimed_at.is_not(None)) == []
-    assert [d.status for d in _rows(voice_env, models.Delivery, models.Delivery.channel == "voice")] == ["sent"]
+    assert _rows(voice_env, models.Assignment, models.Assignment.lead_id == "v-3",
+                 models.Assignment.claimed_at.is_not(None)) == []
+    assert [d.status for d in _rows(voice_env, models.Delivery, models.Delivery.channel == "voice",
+                                    models.Delivery.lead_id == "v-3")] == ["sent"]
     assert "keypress" not in [k for k, _ in _trace(voice_env, "v-3")]
 
 
@@ -223,7 +251,7 @@ def test_a_lead_that_is_no_longer_the_reps_is_not_bridged(voice_stack, voice_env
     from worker import db as models
 
     send(hot_lead("v-4"))
-    call = providers.wait_for(lambda s: calls_to(s, BOB), timeout=15)[0]
+    call = ringing(voice_env, providers.wait_for(lambda s: calls_to(s, BOB), timeout=15)[0])
     _resp, doc = player.answer(call)
     providers.wait_for(lambda s: [m for m in s.sms() if m["To"] == BOB], timeout=10)
     assert "Passed" in signed_sms(app_client, BOB, "2", "SM" + "4" * 32).text   # passed on by SMS meanwhile
