@@ -2,3 +2,4 @@
 
 from tests.e2e.test_alert_batches import queued  # noqa: F401
 from tests.e2e.test_alerts_flow import alert_env, client, providers  # noqa: F401
+from tests.e2e.test_voice_calls import app_client, player, voice_env  # noqa: F401
