@@ -38,10 +38,11 @@ from bench.scenarios.per_event_cost import per_event_cost
 from bench.scenarios.priority import priority
 from bench.scenarios.speed_to_lead import speed_to_lead
 from bench.scenarios.throughput import throughput_and_rss
+from bench.scenarios.voice import crossing_to_ring
 from bench.stack import ROOT
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
-SCENARIOS = ("throughput", "speed_to_lead", "priority", "cadence", "per_event_cost", "worker_rss")
+SCENARIOS = ("throughput", "speed_to_lead", "priority", "cadence", "per_event_cost", "worker_rss", "voice")
 
 
 # ---------------------------------------------------------------- report
@@ -144,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             results["cadence_lateness_ms"] = attempt("cadence", lambda: cadence(bench))
         if "per_event_cost" in chosen:
             results["per_event_cost_ratio_1m_vs_10k"] = attempt("per_event_cost", lambda: per_event_cost(bench))
+        if "voice" in chosen:   # call-first alerts: crossing → ring
+            results["voice_ring_ms"] = attempt("voice", lambda: crossing_to_ring(bench))
     finally:
         bench.close()
     results["meta"]["failed"] = failed

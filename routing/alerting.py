@@ -90,6 +90,8 @@ def addresses(rep: Rep) -> list[tuple[str, str]]:
             out.append(("sms", rep.phone))
         elif ch == "email" and rep.email:
             out.append(("email", rep.email))
+        elif ch == "voice" and rep.phone:
+            out.append(("voice", rep.phone))
         elif ch == "console":
             out.append(("console", rep.email or rep.phone or rep.id))
     return out
@@ -128,7 +130,8 @@ def recipients(rules: Rules, kind: StepKind, step: int, rep_id: str | None, disa
     for person, message in audience(rules, kind, step, rep):
         off = disabled(person.id)
         out += [Recipient(person.id, channel, to, message, person.display, person.id)
-                for channel, to in addresses(person) if channel not in off]
+                for channel, to in addresses(person)
+                if channel not in off and rules.alerts.channels.allows(message, channel)]
     return out
 
 

@@ -155,7 +155,17 @@ class PageRule(_Model):
 # ---------------------------------------------------------------- people
 
 
-Channel = Literal["sms", "email", "console"]
+def _zone(v: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {v!r} (use an IANA name such as America/New_York)") from None
+    return v
+
+
+Channel = Literal["sms", "email", "console", "voice"]
 DEFAULT_CHANNELS: tuple[Channel, ...] = ("sms", "email")
 
 
@@ -176,13 +186,13 @@ class Rep(_Model):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        return _zone(v)
 
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as America/New_York)") from None
-        return v
+    @model_validator(mode="after")
+    def _voice_needs_phone(self) -> Rep:
+        if "voice" in self.channels and not self.phone:
+            raise ValueError("the voice channel needs the rep's phone")
+        return self
 
     @field_validator("hours")
     @classmethod
@@ -238,8 +248,25 @@ class RoutingPolicy(_Model):
     on_call: str | None = None
     unrouted_notify: list[str] = Field(default_factory=list)
     open_window: Duration = timedelta(hours=24)
+    # when a voice alert's bridge must not ring the lead, in the lead's own zone (off when unset)
+    quiet_hours: str | None = None
+    quiet_hours_timezone: str = "UTC"   # the zone of a lead that names none
 
     _v = field_validator("open_window", mode="before")(_duration)
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet(cls, v: str | None) -> str | None:
+        from routing.hours import parse_hours
+
+        if v is not None:
+            parse_hours(v)
+        return v
+
+    @field_validator("quiet_hours_timezone")
+    @classmethod
+    def _quiet_tz(cls, v: str) -> str:
+        return _zone(v)
 
     @model_validator(mode="after")
     def _on_call_needed(self) -> RoutingPolicy:
@@ -250,6 +277,57 @@ class RoutingPolicy(_Model):
 
 
 # ---------------------------------------------------------------- alerts, outbound
+
+
+AlertKindName = Literal["first", "retry", "escalation", "reassign", "priority", "fyi", "unrouted"]
+
+
+class AlertChannels(_Model):
+    """Per alert kind, the channels it goes out on (a rep still needs them in their own ``channels``).
+    A kind left out uses the rep's channels as they are."""
+
+    first: list[Channel] | None = None
+    retry: list[Channel] | None = None
+    escalation: list[Channel] | None = None
+    reassign: list[Channel] | None = None
+    priority: list[Channel] | None = None
+    fyi: list[Channel] | None = None
+    unrouted: list[Channel] | None = None
+
+    def allows(self, kind: str, channel: str) -> bool:
+        wanted = getattr(self, kind, None)
+        return wanted is None or channel in wanted
+
+
+class Voice(_Model):
+    """Voice alerts: a call that reads the lead and bridges the rep to it on a keypress."""
+
+    caller_ids: list[str] = Field(default_factory=list)   # E.164; empty: TWILIO_FROM_NUMBER
+    contact_after: Duration = timedelta(seconds=20)       # a bridged call this long is first contact
+    calls_per_second: float = Field(default=1, gt=0, le=100)   # Twilio's default: 1 call a second per account
+    ring_timeout: Duration = timedelta(seconds=25)        # the rep's phone rings this long
+    machine_detection: bool = True                        # voicemail counts as no answer
+
+    _v = field_validator("contact_after", "ring_timeout", mode="before")(_duration)
+
+    @field_validator("caller_ids")
+    @classmethod
+    def _e164(cls, v: list[str]) -> list[str]:
+        import re
+
+        bad = [n for n in v if not isinstance(n, str) or not re.fullmatch(r"\+[1-9][0-9]{6,14}", n)]
+        if bad:
+            raise ValueError(f"caller ids are E.164 numbers such as +14155550100, not {bad[0]!r}")
+        if len(set(v)) != len(v):
+            raise ValueError("a caller id is listed twice")
+        return v
+
+    @field_validator("ring_timeout")
+    @classmethod
+    def _ring(cls, v: timedelta) -> timedelta:
+        if not timedelta(seconds=5) <= v <= timedelta(seconds=600):
+            raise ValueError("ring_timeout is between 5s and 600s (Twilio's limits)")
+        return v
 
 
 class Alerts(_Model):
@@ -263,6 +341,8 @@ class Alerts(_Model):
     hourly_cap: int = Field(default=30, ge=1)
     fast_lane_min_points: float = 15
     claim_token_ttl: Duration = timedelta(hours=24)
+
+    channels: AlertChannels = AlertChannels()   # per alert kind: e.g. first: [voice, sms], retry: [sms]
 
     _v1 = field_validator("first_contact_sla", "max_event_age", "claim_token_ttl", mode="before")(_duration)
 
@@ -404,6 +484,7 @@ class Rules(_Model):
     routing: RoutingPolicy = RoutingPolicy()
     alerts: Alerts = Alerts()
     outbound: Outbound = Outbound()
+    voice: Voice = Voice()
     free_mail_domains: list[str] = Field(
         default_factory=lambda: [
             "gmail.com", "googlemail.com", "yahoo.com", "outlook.com", "hotmail.com", "icloud.com",

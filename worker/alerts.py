@@ -430,7 +430,7 @@ def flush_held(now: datetime | None = None) -> int:
             text = render_summary(rep.display, views, "the last hour")
             off = deliveries.disabled_of(session, rep_id)
             for channel, to in alerting.addresses(rep):
-                if channel in off:
+                if channel in off or channel == "voice":   # a summary is read, not called
                     continue
                 row = db.Delivery(step_id=None, lead_id=lead_ids[0], recipient=rep_id, channel=channel, to=to,
                                   status=DeliveryStatus.PENDING, created_at=now, updated_at=now)

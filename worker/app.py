@@ -111,6 +111,7 @@ def _warm_up() -> None:
         rt = get_runtime()
         channel_for("sms", rt.settings)
         channel_for("email", rt.settings)
+        channel_for("voice", rt.settings)
         rt.engine  # noqa: B018 - made once here, not raced for by a pool's first threads
     except Exception:  # a bad setting shows up, with its error, on the first alert instead
         log.exception("alert channels could not be prepared")

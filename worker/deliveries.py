@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
@@ -113,6 +113,10 @@ def channel_for(kind: str, settings: Settings) -> Channel:
 
 
 def _build_channel(kind: str, s: Settings) -> Channel:
+    if kind == "voice":
+        from worker.voice_channel import voice_channel
+
+        return cast(Channel, voice_channel(s))
     if kind == "sms" and s.twilio_account_sid and s.twilio_auth_token and (
             s.twilio_from_number or s.twilio_messaging_service_sid):
         return TwilioSmsChannel(s.twilio_account_sid, s.twilio_auth_token, from_number=s.twilio_from_number,

@@ -95,7 +95,7 @@ def _digits(phone: str) -> str:
     return re.sub(r"\D", "", phone or "")
 
 
-async def _signed_twilio_form(request: Request, path: str) -> dict[str, str] | Response:
+async def signed_twilio_form(request: Request, path: str) -> dict[str, str] | Response:
     """The form Twilio posted to ``path``, or the refusal to answer: too large, unreadable, or not signed."""
     body = await read_body(request)
     if body is None:
@@ -114,7 +114,7 @@ async def _signed_twilio_form(request: Request, path: str) -> dict[str, str] | R
                  {"MessageSid": STR, "From": STR, "To": STR, "Body": STR}, ["MessageSid", "From"])})
 async def twilio_sms(request: Request) -> Response:
     """A rep's SMS reply. Verified with ``X-Twilio-Signature``; answered with TwiML."""
-    params = await _signed_twilio_form(request, "/webhooks/twilio/sms")
+    params = await signed_twilio_form(request, "/webhooks/twilio/sms")
     if isinstance(params, Response):
         return params
     sid, sender, text = params.get("MessageSid", ""), params.get("From", ""), params.get("Body", "")
@@ -217,7 +217,7 @@ def _target_lead(session: Session, rep_id: str, sender: str, code: str | None, n
                  {"MessageSid": STR, "MessageStatus": STR, "ErrorCode": STR}, ["MessageSid", "MessageStatus"])})
 async def twilio_status(request: Request) -> Response:
     """Twilio's message status callback: settles a delivery; a failure moves the step to email."""
-    params = await _signed_twilio_form(request, "/webhooks/twilio/status")
+    params = await signed_twilio_form(request, "/webhooks/twilio/status")
     if isinstance(params, Response):
         return params
     sid, status = params.get("MessageSid", ""), params.get("MessageStatus", "")

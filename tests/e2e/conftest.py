@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.alerting import record_queued
 from tests.support.ingest import Api, shared_api_process
+from tests.support.voice import app_client, player, voice_env, voice_stack  # noqa: F401  (fixtures)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from tests.support.alerting import db, hot_lead, send
+from tests.support.alerting import db, drain_all, hot_lead, send
 from tests.support.stack import wait_until
 
 
@@ -15,14 +15,6 @@ def steps(env) -> list[tuple[int, str]]:
     with db(env) as s:
         return [tuple(r) for r in s.execute(select(models.AlertStep.step, models.AlertStep.status)
                                             .order_by(models.AlertStep.id))]
-
-
-def drain_all() -> None:
-    from worker import stream
-    from worker.tasks import drain_once
-
-    while drain_once(stream.NORMAL)[0] + drain_once(stream.FAST)[0]:
-        pass
 
 
 def test_a_crossing_first_alert_goes_out_from_the_fast_lane_with_no_alert_worker(alert_env, processes, providers):

@@ -44,6 +44,8 @@ from openapi_core import Config, OpenAPI
 from openapi_core.datatypes import RequestParameters
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
+from tests.fakes.voice import CALLS_CREATE, CALLS_FETCH, answer_calls, is_calls_path
+
 Provider = Literal["twilio", "sendgrid"]
 Validation = Literal["sync", "background", "off"]
 
@@ -97,15 +99,17 @@ def load_spec(provider: Provider) -> OpenAPI:
     """
     if provider == "twilio":
         doc = json.loads((specs_dir() / "twilio_api_v2010.json").read_text())
-        ops = {TWILIO_CREATE: {"post", "get"}, TWILIO_FETCH: {"get"}}
+        ops = {TWILIO_CREATE: {"post", "get"}, TWILIO_FETCH: {"get"}, CALLS_CREATE: {"post"}, CALLS_FETCH: {"get"}}
     else:
         doc = json.loads((specs_dir() / "tsg_mail_v3.json").read_text())
         ops = {SENDGRID_SEND: {"post"}}
     # Twilio types phone numbers with a format of its own; in a query parameter openapi-core
     # refuses a format it has no checker for, so it gets E.164's.
-    phone = {"phone-number": lambda value: isinstance(value, str) and _E164.fullmatch(value) is not None}
-    return OpenAPI.from_dict(_prune(doc, ops), config=Config(extra_format_validators=phone,
-                                                             extra_format_unmarshallers={"phone-number": str}))
+    # A call's To and From are "endpoint"s (a number, a SIP address or a client); we only ever dial numbers.
+    phone = {"phone-number": lambda value: isinstance(value, str) and _E164.fullmatch(value) is not None,
+             "endpoint": lambda value: isinstance(value, str) and _E164.fullmatch(value) is not None}
+    return OpenAPI.from_dict(_prune(doc, ops), config=Config(
+        extra_format_validators=phone, extra_format_unmarshallers={"phone-number": str, "endpoint": str}))
 
 
 def _prune(doc: dict[str, Any], ops: Mapping[str, set[str]]) -> dict[str, Any]:
@@ -324,6 +328,10 @@ class FakeProviderServer:
         self._violations: list[str] = []
         self._scripts: dict[str, deque[Scripted]] = {"twilio": deque(), "sendgrid": deque()}
         self._messages: dict[str, dict[str, Any]] = {}  # Twilio message resources by sid
+        self.voice_calls: dict[str, dict[str, Any]] = {}  # Twilio call resources by sid (tests/fakes/voice.py)
+        self.call_forms: dict[str, dict[str, str]] = {}   # the form each call was created with
+        self.calls_per_second = 1.0   # Twilio's default per account; faster calls are queued, as Twilio does
+        self.next_call_slot: dict[str, float] = {}
         self._checks: queue.Queue[RecordedRequest | None] = queue.Queue()
         if validation != "off":
             for provider in ("twilio", "sendgrid"):
@@ -366,7 +374,16 @@ class FakeProviderServer:
                 {**(r["form"] or {}), "Sid": r["provider_id"] or ""}
                 for r in self._requests
                 if r["provider"] == "twilio" and r["method"] == "POST" and r["status"] == 201
+                and not is_calls_path(r["path"])
             ]
+
+    def calls(self) -> list[dict[str, str]]:
+        """The form of every call Twilio accepted (201), with its ``Sid``, oldest first."""
+        with self._lock:
+            return [{**self.call_forms.get(r["provider_id"] or "", {}), "Sid": r["provider_id"] or ""}
+                    for r in self._requests
+                    if r["provider"] == "twilio" and r["method"] == "POST" and r["status"] == 201
+                    and is_calls_path(r["path"])]
 
     def emails(self) -> list[dict[str, Any]]:
         """The JSON body of every mail SendGrid accepted (202)."""
@@ -408,6 +425,9 @@ class FakeProviderServer:
             self._requests.clear()
             self._violations.clear()
             self._messages.clear()
+            self.voice_calls.clear()
+            self.call_forms.clear()
+            self.next_call_slot.clear()
             for script in self._scripts.values():
                 script.clear()
 
@@ -480,6 +500,8 @@ class FakeProviderServer:
             answer, taken = None, kept.provider_id
         elif provider is not None and script is not None and script[0] != "ok":
             answer = self._scripted(provider, script)
+        elif provider == "twilio" and is_calls_path(path):
+            answer = self._twilio_calls(method, path, headers, form, body, problems)
         elif provider == "twilio":
             answer = self._twilio(method, path, headers, form, problems, split.query)
         elif provider == "sendgrid":
@@ -555,6 +577,18 @@ class FakeProviderServer:
         if problems or message is None:
             return _twilio_error(404, 20404, f"The requested resource {path} was not found")
         return _json_answer(200, message, message["sid"])
+
+    def _twilio_calls(self, method: str, path: str, headers: Mapping[str, str], form: Mapping[str, str] | None,
+                      body: bytes, problems: list[str]) -> _Answer:
+        account = path.split("/")[3]
+        user, _, token = _basic_credentials(headers.get("Authorization", ""))
+        if user != account or (self.twilio_auth_token is not None and token != self.twilio_auth_token):
+            problems.append(f"{method} {path}: basic auth user is not the path's AccountSid, or the token is wrong")
+            return _twilio_error(401, 20003, "Authenticate")
+        answer = answer_calls(self, method, path, form, body, account, problems)
+        if answer.status == 201:
+            answer.provider_id = json.loads(answer.body)["sid"]
+        return answer
 
     def _list_messages(self, account: str, path: str, query: str) -> _Answer:
         params = dict(parse_qsl(query, keep_blank_values=True))

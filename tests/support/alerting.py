@@ -158,3 +158,11 @@ def make_due(env, *step_ids: int, ago: float = 0.0) -> None:  # type: ignore[no-
     with db(env) as s, s.begin():
         s.execute(update(models.AlertStep).where(models.AlertStep.id.in_(step_ids))
                   .values(due_at=now_utc() - timedelta(seconds=ago)))
+
+
+def drain_all() -> None:
+    from worker import stream
+    from worker.tasks import drain_once
+
+    while drain_once(stream.NORMAL)[0] + drain_once(stream.FAST)[0]:
+        pass
