@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from routing import alerting
@@ -311,14 +311,16 @@ def record(session: Session, items: Sequence[Delivery]) -> list[float]:
     if not items:
         return []
     now = now_utc()
-    rows = []
-    for d in items:
-        row = {"id": d.id, "status": d.status, "provider_id": d.provider_id, "error": d.error,
-               "error_kind": d.error_kind, "updated_at": d.answered_at or now}
-        if d.status == DeliveryStatus.SENT:
-            row["sent_at"] = d.answered_at or now
-        rows.append(row)
-    session.execute(update(db.Delivery), rows)
+    rows = [{"_id": d.id, "status": d.status, "provider_id": d.provider_id, "error": d.error,
+             "error_kind": d.error_kind, "updated_at": d.answered_at or now,
+             "sent_at": (d.answered_at or now) if d.status == DeliveryStatus.SENT else None} for d in items]
+    # A status callback can overtake the sender's own record (a call's "no answer" while its request's
+    # answer is still on its way): the provider's later word stands, so only rows still waiting are written.
+    table = db.Delivery.__table__
+    session.connection().execute(
+        update(table).where(table.c.id == bindparam("_id"), or_(table.c.status == DeliveryStatus.PENDING,
+                                                                table.c.status == DeliveryStatus.MAYBE_SENT)),
+        rows)
     for d in items:
         if d.error_kind == "recipient" and d.recipient != d.address:
             disable_channel(session, d.recipient, d.channel, d.error or "recipient error", now)
