@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from routing import alerting
@@ -316,7 +316,7 @@ def record(session: Session, items: Sequence[Delivery]) -> list[float]:
              "sent_at": (d.answered_at or now) if d.status == DeliveryStatus.SENT else None} for d in items]
     # A status callback can overtake the sender's own record (a call's "no answer" while its request's
     # answer is still on its way): the provider's later word stands, so only rows still waiting are written.
-    table = db.Delivery.__table__
+    table = cast(Table, db.Delivery.__table__)
     session.connection().execute(
         update(table).where(table.c.id == bindparam("_id"), or_(table.c.status == DeliveryStatus.PENDING,
                                                                 table.c.status == DeliveryStatus.MAYBE_SENT)),
