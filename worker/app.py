@@ -11,10 +11,8 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
 from kombu.transport import redis as kombu_redis
 
-from worker.logs import setup_logging
 from worker.settings import get_settings
 
 log = logging.getLogger("leadrouter.app")
@@ -71,47 +69,3 @@ app.conf.update(
     beat_schedule={"tick": {"task": TICK, "schedule": 1.0}},
     timezone="UTC",
 )
-
-
-@worker_process_init.connect
-def _init_process(**_: object) -> None:
-    from worker.runtime import get_runtime, settle_process
-
-    setup_logging()
-    get_runtime().after_fork()
-    _warm_up()
-    settle_process()
-
-
-@worker_init.connect
-def _refuse_bad_start(**_: object) -> None:
-    """``celery -A worker.app worker`` refuses a weak secret or broken rules as ``leadrouter worker`` does."""
-    from worker.startup import check_or_exit
-
-    check_or_exit("worker")
-
-
-@worker_init.connect
-def _init_threads_worker(sender: Any = None, **_: object) -> None:
-    """A threads pool runs tasks in this very process and sends no ``worker_process_init``: prepare it here."""
-    from celery.concurrency import get_implementation
-    from celery.concurrency.thread import TaskPool as ThreadsPool
-
-    pool = get_implementation(getattr(sender, "pool_cls", None) or app.conf.worker_pool)
-    if isinstance(pool, type) and issubclass(pool, ThreadsPool):
-        _init_process()
-
-
-def _warm_up() -> None:
-    """Import the alert path and build the provider clients now, not on the first hot lead."""
-    try:
-        from worker.alerts import channel_for
-        from worker.runtime import get_runtime
-
-        rt = get_runtime()
-        channel_for("sms", rt.settings)
-        channel_for("email", rt.settings)
-        channel_for("voice", rt.settings)
-        rt.engine  # noqa: B018 - made once here, not raced for by a pool's first threads
-    except Exception:  # a bad setting shows up, with its error, on the first alert instead
-        log.exception("alert channels could not be prepared")

@@ -241,8 +241,7 @@ def _trace(session: Session, lead_id: str, now: datetime, kind: str, actor: str 
 
 def forget(session: Session, lead_id: str, *, actor: str | None, now: datetime | None = None) -> str:
     """Erase the lead's personal data everywhere it was copied; scores and counts stay."""
-    from worker.settings import get_settings
-    from worker.startup import secret_problem
+    from worker.settings import get_settings, secret_problem
 
     if (problem := secret_problem(get_settings().secret_key)) is not None:
         raise OpsError(f"{problem}: forget names the lead by an HMAC keyed with the services' "

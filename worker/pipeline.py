@@ -56,6 +56,7 @@ from worker.lead_store import (
     to_event,
     write_scored,
 )
+from worker.retry import BatchTooSlow
 from worker.stream import Entry
 
 if TYPE_CHECKING:
@@ -94,10 +95,6 @@ class BatchResult:
         return BatchResult(self.processed + other.processed, self.duplicates + other.duplicates,
                            self.dead_lettered + other.dead_lettered, self.crossings + other.crossings,
                            self.due_steps + other.due_steps)
-
-
-class BatchTooSlow(RuntimeError):
-    """A batch ran past its deadline; its transaction is rolled back and the caller splits it."""
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,12 @@ from typing import TypeVar
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from worker.channels.base import Channel, OutboundMessage, SendResult, TransportError
-from worker.pipeline import BatchTooSlow
 
 log = logging.getLogger("leadrouter.retry")
+
+
+class BatchTooSlow(RuntimeError):
+    """A batch ran past its deadline; its transaction is rolled back and the caller splits it."""
 T = TypeVar("T")
 Verdict = bool | float   # retry after the backoff / after exactly these seconds / raise now
 

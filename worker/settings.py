@@ -111,3 +111,22 @@ def reset_settings() -> None:
 
 def project_root() -> Path:
     return Path(os.environ.get("LEADROUTER_HOME", Path.cwd()))
+
+
+MIN_SECRET_BYTES = 32
+# Values published in this repository's history, docs and examples: anyone can sign with them.
+KNOWN_SECRETS = frozenset({
+    "dev-insecure-secret-change-me", "change-me", "changeme", "secret", "test-secret", "bench-secret",
+    "set-me", "please-change-me",
+})
+
+
+def secret_problem(secret: str | None) -> str | None:
+    """What is wrong with ``LEADROUTER_SECRET_KEY`` for a service, or None."""
+    if not secret:
+        return "LEADROUTER_SECRET_KEY is not set"
+    if secret.strip().lower() in KNOWN_SECRETS:
+        return "LEADROUTER_SECRET_KEY is a published default value"
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        return f"LEADROUTER_SECRET_KEY is shorter than {MIN_SECRET_BYTES} bytes"
+    return None

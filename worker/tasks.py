@@ -10,14 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from celery.signals import worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 
 from worker import dispatch, engines, retry, stream
 from worker.app import DRAIN, FAILOVER, FIRE_STEPS, TICK, app
 from worker.db import now_utc
 from worker.lead_store import dead_letter
+from worker.logs import setup_logging
 from worker.pipeline import BatchResult, BatchTooSlow, forecast, process_batch
 from worker.runtime import get_runtime
 
@@ -266,3 +267,50 @@ def tick() -> None:
     from worker.scheduler import tick_once
 
     tick_once()
+
+
+# ---------------------------------------------------------------- a worker process starting
+
+
+@worker_process_init.connect
+def _init_process(**_: object) -> None:
+    from worker.runtime import get_runtime, settle_process
+
+    setup_logging()
+    get_runtime().after_fork()
+    _warm_up()
+    settle_process()
+
+
+@worker_init.connect
+def _refuse_bad_start(**_: object) -> None:
+    """``celery -A worker.app worker`` refuses a weak secret or broken rules as ``leadrouter worker`` does."""
+    from worker.startup import check_or_exit
+
+    check_or_exit("worker")
+
+
+@worker_init.connect
+def _init_threads_worker(sender: Any = None, **_: object) -> None:
+    """A threads pool runs tasks in this very process and sends no ``worker_process_init``: prepare it here."""
+    from celery.concurrency import get_implementation
+    from celery.concurrency.thread import TaskPool as ThreadsPool
+
+    pool = get_implementation(getattr(sender, "pool_cls", None) or app.conf.worker_pool)
+    if isinstance(pool, type) and issubclass(pool, ThreadsPool):
+        _init_process()
+
+
+def _warm_up() -> None:
+    """Import the alert path and build the provider clients now, not on the first hot lead."""
+    try:
+        from worker.alerts import channel_for
+        from worker.runtime import get_runtime
+
+        rt = get_runtime()
+        channel_for("sms", rt.settings)
+        channel_for("email", rt.settings)
+        channel_for("voice", rt.settings)
+        rt.engine  # noqa: B018 - made once here, not raced for by a pool's first threads
+    except Exception:  # a bad setting shows up, with its error, on the first alert instead
+        log.exception("alert channels could not be prepared")

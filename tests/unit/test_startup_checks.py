@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.stack import CONFIG
-from worker.startup import KNOWN_SECRETS, MIN_SECRET_BYTES, rules_problems, secret_problem
+from worker.settings import KNOWN_SECRETS, MIN_SECRET_BYTES, secret_problem
+from worker.startup import rules_problems
 
 
 @pytest.mark.parametrize("secret", [None, "", *sorted(KNOWN_SECRETS), " Dev-Insecure-Secret-Change-Me ",
