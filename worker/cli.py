@@ -347,7 +347,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from worker import reports, tables
+    from worker import status, tables
     from worker.runtime import get_runtime
     from worker.startup import rules_problems
 
@@ -356,8 +356,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     errors = rules_problems(path)   # a broken file on disk is news for status, not a reason to fail
     rules = None if errors else rt.rules
     with rt.sessions() as session:
-        data = reports.status(session, rt.redis, rules,
-                              rules_file={"path": str(path), "ok": not errors, "errors": errors})
+        data = status.status(session, rt.redis, rules,
+                             rules_file={"path": str(path), "ok": not errors, "errors": errors})
     if args.json:
         json.dump(data.as_json(), sys.stdout, indent=1, default=str)
         print()

@@ -1,9 +1,10 @@
-"""What the service shows: ``status``, ``report`` and the board's figures, as typed results.
+"""What the service reports: ``leadrouter report`` and the board's figures, as typed results.
 
 One query layer: ``leadrouter report`` and the board (``/board``) read the same
 functions, so their figures are the same. Every result is a frozen dataclass;
-``as_json()`` gives the ``--json`` shape (SPEC §6), and :mod:`worker.tables` prints
-them for a terminal. Durations are seconds.
+``as_json()`` gives the ``--json`` shape (SPEC §6), :mod:`worker.tables` prints
+them for a terminal, :mod:`worker.board` draws them. ``status`` (:mod:`worker.status`)
+reads its per-rep figures from here too. Durations are seconds.
 
 Speed to lead is split in two (SPEC §6, issue "See it live"):
 
@@ -23,20 +24,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from routing.config import Rules
 from routing.events import iso
-from routing.leads import TRAITS_OVER_CAP
-from worker import db, metrics, stream
+from routing.hours import is_working, parse_hours
+from worker import db
+from worker.assign import routing_state
 from worker.operator import AWAY_KEY, FOREVER
-from worker.ops import PAUSE_KEY
-from worker.outbound import summary as outbound_summary
+from worker.ops import is_paused
 
 SENT = ("sent", "maybe_sent", "delivered")
-WORKER_PREFIX = "worker:"
 
 
 # ---------------------------------------------------------------- shared shapes
@@ -237,66 +236,7 @@ def report(session: Session, rules: Rules, since: timedelta, now: datetime | Non
     return Report(iso(start) or "", iso(now) or "", sla, reps, totals, speed_to_lead(session, start))
 
 
-# ---------------------------------------------------------------- status
-
-
-@dataclass(frozen=True)
-class Queues:
-    events_waiting: int
-    fast_lane: int
-    lanes: dict[str, dict[str, int]]
-    dead_letters: int
-    dead_letters_not_retried: int
-    trait_updates_refused: int
-
-
-@dataclass(frozen=True)
-class RepStatus:
-    rep: str
-    open_hot_leads: int
-    away: bool
-    away_until: str | None          # None while away: until `rep back`
-    away_reason: str | None
-    disabled_channels: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class WorkerStatus:
-    name: str
-    rules_hash: str | None
-    seen_at: str | None
-    current: bool
-    refused_file: list[str]
-
-
-@dataclass(frozen=True)
-class Status:
-    at: str
-    paused: bool
-    pause: dict[str, Any]              # the pause setting as stored: actor, reason, at
-    queues: Queues
-    hot_leads_open: int
-    alerts_due: int
-    alerts_scheduled: int
-    unrouted: int
-    unrouted_leads: list[str]
-    reps: list[RepStatus]
-    rules_hash: str | None
-    rules_file: dict[str, Any]
-    workers: list[WorkerStatus]
-    outbound: dict[str, Any]           # worker.outbound.summary
-    ingest_refusals: list[dict[str, Any]]
-
-    @property
-    def reps_away(self) -> list[str]:
-        return [r.rep for r in self.reps if r.away]
-
-    def as_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["reps_away"] = self.reps_away
-        out["disabled_channels"] = {r.rep: r.disabled_channels for r in self.reps if r.disabled_channels}
-        out["failed_webhooks"] = self.outbound["failed"]
-        return out
+# ---------------------------------------------------------------- shared with status
 
 
 def open_hot_by_rep(session: Session) -> dict[str, int]:
@@ -327,52 +267,145 @@ def dead_letters_not_retried(session: Session) -> int:
                               .where(db.DeadLetter.retried_at.is_(None))) or 0)
 
 
-def status(session: Session, r: redis.Redis, rules: Rules | None, now: datetime | None = None,
-           rules_file: dict[str, Any] | None = None) -> Status:
-    """``rules`` None: the file on disk does not load (``rules_file`` says why); the rest still shows."""
-    now = now or db.now_utc()
-    lanes = {lane: stream.backlog(r, lane) for lane in stream.LANES}
-    open_by_rep = open_hot_by_rep(session)
-    unrouted = list(session.scalars(select(db.HotEpisode.lead_id)
-                                    .where(db.HotEpisode.status == "unrouted", db.HotEpisode.closed_at.is_(None))
-                                    .order_by(db.HotEpisode.opened_at)))
-    pause = session.get(db.Setting, PAUSE_KEY)
-    pause_value = dict(pause.value) if pause is not None else {"paused": False}
-    states = {s.rep_id: s for s in session.scalars(select(db.RepState))}
-    away = away_of(session, now)
-    rep_ids = ([rep.id for rep in rules.reps] if rules is not None
-               else sorted({str(k) for k in (*states, *open_by_rep) if k}))
-    reps = []
-    for rep_id in rep_ids:
-        s = states.get(rep_id)
-        until, why = away.get(rep_id, (None, None))
-        reps.append(RepStatus(rep_id, open_by_rep.get(rep_id, 0), until is not None,
-                              None if until is None or until >= FOREVER else iso(until), why,
-                              dict(s.disabled_channels or {}) if s is not None else {}))
-    workers = [WorkerStatus(row.key.removeprefix(WORKER_PREFIX), row.value.get("rules_hash"), row.value.get("seen_at"),
-                            rules is not None and row.value.get("rules_hash") == rules.hash,
-                            list(row.value.get("errors") or []))
-               for row in session.scalars(select(db.Setting).where(db.Setting.key.like(f"{WORKER_PREFIX}%"))
-                                          .order_by(db.Setting.key))]
-    try:
-        refusals = metrics.latest_refusals(r, 10)
-    except redis.RedisError:
-        refusals = []
-    queues = Queues(
-        events_waiting=sum(b["waiting"] + b["pending"] for b in lanes.values()),
-        fast_lane=lanes[stream.FAST]["waiting"] + lanes[stream.FAST]["pending"],
-        lanes=lanes,
-        dead_letters=int(session.scalar(select(func.count()).select_from(db.DeadLetter)) or 0),
-        dead_letters_not_retried=dead_letters_not_retried(session),
-        trait_updates_refused=int(session.scalar(select(func.count()).select_from(db.DeadLetter)
-                                                 .where(db.DeadLetter.error.like(f"{TRAITS_OVER_CAP}%"))) or 0))
-    pending = select(func.count()).select_from(db.AlertStep).where(db.AlertStep.status == "pending")
-    return Status(
-        at=iso(now) or "", paused=bool(pause_value.get("paused")), pause=pause_value, queues=queues,
-        hot_leads_open=sum(open_by_rep.values()),
-        alerts_due=int(session.scalar(pending.where(db.AlertStep.due_at <= now)) or 0),
-        alerts_scheduled=int(session.scalar(pending) or 0),
-        unrouted=len(unrouted), unrouted_leads=unrouted[:50], reps=reps,
-        rules_hash=rules.hash if rules is not None else None, rules_file=rules_file or {"ok": True, "errors": []},
-        workers=workers, outbound=outbound_summary(session, now), ingest_refusals=refusals)
+# ---------------------------------------------------------------- the board
 
+
+@dataclass(frozen=True)
+class DeliveryState:
+    step: int
+    kind: str
+    recipient: str
+    channel: str
+    status: str
+
+
+@dataclass(frozen=True)
+class OpenLead:
+    lead_id: str
+    name: str | None
+    company: str | None
+    score: float
+    tier: str
+    signals: list[str]
+    rep: str | None
+    route: str
+    assigned_at: str
+    next_step: str | None            # the kind of the next pending step (retry, reassign, ...)
+    next_due_at: str | None
+    sla_due_at: str                  # cadence start + first-contact SLA
+    deliveries: list[DeliveryState]
+
+
+@dataclass(frozen=True)
+class RepBoard:
+    rep: str
+    name: str
+    in_hours: bool
+    away: bool
+    away_until: str | None
+    away_reason: str | None
+    open_leads: int
+    max_open: int | None
+    week_assigned: int               # round-robin count (after any credit back)
+    week_credited: int
+    week_share: float | None
+    weight_share: float
+    disabled_channels: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Today:
+    since: str
+    speed_to_lead: SpeedToLead
+    cadence_lateness: Spread         # re-alerts fired after their due time
+    unrouted: int
+    dead_letters: int
+
+
+@dataclass(frozen=True)
+class Board:
+    at: str
+    paused: bool
+    open_hot_leads: int              # all of them; ``leads`` holds the most urgent ``BOARD_ROWS``
+    leads: list[OpenLead]
+    reps: list[RepBoard]
+    today: Today
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["today"]["speed_to_lead"] = _json(self.today.speed_to_lead)
+        return out
+
+
+BOARD_ROWS = 200
+
+
+def board(session: Session, rules: Rules, now: datetime | None = None, window: timedelta = timedelta(hours=24)
+          ) -> Board:
+    """Everything ``/board`` shows, bounded: the ``BOARD_ROWS`` open hot leads whose cadence started
+    first, every rep, and the last ``window`` (as ``report --since 24h``)."""
+    now = now or db.now_utc()
+    unclaimed = (db.Assignment.current.is_(True), db.Assignment.claimed_at.is_(None),
+                 db.Assignment.rep_id.is_not(None), db.HotEpisode.status == "open", db.Lead.closed_at.is_(None))
+    joined = (select(db.Assignment, db.Lead)
+              .join(db.HotEpisode, db.HotEpisode.id == db.Assignment.episode_id)
+              .join(db.Lead, db.Lead.id == db.Assignment.lead_id).where(*unclaimed))
+    rows = session.execute(joined.order_by(db.Assignment.start_at, db.Assignment.id).limit(BOARD_ROWS)).all()
+    total = sum(open_hot_by_rep(session).values())
+    ids = [a.id for a, _ in rows]
+    steps: dict[int, list[db.AlertStep]] = {}
+    if ids:
+        for s in session.scalars(select(db.AlertStep).where(db.AlertStep.assignment_id.in_(ids))
+                                 .order_by(db.AlertStep.due_at, db.AlertStep.id)):
+            steps.setdefault(s.assignment_id or 0, []).append(s)
+    step_ids = [s.id for lst in steps.values() for s in lst if s.status != "pending"]
+    deliveries: dict[int, list[db.Delivery]] = {}
+    for i in range(0, len(step_ids), 500):
+        for d in session.scalars(select(db.Delivery).where(db.Delivery.step_id.in_(step_ids[i:i + 500]))
+                                 .order_by(db.Delivery.id)):
+            deliveries.setdefault(d.step_id or 0, []).append(d)
+    sla = rules.alerts.first_contact_sla
+    leads = []
+    for a, lead in rows:
+        mine = steps.get(a.id, [])
+        nxt = next((s for s in mine if s.status == "pending"), None)
+        traits = lead.traits or {}
+        company = traits["company"] if isinstance(traits.get("company"), dict) else {}
+        events = (lead.breakdown or {}).get("events") or {}
+        top = sorted(((v.get("points", 0), k) for k, v in events.items() if isinstance(v, dict)), reverse=True)[:3]
+        leads.append(OpenLead(
+            lead.id, _text(traits.get("name")), _text(company.get("name")), round(lead.score, 1), lead.tier,
+            [k for p, k in top if p > 0], a.rep_id, a.route, iso(a.created_at) or "",
+            nxt.kind if nxt else None, iso(nxt.due_at) if nxt else None, iso(a.start_at + sla) or "",
+            [DeliveryState(s.step, s.kind, d.recipient, d.channel, d.status)
+             for s in mine for d in deliveries.get(s.id, [])]))
+
+    state = routing_state(session, rules, None, now)
+    away = away_of(session, now)
+    disabled = {s.rep_id: dict(s.disabled_channels or {}) for s in session.scalars(select(db.RepState))}
+    week = {r.id: sum(state.rep(r.id).assigned_7d.values()) for r in rules.reps}
+    weights = sum(r.weight for r in rules.reps) or 1
+    reps = []
+    for r in rules.reps:
+        st = state.rep(r.id)
+        until, why = away.get(r.id, (None, None))
+        reps.append(RepBoard(
+            r.id, r.display, is_working(parse_hours(r.hours), r.timezone, r.holidays, now), until is not None,
+            None if until is None or until >= FOREVER else iso(until), why, st.open_leads, r.max_open,
+            week[r.id], sum(st.credited_7d.values()),
+            round(week[r.id] / sum(week.values()), 3) if sum(week.values()) else None,
+            round(r.weight / weights, 3), disabled.get(r.id, {})))
+
+    start = now - window
+    late = [max(0.0, (_aware(fired) - _aware(due)).total_seconds()) for fired, due in session.execute(
+        select(db.AlertStep.fired_at, db.AlertStep.due_at)
+        .where(db.AlertStep.fired_at >= start, db.AlertStep.step.between(1, 99))).all() if fired is not None]
+    unrouted = int(session.scalar(select(func.count()).select_from(db.HotEpisode)
+                                  .where(db.HotEpisode.status == "unrouted", db.HotEpisode.closed_at.is_(None))) or 0)
+    today = Today(iso(start) or "", speed_to_lead(session, start), Spread.of(late), unrouted,
+                  dead_letters_not_retried(session))
+    return Board(iso(now) or "", is_paused(session), total, leads, reps, today)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

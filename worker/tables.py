@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from worker.reports import Report, Spread, Status
+from worker.reports import Report, Spread
+from worker.status import Status
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:

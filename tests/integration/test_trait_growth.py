@@ -22,7 +22,7 @@ def attack(n: int, keys: int = 80) -> list[dict]:
 
 
 def test_trait_growth_is_capped_and_a_normal_lead_behind_it_is_alerted_at_once(pipeline: Pipeline) -> None:
-    from worker.reports import status
+    from worker.status import status
 
     fast_rules(pipeline.config)        # every rep in hours: the first alert is due at once
     pipeline.processes.celery_worker(queues="events,fast,alerts", concurrency=2)
