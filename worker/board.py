@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from worker import board_html, operator, reports
+from worker import board_html, db, operator, reports
 from worker.runtime import get_runtime
 from worker.webhooks import in_db_thread
 
@@ -151,10 +151,15 @@ async def logout() -> Response:
 # ---------------------------------------------------------------- the board
 
 
-def _board() -> reports.Board:
+def _board(today: bool = True) -> reports.Board:
     rt = get_runtime()
     with rt.sessions() as session:
-        return reports.board(session, rt.rules)
+        return reports.board(session, rt.rules, today=today)
+
+
+def _today() -> reports.Today:
+    with get_runtime().sessions() as session:
+        return reports.day(session, db.now_utc())
 
 
 @router.get("", response_model=None)
@@ -163,8 +168,11 @@ async def board_page(request: Request) -> Response:
     if name is None:
         return RedirectResponse("/board/login", status_code=303, headers=HEADERS)
     data = await in_db_thread(_board)
+    assert data.today is not None
     rep_ids = [r.id for r in get_runtime().rules.reps]
-    body = f'<div id="live">{board_html.live(data, rep_ids)}</div><p id="flash" class="note" role="status"></p>'
+    body = (f'<p id="flash" class="note" role="status" style="margin:.5rem 1.2rem 0"></p><main>'
+            f'<div id="live">{board_html.live(data, rep_ids)}</div>'
+            f'<div id="today">{board_html.today(data.today)}</div></main>')
     return _html(board_html.page("Live", body, who=name, csrf=csrf_token(request)))
 
 
@@ -172,8 +180,15 @@ async def board_page(request: Request) -> Response:
 async def board_live(request: Request) -> Response:
     if who(request) is None:
         return _refused()
-    data = await in_db_thread(_board)
+    data = await in_db_thread(_board, False)
     return _html(board_html.live(data, [r.id for r in get_runtime().rules.reps]))
+
+
+@router.get("/today", response_model=None)
+async def board_today(request: Request) -> Response:
+    if who(request) is None:
+        return _refused()
+    return _html(board_html.today(await in_db_thread(_today)))
 
 
 @router.get("/data.json", response_model=None)
@@ -252,6 +267,7 @@ SCRIPT = r"""
 (function () {
   const csrf = document.querySelector('meta[name="csrf"]').content;
   const live = document.getElementById("live");
+  const today = document.getElementById("today");
   const flash = document.getElementById("flash");
   function fmt(ms) {
     const late = ms < 0, s = Math.floor(Math.abs(ms) / 1000);
@@ -275,6 +291,13 @@ SCRIPT = r"""
       if (r.ok && !live.contains(document.activeElement)) { live.innerHTML = await r.text(); tick(); }
     } catch (e) { /* the next round tries again */ }
   }
+  async function refreshToday() {
+    if (!today) return;
+    try {
+      const r = await fetch("/board/today", {credentials: "same-origin", cache: "no-store"});
+      if (r.ok) today.innerHTML = await r.text();
+    } catch (e) { /* the next round tries again */ }
+  }
   async function act(action, lead, rep, reason) {
     const body = new URLSearchParams({action: action, lead: lead});
     if (rep) body.set("rep", rep);
@@ -284,6 +307,7 @@ SCRIPT = r"""
     const answer = await r.json();
     if (flash) flash.textContent = answer.message;
     refresh();
+    refreshToday();
   }
   document.addEventListener("click", function (ev) {
     const b = ev.target.closest("button.act");
@@ -301,5 +325,6 @@ SCRIPT = r"""
   tick();
   setInterval(tick, 1000);
   setInterval(refresh, 2000);
+  setInterval(refreshToday, 10000);
 })();
 """

@@ -7,7 +7,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from worker.reports import Board, OpenLead, RepBoard
+from worker.reports import Board, OpenLead, RepBoard, Today
 from worker.tables import secs
 
 # histogram buckets, in seconds: [0,1), [1,2), ... [900, inf)
@@ -29,7 +29,7 @@ border-bottom:1px solid #eef0f3;vertical-align:top}th{color:#5a6270;font-weight:
 .delivered,.sent{background:#d9f2e3}.failed,.undeliverable{background:#f8d7da}.maybe_sent,.pending{background:#fff3cd}
 .away{color:#b3001b}.off{color:#888}button{font-size:.75rem;padding:.2rem .5rem;border-radius:5px;
 border:1px solid #c4c9d2;background:#fff;cursor:pointer}select,input{font-size:.75rem}
-.paused{background:#b3001b;color:#fff;padding:.4rem 1.2rem}.figures{display:flex;gap:1.5rem;flex-wrap:wrap}
+.paused{background:#b3001b;color:#fff;font-weight:600}#live,#today{display:contents}.figures{display:flex;gap:1.5rem;flex-wrap:wrap}
 .figure b{display:block;font-size:1.3rem}.note{color:#5a6270;font-size:.8rem}
 .timeline li{margin:.25rem 0}.timeline time{color:#5a6270;font-variant-numeric:tabular-nums;margin-right:.5rem}
 form.login{max-width:22rem;margin:4rem auto;background:#fff;padding:1.5rem;border-radius:8px;border:1px solid #dde1e7}
@@ -61,21 +61,26 @@ def login_form(problem: str | None = None) -> str:
 
 
 def live(board: Board, rep_ids: Sequence[str]) -> str:
-    """The part of the board that refreshes every 2 s."""
-    paused = '<div class="paused">ALERTING PAUSED: events are still scored</div>' if board.paused else ""
+    """The part of the board that refreshes every 2 s: open hot leads and reps."""
+    paused = '<section class="wide paused">ALERTING PAUSED: events are still scored</section>' if board.paused else ""
     shown = f"{len(board.leads)} of {board.open_hot_leads}" if board.open_hot_leads > len(board.leads) \
         else str(board.open_hot_leads)
     leads = "".join(_lead_row(lead, rep_ids) for lead in board.leads) or \
         '<tr><td colspan="7" class="note">No open hot lead.</td></tr>'
     reps = "".join(_rep_row(r) for r in board.reps)
-    t = board.today
-    s = t.speed_to_lead
-    return (f'{paused}<main data-at="{e(board.at)}">'
-            f'<section class="wide"><h2>Open hot leads ({e(shown)})</h2><table id="leads"><thead><tr>'
+    return (f'{paused}<section class="wide" data-at="{e(board.at)}"><h2>Open hot leads ({e(shown)})</h2>'
+            '<table id="leads"><thead><tr>'
             "<th>Lead</th><th>Score</th><th>Signals</th><th>Rep</th><th>Next step</th><th>Deliveries</th>"
             f"<th>Operator</th></tr></thead><tbody>{leads}</tbody></table></section>"
-            f'<section><h2>Today <span class="note">(last 24 h, as <code>leadrouter report --since 24h</code>)</span></h2>'
-            f'<div class="figures">'
+            f'<section><h2>Reps</h2><table id="reps"><thead><tr><th>Rep</th><th>Availability</th><th>Open</th>'
+            f"<th>Week share</th><th>Disabled channels</th></tr></thead><tbody>{reps}</tbody></table></section>")
+
+
+def today(t: Today) -> str:
+    """The day's figures, refreshed every 10 s."""
+    s = t.speed_to_lead
+    return ('<section><h2>Today <span class="note">(last 24 h, as <code>leadrouter report --since 24h</code>)'
+            '</span></h2><div class="figures">'
             + _figure("hot episodes", s.hot_episodes)
             + _figure("system delay, median", secs(s.system_delay.median), "system-median")
             + _figure("human delay, median", secs(s.human_delay.median), "human-median")
@@ -83,10 +88,7 @@ def live(board: Board, rep_ids: Sequence[str]) -> str:
             + _figure("unrouted", t.unrouted) + _figure("dead letters", t.dead_letters)
             + f"</div>{histogram(s._system, s._human)}"
             '<p class="note">System delay: event received &rarr; first alert accepted by the provider. '
-            "Human delay: first alert &rarr; claim (or first contact).</p></section>"
-            f'<section><h2>Reps</h2><table id="reps"><thead><tr><th>Rep</th><th>Availability</th><th>Open</th>'
-            f"<th>Week share</th><th>Disabled channels</th></tr></thead><tbody>{reps}</tbody></table></section>"
-            "</main>")
+            "Human delay: first alert &rarr; claim (or first contact).</p></section>")
 
 
 def _figure(label: str, value: Any, ident: str = "") -> str:

@@ -118,19 +118,29 @@ def _aware(value: Any) -> datetime:
 
 
 def speed_to_lead(session: Session, start: datetime) -> SpeedToLead:
-    """The split over the hot episodes opened at or after ``start``."""
-    episodes = list(session.scalars(select(db.HotEpisode).where(db.HotEpisode.opened_at >= start)
-                                    .order_by(db.HotEpisode.id)))
-    by_episode: dict[int, list[db.Assignment]] = {}
-    ep_ids = [e.id for e in episodes]
-    for i in range(0, len(ep_ids), 500):
-        for a in session.scalars(select(db.Assignment).where(db.Assignment.episode_id.in_(ep_ids[i:i + 500]))
-                                 .order_by(db.Assignment.id)):
-            by_episode.setdefault(a.episode_id or 0, []).append(a)
-    sent = first_sent_by_assignment(session, [a.id for lst in by_episode.values() for a in lst])
+    """The split over the hot episodes opened at or after ``start``.
+
+    Three plain queries joined on the episode window (no per-row objects, no id lists): the
+    board runs this every refresh over a day of episodes."""
+    in_window = db.HotEpisode.opened_at >= start
+    episodes = session.execute(select(db.HotEpisode.id, db.HotEpisode.lead_id, db.HotEpisode.event_received_at,
+                                      db.HotEpisode.status).where(in_window).order_by(db.HotEpisode.id)).all()
+    by_episode: dict[int, list[Any]] = {}
+    for row in session.execute(select(db.Assignment.id, db.Assignment.episode_id, db.Assignment.rep_id,
+                                      db.Assignment.route, db.Assignment.claimed_at)
+                               .join(db.HotEpisode, db.HotEpisode.id == db.Assignment.episode_id)
+                               .where(in_window).order_by(db.Assignment.id)):
+        by_episode.setdefault(row.episode_id, []).append(row)
+    sent = {aid: _aware(at) for aid, at in session.execute(
+        select(db.AlertStep.assignment_id, func.min(db.Delivery.sent_at))
+        .join(db.Delivery, db.Delivery.step_id == db.AlertStep.id)
+        .join(db.Assignment, db.Assignment.id == db.AlertStep.assignment_id)
+        .join(db.HotEpisode, db.HotEpisode.id == db.Assignment.episode_id)
+        .where(in_window, db.Delivery.sent_at.is_not(None), db.Delivery.status.in_(SENT))
+        .group_by(db.AlertStep.assignment_id)) if aid is not None and at is not None}
+    contacted_ids = {e.lead_id for e in episodes if e.status == "contacted"}
     contacted = dict(session.execute(select(db.Lead.id, db.Lead.contacted_at)
-                                     .where(db.Lead.id.in_({e.lead_id for e in episodes if e.status == "contacted"})))
-                     .all()) if any(e.status == "contacted" for e in episodes) else {}
+                                     .where(db.Lead.id.in_(contacted_ids))).all()) if contacted_ids else {}
     system: list[float] = []
     human: list[float] = []
     contact: list[float] = []
@@ -329,56 +339,66 @@ class Board:
     open_hot_leads: int              # all of them; ``leads`` holds the most urgent ``BOARD_ROWS``
     leads: list[OpenLead]
     reps: list[RepBoard]
-    today: Today
+    today: Today | None              # None: a refresh of the live part only
 
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)
-        out["today"]["speed_to_lead"] = _json(self.today.speed_to_lead)
+        if self.today is not None:
+            out["today"]["speed_to_lead"] = _json(self.today.speed_to_lead)
         return out
 
 
 BOARD_ROWS = 200
+TODAY = timedelta(hours=24)
 
 
-def board(session: Session, rules: Rules, now: datetime | None = None, window: timedelta = timedelta(hours=24)
-          ) -> Board:
+def board(session: Session, rules: Rules, now: datetime | None = None, *, today: bool = True,
+          window: timedelta = TODAY) -> Board:
     """Everything ``/board`` shows, bounded: the ``BOARD_ROWS`` open hot leads whose cadence started
-    first, every rep, and the last ``window`` (as ``report --since 24h``)."""
+    first, every rep, and (``today``) the last ``window``, as ``report --since 24h`` has it. The
+    board refreshes the leads and reps every 2 s and the day's figures, which scan the day's
+    episodes, every 10 s."""
     now = now or db.now_utc()
-    unclaimed = (db.Assignment.current.is_(True), db.Assignment.claimed_at.is_(None),
-                 db.Assignment.rep_id.is_not(None), db.HotEpisode.status == "open", db.Lead.closed_at.is_(None))
-    joined = (select(db.Assignment, db.Lead)
-              .join(db.HotEpisode, db.HotEpisode.id == db.Assignment.episode_id)
-              .join(db.Lead, db.Lead.id == db.Assignment.lead_id).where(*unclaimed))
-    rows = session.execute(joined.order_by(db.Assignment.start_at, db.Assignment.id).limit(BOARD_ROWS)).all()
-    total = sum(open_hot_by_rep(session).values())
-    ids = [a.id for a, _ in rows]
-    steps: dict[int, list[db.AlertStep]] = {}
+    # "current = true" (not "IS true"): what lets PostgreSQL use the partial index ix_assignments_open_start.
+    # A closed lead's episodes are closed with it (worker.operator.close_lead): the episode's status says it.
+    unclaimed = (db.Assignment.current == True, db.Assignment.claimed_at.is_(None),  # noqa: E712
+                 db.Assignment.rep_id.is_not(None), db.HotEpisode.status == "open")
+    open_assignments = select(db.Assignment.id).join(db.HotEpisode, db.HotEpisode.id == db.Assignment.episode_id) \
+        .where(*unclaimed)
+    A, L, S, D = db.Assignment, db.Lead, db.AlertStep, db.Delivery   # plain columns: no objects to build
+    rows = session.execute(select(A.id, A.rep_id, A.route, A.created_at, A.start_at, L.id, L.traits, L.breakdown,
+                                  L.score, L.tier).join(L, L.id == A.lead_id)
+                           .where(A.id.in_(open_assignments.order_by(A.start_at, A.id).limit(BOARD_ROWS)
+                                           .scalar_subquery()))
+                           .order_by(A.start_at, A.id)).all()
+    total = int(session.scalar(select(func.count()).select_from(open_assignments.subquery())) or 0)
+    ids = [row[0] for row in rows]
+    steps: dict[int, list[Any]] = {}
     if ids:
-        for s in session.scalars(select(db.AlertStep).where(db.AlertStep.assignment_id.in_(ids))
-                                 .order_by(db.AlertStep.due_at, db.AlertStep.id)):
-            steps.setdefault(s.assignment_id or 0, []).append(s)
-    step_ids = [s.id for lst in steps.values() for s in lst if s.status != "pending"]
-    deliveries: dict[int, list[db.Delivery]] = {}
+        for st in session.execute(select(S.id, S.assignment_id, S.step, S.kind, S.status, S.due_at)
+                                  .where(S.assignment_id.in_(ids)).order_by(S.due_at, S.id)):
+            steps.setdefault(st.assignment_id or 0, []).append(st)
+    step_ids = [st.id for lst in steps.values() for st in lst if st.status != "pending"]
+    deliveries: dict[int, list[Any]] = {}
     for i in range(0, len(step_ids), 500):
-        for d in session.scalars(select(db.Delivery).where(db.Delivery.step_id.in_(step_ids[i:i + 500]))
-                                 .order_by(db.Delivery.id)):
+        for d in session.execute(select(D.step_id, D.recipient, D.channel, D.status)
+                                 .where(D.step_id.in_(step_ids[i:i + 500])).order_by(D.id)):
             deliveries.setdefault(d.step_id or 0, []).append(d)
     sla = rules.alerts.first_contact_sla
     leads = []
-    for a, lead in rows:
-        mine = steps.get(a.id, [])
-        nxt = next((s for s in mine if s.status == "pending"), None)
-        traits = lead.traits or {}
+    for aid, rep_id, route, created_at, start_at, lead_id, traits, breakdown, score, tier in rows:
+        mine = steps.get(aid, [])
+        nxt = next((st for st in mine if st.status == "pending"), None)
+        traits = traits or {}
         company = traits["company"] if isinstance(traits.get("company"), dict) else {}
-        events = (lead.breakdown or {}).get("events") or {}
+        events = (breakdown or {}).get("events") or {}
         top = sorted(((v.get("points", 0), k) for k, v in events.items() if isinstance(v, dict)), reverse=True)[:3]
         leads.append(OpenLead(
-            lead.id, _text(traits.get("name")), _text(company.get("name")), round(lead.score, 1), lead.tier,
-            [k for p, k in top if p > 0], a.rep_id, a.route, iso(a.created_at) or "",
-            nxt.kind if nxt else None, iso(nxt.due_at) if nxt else None, iso(a.start_at + sla) or "",
-            [DeliveryState(s.step, s.kind, d.recipient, d.channel, d.status)
-             for s in mine for d in deliveries.get(s.id, [])]))
+            lead_id, _text(traits.get("name")), _text(company.get("name")), round(score, 1), tier,
+            [k for p, k in top if p > 0], rep_id, route, iso(created_at) or "",
+            nxt.kind if nxt else None, iso(nxt.due_at) if nxt else None, iso(start_at + sla) or "",
+            [DeliveryState(st.step, st.kind, d.recipient, d.channel, d.status)
+             for st in mine for d in deliveries.get(st.id, [])]))
 
     state = routing_state(session, rules, None, now)
     away = away_of(session, now)
@@ -387,24 +407,30 @@ def board(session: Session, rules: Rules, now: datetime | None = None, window: t
     weights = sum(r.weight for r in rules.reps) or 1
     reps = []
     for r in rules.reps:
-        st = state.rep(r.id)
+        rs = state.rep(r.id)
         until, why = away.get(r.id, (None, None))
         reps.append(RepBoard(
             r.id, r.display, is_working(parse_hours(r.hours), r.timezone, r.holidays, now), until is not None,
-            None if until is None or until >= FOREVER else iso(until), why, st.open_leads, r.max_open,
-            week[r.id], sum(st.credited_7d.values()),
+            None if until is None or until >= FOREVER else iso(until), why, rs.open_leads, r.max_open,
+            week[r.id], sum(rs.credited_7d.values()),
             round(week[r.id] / sum(week.values()), 3) if sum(week.values()) else None,
             round(r.weight / weights, 3), disabled.get(r.id, {})))
 
+    if not today:
+        return Board(iso(now) or "", is_paused(session), total, leads, reps, None)
+    return Board(iso(now) or "", is_paused(session), total, leads, reps, day(session, now, window))
+
+
+def day(session: Session, now: datetime, window: timedelta = TODAY) -> Today:
+    """The board's "today": speed to lead, the cadence's lateness, unrouted leads, dead letters."""
     start = now - window
     late = [max(0.0, (_aware(fired) - _aware(due)).total_seconds()) for fired, due in session.execute(
         select(db.AlertStep.fired_at, db.AlertStep.due_at)
         .where(db.AlertStep.fired_at >= start, db.AlertStep.step.between(1, 99))).all() if fired is not None]
     unrouted = int(session.scalar(select(func.count()).select_from(db.HotEpisode)
                                   .where(db.HotEpisode.status == "unrouted", db.HotEpisode.closed_at.is_(None))) or 0)
-    today = Today(iso(start) or "", speed_to_lead(session, start), Spread.of(late), unrouted,
-                  dead_letters_not_retried(session))
-    return Board(iso(now) or "", is_paused(session), total, leads, reps, today)
+    return Today(iso(start) or "", speed_to_lead(session, start), Spread.of(late), unrouted,
+                 dead_letters_not_retried(session))
 
 
 def _text(value: Any) -> str | None:
