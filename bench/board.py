@@ -136,27 +136,33 @@ def _spread(times: list[float]) -> dict[str, float]:
             "max": round(s[-1], 1)}
 
 
+def measure(databases: Databases, quick: bool) -> dict[str, Any]:
+    """Fill a database of ``databases`` and time the board on it; ``bench.run`` calls this too."""
+    leads, open_hot, claimed = (10_000, 1_000, 1_000) if quick else (1_000_000, 10_000, 10_000)
+    url = databases.create("board")
+    now = datetime.now(UTC)
+    started = time.monotonic()
+    fill(url, leads, open_hot, claimed, now)
+    print(f"filled {leads} leads ({open_hot} open hot, {claimed} claimed today) in "
+          f"{time.monotonic() - started:.0f}s on {databases.kind}", flush=True)
+    live, today = refresh_ms(url, 30)
+    return {"board_refresh_ms": _spread(live), "board_today_ms": _spread(today),
+            "sizes": {"leads": leads, "open_hot_leads": open_hot, "claimed_today": claimed}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.board", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10,000 leads, 1,000 open: checks the harness")
     args = parser.parse_args(argv)
-    leads, open_hot, claimed = (10_000, 1_000, 1_000) if args.quick else (1_000_000, 10_000, 10_000)
     sys.path.insert(0, str(ROOT))
     databases = Databases(Path(tempfile.mkdtemp(prefix="leadrouter-bench-board-")), os.environ.get("DATABASE_URL"))
     try:
-        url = databases.create("board")
-        now = datetime.now(UTC)
-        started = time.monotonic()
-        fill(url, leads, open_hot, claimed, now)
-        print(f"filled {leads} leads ({open_hot} open hot, {claimed} claimed today) in "
-              f"{time.monotonic() - started:.0f}s on {databases.kind}", flush=True)
-        live, today = refresh_ms(url, 30)
+        figures = measure(databases, args.quick)
     finally:
         databases.drop_all()
-    result = {"board_refresh_ms": _spread(live), "board_today_ms": _spread(today),
+    result = {"board_refresh_ms": figures["board_refresh_ms"], "board_today_ms": figures["board_today_ms"],
               "meta": {"date": datetime.now(UTC).isoformat(timespec="seconds"), "database": databases.kind,
-                       "leads": leads, "open_hot_leads": open_hot, "claimed_today": claimed,
-                       "mode": "quick" if args.quick else "full"}}
+                       **figures["sizes"], "mode": "quick" if args.quick else "full"}}
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"board refresh (every 2 s): median {result['board_refresh_ms']['median']} ms, "
           f"p95 {result['board_refresh_ms']['p95']} ms (target < 100 ms on PostgreSQL); the day's figures (every 10 s): "

@@ -11,6 +11,8 @@ Scenarios (``--only`` takes these names):
 - ``per_event_cost``: the cost of a drained event with many leads in the database vs few.
 - ``worker_rss``: the worker tree's memory after many events (shares the throughput
   worker when both run).
+- ``board``: one refresh of the operator's board with 1,000,000 leads and 10,000 open hot
+  leads (``bench/board.py``; also runs alone as ``python -m bench.board``).
 
 Every process, the private Redis and any PostgreSQL database the run creates are
 removed at the end, on Ctrl-C and on errors too.
@@ -43,7 +45,7 @@ from bench.stack import CONFIG, ROOT, Databases, Processes, RedisServer, tree_rs
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 PLOT = Path(__file__).resolve().parent / "speed_to_lead.svg"
-SCENARIOS = ("throughput", "speed_to_lead", "priority", "cadence", "per_event_cost", "worker_rss")
+SCENARIOS = ("throughput", "speed_to_lead", "priority", "cadence", "per_event_cost", "worker_rss", "board")
 LOW_VALUE = ("Page Viewed", "Blog Post Viewed", "Email Clicked")   # never enough together to make a lead hot
 
 PROVIDER_ENV = {
@@ -837,6 +839,10 @@ def main(argv: list[str] | None = None) -> int:
             results["cadence_lateness_ms"] = attempt("cadence", lambda: cadence(bench))
         if "per_event_cost" in chosen:
             results["per_event_cost_ratio_1m_vs_10k"] = attempt("per_event_cost", lambda: per_event_cost(bench))
+        if "board" in chosen:   # bench/board.py: the operator board's refresh with a million leads
+            from bench.board import measure
+
+            results["board"] = attempt("board", lambda: measure(bench.databases, args.quick))
     finally:
         bench.close()
     results["meta"]["failed"] = failed

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import threading
 import time
 from functools import partial
 from urllib.parse import parse_qs
@@ -33,6 +34,7 @@ router = APIRouter(prefix="/board", include_in_schema=False)
 COOKIE = "leadrouter_board"
 COOKIE_TTL = 12 * 3600
 MAX_FORM = 4096
+DAY_TTL = 3.0
 HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
            "X-Content-Type-Options": "nosniff",
            "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
@@ -157,9 +159,20 @@ def _board(today: bool = True) -> reports.Board:
         return reports.board(session, rt.rules, today=today)
 
 
+_day_cache: list[tuple[float, reports.Today]] = []
+_day_lock = threading.Lock()
+
+
 def _today() -> reports.Today:
-    with get_runtime().sessions() as session:
-        return reports.day(session, db.now_utc())
+    """The day's figures, computed at most once every ``DAY_TTL`` seconds for every operator watching:
+    they read every episode of the last 24 hours."""
+    with _day_lock:
+        if _day_cache and time.monotonic() - _day_cache[0][0] < DAY_TTL:
+            return _day_cache[0][1]
+        with get_runtime().sessions() as session:
+            figures = reports.day(session, db.now_utc())
+        _day_cache[:] = [(time.monotonic(), figures)]
+        return figures
 
 
 @router.get("", response_model=None)

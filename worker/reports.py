@@ -118,27 +118,25 @@ def _aware(value: Any) -> datetime:
 
 
 def speed_to_lead(session: Session, start: datetime) -> SpeedToLead:
-    """The split over the hot episodes opened at or after ``start``.
+    """The split over the hot episodes opened at or after ``start``; per rep, over the episodes
+    first routed to them and alerted.
 
-    Three plain queries joined on the episode window (no per-row objects, no id lists): the
-    board runs this every refresh over a day of episodes."""
+    The database folds each episode's assignments, alert steps and deliveries into one row (its
+    first assignment, first claim, first alert accepted): the board reads a day of episodes every
+    10 s, and a row per episode is what it can afford."""
     in_window = db.HotEpisode.opened_at >= start
-    episodes = session.execute(select(db.HotEpisode.id, db.HotEpisode.lead_id, db.HotEpisode.event_received_at,
-                                      db.HotEpisode.status).where(in_window).order_by(db.HotEpisode.id)).all()
-    by_episode: dict[int, list[Any]] = {}
-    for row in session.execute(select(db.Assignment.id, db.Assignment.episode_id, db.Assignment.rep_id,
-                                      db.Assignment.route, db.Assignment.claimed_at)
-                               .join(db.HotEpisode, db.HotEpisode.id == db.Assignment.episode_id)
-                               .where(in_window).order_by(db.Assignment.id)):
-        by_episode.setdefault(row.episode_id, []).append(row)
-    sent = {aid: _aware(at) for aid, at in session.execute(
-        select(db.AlertStep.assignment_id, func.min(db.Delivery.sent_at))
-        .join(db.Delivery, db.Delivery.step_id == db.AlertStep.id)
-        .join(db.Assignment, db.Assignment.id == db.AlertStep.assignment_id)
-        .join(db.HotEpisode, db.HotEpisode.id == db.Assignment.episode_id)
-        .where(in_window, db.Delivery.sent_at.is_not(None), db.Delivery.status.in_(SENT))
-        .group_by(db.AlertStep.assignment_id)) if aid is not None and at is not None}
-    contacted_ids = {e.lead_id for e in episodes if e.status == "contacted"}
+    E, A, S, D = db.HotEpisode, db.Assignment, db.AlertStep, db.Delivery
+    total = int(session.scalar(select(func.count()).select_from(E).where(in_window)) or 0)
+    rows = session.execute(
+        select(E.lead_id, E.event_received_at, E.status, func.min(A.id), func.min(A.claimed_at), func.min(D.sent_at))
+        .join(A, A.episode_id == E.id)
+        .outerjoin(S, S.assignment_id == A.id)
+        .outerjoin(D, (D.step_id == S.id) & D.status.in_(SENT) & D.sent_at.is_not(None))
+        .where(in_window).group_by(E.id, E.lead_id, E.event_received_at, E.status)).all()
+    firsts = {aid: (rep, route) for aid, rep, route in session.execute(
+        select(A.id, A.rep_id, A.route).where(A.id.in_(select(func.min(A.id)).join(E, E.id == A.episode_id)
+                                                       .where(in_window).group_by(A.episode_id))))}
+    contacted_ids = {lead_id for lead_id, _, status, *_ in rows if status == "contacted"}
     contacted = dict(session.execute(select(db.Lead.id, db.Lead.contacted_at)
                                      .where(db.Lead.id.in_(contacted_ids))).all()) if contacted_ids else {}
     system: list[float] = []
@@ -146,34 +144,31 @@ def speed_to_lead(session: Session, start: datetime) -> SpeedToLead:
     contact: list[float] = []
     per_rep: dict[str, tuple[list[float], list[float], list[float], list[int]]] = {}
     queued = 0
-    for ep in episodes:
-        lst = by_episode.get(ep.id, [])
-        if not lst:
-            continue
-        alerts = sorted((sent[a.id], a) for a in lst if a.id in sent)
-        first_alert, alerted = (alerts[0][0], alerts[0][1].rep_id) if alerts else (None, None)
-        mine = per_rep.setdefault(alerted or "", ([], [], [], [0])) if alerted else None
+    for lead_id, received, _status, first_id, claim_raw, sent_raw in rows:
+        rep, route = firsts.get(first_id, (None, None))
+        first_alert = _aware(sent_raw) if sent_raw is not None else None
+        claim = _aware(claim_raw) if claim_raw is not None else None
+        mine = per_rep.setdefault(rep, ([], [], [], [0])) if rep and first_alert is not None else None
         if mine is not None:
             mine[3][0] += 1
-        if lst[0].route == "queued":
+        if route == "queued":
             queued += 1   # waiting for a shift is policy, not system delay
-        elif first_alert is not None and ep.event_received_at is not None:
-            system.append(max(0.0, (first_alert - ep.event_received_at).total_seconds()))
+        elif first_alert is not None and received is not None:
+            system.append(max(0.0, (first_alert - received).total_seconds()))
             if mine is not None:
                 mine[0].append(system[-1])
-        claims = [a.claimed_at for a in lst if a.claimed_at is not None]
-        contact_at = contacted.get(ep.lead_id)
-        ack = min(claims) if claims else contact_at
+        contact_at = contacted.get(lead_id)
+        ack = claim or contact_at
         if ack is not None and first_alert is not None:
             human.append(max(0.0, (ack - first_alert).total_seconds()))
             if mine is not None:
                 mine[1].append(human[-1])
-        if claims and contact_at is not None and contact_at >= min(claims):
-            contact.append((contact_at - min(claims)).total_seconds())
+        if claim is not None and contact_at is not None and contact_at >= claim:
+            contact.append((contact_at - claim).total_seconds())
             if mine is not None:
                 mine[2].append(contact[-1])
     return SpeedToLead(
-        hot_episodes=len(episodes), queued_after_hours=queued, system_delay=Spread.of(system),
+        hot_episodes=total, queued_after_hours=queued, system_delay=Spread.of(system),
         human_delay=Spread.of(human), contact_delay=Spread.of(contact),
         by_rep=[RepSpeed(rep, n[0], _median(s), _median(h), _median(c)) for rep, (s, h, c, n) in sorted(per_rep.items())],
         _system=tuple(system), _human=tuple(human))

@@ -92,7 +92,7 @@ def test_board_in_a_real_browser(alert_env, processes, providers):
         claimed_at = time.monotonic()
         expect(row).to_have_count(0, timeout=3_000)
         assert time.monotonic() - claimed_at < 3.0
-        expect(page.locator("#human-median")).not_to_have_text("-", timeout=12_000)   # the day: every 10 s
+        expect(page.locator("#human-median")).not_to_have_text("-", timeout=15_000)   # the day: every 10 s
         page.screenshot(path=str(ARTIFACTS / "board-claimed.png"), full_page=True)
 
         # the lead's timeline page
