@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import FULL, QUICK, Bench, log
+from bench.scenarios.board import measure as board_refresh
 from bench.scenarios.cadence import cadence
 from bench.scenarios.per_event_cost import per_event_cost
 from bench.scenarios.priority import priority
@@ -42,7 +43,7 @@ from bench.scenarios.voice import crossing_to_ring
 from bench.stack import ROOT
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
-SCENARIOS = ("throughput", "speed_to_lead", "priority", "cadence", "per_event_cost", "worker_rss", "voice")
+SCENARIOS = ("throughput", "speed_to_lead", "priority", "cadence", "per_event_cost", "worker_rss", "voice", "board")
 
 
 # ---------------------------------------------------------------- report
@@ -147,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             results["per_event_cost_ratio_1m_vs_10k"] = attempt("per_event_cost", lambda: per_event_cost(bench))
         if "voice" in chosen:   # call-first alerts: crossing → ring
             results["voice_ring_ms"] = attempt("voice", lambda: crossing_to_ring(bench))
+        if "board" in chosen:   # the operator board's refresh with a million leads
+            results["board"] = attempt("board", lambda: board_refresh(bench.databases, args.quick))
     finally:
         bench.close()
     results["meta"]["failed"] = failed

@@ -243,6 +243,33 @@ class Team(_Model):
         return v
 
 
+class AutoAway(_Model):
+    """``routing.auto_away``: a rep who lets ``after_missed`` first alerts in a row pass the
+    first-contact SLA unclaimed is set away ``for`` this long; their manager is told."""
+
+    after_missed: int = Field(default=3, ge=1)
+    for_: Duration = Field(default=timedelta(hours=1), alias="for")
+
+    _v = field_validator("for_", mode="before")(_duration)
+
+    @field_validator("for_")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("auto_away.for must be a positive duration such as 1h")
+        return v
+
+
+class Fairness(_Model):
+    """``routing.fairness``: ``credit_back`` takes a lead reassigned away from a rep, or closed as junk
+    within ``junk_within`` of its assignment, off that rep's 7-day round-robin count."""
+
+    credit_back: bool = False
+    junk_within: Duration = timedelta(hours=1)
+
+    _v = field_validator("junk_within", mode="before")(_duration)
+
+
 class RoutingPolicy(_Model):
     after_hours: Literal["queue", "on_call"] = "queue"
     on_call: str | None = None
@@ -251,6 +278,8 @@ class RoutingPolicy(_Model):
     # when a voice alert's bridge must not ring the lead, in the lead's own zone (off when unset)
     quiet_hours: str | None = None
     quiet_hours_timezone: str = "UTC"   # the zone of a lead that names none
+    auto_away: AutoAway | None = None      # off unless the block is there
+    fairness: Fairness = Fairness()
 
     _v = field_validator("open_window", mode="before")(_duration)
 

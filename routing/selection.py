@@ -63,12 +63,17 @@ class RepState:
     assignment, made within ``routing.open_window``, no ``Lead Contacted``).
     ``assigned_7d``: team id -> assignments of this rep under that team id in
     the trailing 7 days (account-owner routes carry no team id and are not
-    counted).
+    counted), after any ``credited_7d``.
+    ``away_reason``: why the rep is away, when known (``auto-away: ...``).
+    ``credited_7d``: team id -> assignments taken off ``assigned_7d`` by
+    ``routing.fairness.credit_back`` (see :mod:`routing.healing`), shown in the reasons.
     """
 
     away_until: datetime | None = None
     open_leads: int = 0
     assigned_7d: Mapping[str, int] = field(default_factory=dict)
+    away_reason: str | None = None
+    credited_7d: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -287,7 +292,8 @@ def _look(rep: Rep, state: RepState, now: datetime, exclude: frozenset[str]) -> 
     if rep.id in exclude:
         return _Look(rep, "excluded", "excluded (previously assigned)")
     if state.away_until is not None and state.away_until > now:
-        return _Look(rep, "away", _away_reason(state.away_until))
+        why = f" ({state.away_reason})" if state.away_reason else ""
+        return _Look(rep, "away", _away_reason(state.away_until) + why)
     today = now.astimezone(ZoneInfo(rep.timezone)).date().isoformat()
     if today in rep.holidays:
         return _Look(rep, "holiday", f"holiday {today}")
@@ -344,6 +350,8 @@ def _has_skill(rep: Rep, industry: str | None) -> bool:
 def _load_reason(rep: Rep, team: Team, industry: str | None, state: RoutingState) -> str:
     count = state.rep(rep.id).assigned_7d.get(team.id, 0)
     load = f"load {count}/{rep.weight:g}={count / rep.weight:.2f}"
+    if credited := state.rep(rep.id).credited_7d.get(team.id, 0):
+        load += f" ({credited} credited back)"
     return f"skill match {industry}, {load}" if _has_skill(rep, industry) else load
 
 

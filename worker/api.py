@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from worker import api_ingest, http_common, metrics, voice, webhooks
+from worker import api_ingest, board, http_common, metrics, voice, webhooks
 from worker.api_ingest import error_response
 from worker.logs import mask_web_server_logs
 from worker.runtime import get_runtime
@@ -190,6 +190,8 @@ def create_app() -> FastAPI:
     app.include_router(api_ingest.router)
     app.include_router(webhooks.router)
     app.include_router(voice.router)
+    board.operator_tokens(settings.operator_tokens)   # a malformed setting fails here, at start, loudly
+    app.include_router(board.router)
 
     @app.get("/healthz", tags=["operations"], summary="Redis and database reachable", response_model=Health,
              responses={200: {"model": Health, "description": "Both reachable."},

@@ -24,6 +24,7 @@ from routing.ledger import ROUND_ROBIN_WINDOW
 from routing.scoring import PRIORITY
 from routing.selection import Decision, RepState, RoutingState, choose_rep, lead_domain
 from worker import db
+from worker.healing import away_reasons, credited_7d
 from worker.outbound import Emitter
 
 ROUTING_LOCK = 0x1EAD5  # advisory lock key for routing decisions
@@ -54,14 +55,19 @@ def routing_state(session: Session, rules: Rules, domain: str | None, now: datet
         .group_by(db.Assignment.rep_id, db.Assignment.team_id)
     ).all()
     per_rep: dict[str, dict[str, int]] = {}
+    credited = credited_7d(session, rules, now)   # routing.fairness.credit_back; empty when off
     for rep_id, team_id, n in week:
-        per_rep.setdefault(cast(str, rep_id), {})[cast(str, team_id)] = n   # both IS NOT NULL above
+        rep, team = cast(str, rep_id), cast(str, team_id)   # both IS NOT NULL above
+        per_rep.setdefault(rep, {})[team] = n - credited.get(rep, {}).get(team, 0)
+    away_why = away_reasons(session, now) if rules.routing.auto_away is not None else {}
     away = dict(session.execute(select(db.RepState.rep_id, db.RepState.away_until)).all())
     reps = {
         r.id: RepState(
             away_until=until if (until := away.get(r.id)) and until > now else None,
             open_leads=open_counts.get(r.id, 0),
             assigned_7d=per_rep.get(r.id, {}),
+            away_reason=away_why.get(r.id),
+            credited_7d=credited.get(r.id, {}),
         )
         for r in rules.reps
     }

@@ -73,7 +73,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    from worker import ops
+    from worker import operator
     from worker.runtime import get_runtime
 
     rt = get_runtime()
@@ -82,13 +82,13 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             raise CliError("dead-letters retry needs an ID (see dead-letters list)")
         try:
             with rt.sessions.begin() as session:
-                msg = ops.retry_dead_letter(session, rt.redis, rt.rules, args.id)
-        except ops.OpsError as exc:
+                msg = operator.retry_dead_letter(session, rt.redis, rt.rules, args.id)
+        except operator.OpsError as exc:
             raise CliError(str(exc)) from None
         print(msg)
         return 0
     with rt.sessions() as session:
-        rows = ops.list_dead_letters(session)
+        rows = operator.list_dead_letters(session)
     if args.json:
         json.dump(rows, sys.stdout, indent=1, default=str)
         print()
@@ -151,7 +151,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from worker import ops
+    from worker import status, tables
     from worker.runtime import get_runtime
     from worker.startup import rules_problems
 
@@ -160,29 +160,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     errors = rules_problems(path)   # a broken file on disk is news for status, not a reason to fail
     rules = None if errors else rt.rules
     with rt.sessions() as session:
-        data = ops.status(session, rt.redis, rules,
-                          rules_file={"path": str(path), "ok": not errors, "errors": errors})
+        data = status.status(session, rt.redis, rules,
+                             rules_file={"path": str(path), "ok": not errors, "errors": errors})
     if args.json:
-        json.dump(data, sys.stdout, indent=1, default=str)
+        json.dump(data.as_json(), sys.stdout, indent=1, default=str)
         print()
     else:
-        print(ops.render_status(data))
+        print(tables.render_status(data))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from worker import ops
+    from worker import reports, tables
     from worker.runtime import get_runtime
 
     since = _duration_arg(args.since)
     rt = get_runtime()
     with rt.sessions() as session:
-        data = ops.report(session, rt.rules, since)
+        data = reports.report(session, rt.rules, since)
     if args.json:
-        json.dump(data, sys.stdout, indent=1, default=str)
+        json.dump(data.as_json(), sys.stdout, indent=1, default=str)
         print()
     else:
-        print(ops.render_report(data))
+        print(tables.render_report(data))
     return 0
 
 
@@ -204,7 +204,7 @@ def _at_least_one(text: str) -> int:
 
 
 def cmd_rep(args: argparse.Namespace) -> int:
-    from worker import ops
+    from worker import operator
     from worker.db import now_utc
     from worker.runtime import get_runtime
 
@@ -219,13 +219,13 @@ def cmd_rep(args: argparse.Namespace) -> int:
                     until = parse_ts(args.until)
                 elif args.for_:
                     until = now_utc() + _duration_arg(args.for_)
-                end = ops.set_away(session, rt.rules, args.rep, until, actor=_actor(),
+                end = operator.set_away(session, rt.rules, args.rep, until, actor=_actor(),
                                    reason=getattr(args, "reason", None))
                 print(f"{args.rep} is away" + (f" until {iso(end)}" if until else " until `leadrouter rep back`"))
             else:
-                ops.set_back(session, rt.rules, args.rep, actor=_actor())
+                operator.set_back(session, rt.rules, args.rep, actor=_actor())
                 print(f"{args.rep} is back")
-    except ops.OpsError as exc:
+    except operator.OpsError as exc:
         raise CliError(str(exc)) from None
     return 0
 
@@ -240,16 +240,16 @@ def _actor() -> str:
 
 
 def cmd_lead(args: argparse.Namespace) -> int:
-    from worker import ops
+    from worker import operator
     from worker.dispatch import dispatch_steps
     from worker.runtime import get_runtime
 
     rt = get_runtime()
     try:
         with rt.sessions.begin() as session:
-            result = ops.lead_command(session, rt.rules, args.action, args.lead_id, getattr(args, "rep", None),
-                                      actor=_actor(), reason=args.reason)
-    except ops.OpsError as exc:
+            result = operator.lead_command(session, rt.rules, args.action, args.lead_id, getattr(args, "rep", None),
+                                           actor=_actor(), reason=args.reason)
+    except operator.OpsError as exc:
         raise CliError(str(exc)) from None
     dispatch_steps(result.due_steps)  # after the commit, as the pipeline does
     print(result.message)
@@ -268,13 +268,13 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    from worker import ops
+    from worker import operator
     from worker.runtime import get_runtime
 
     try:
         with get_runtime().sessions.begin() as session:
-            msg = ops.forget(session, args.lead_id, actor=_actor())
-    except ops.OpsError as exc:
+            msg = operator.forget(session, args.lead_id, actor=_actor())
+    except operator.OpsError as exc:
         raise CliError(str(exc)) from None
     print(msg)
     return 0

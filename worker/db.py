@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -113,6 +114,7 @@ class IdentityLink(Base):
 
 class HotEpisode(Base):
     __tablename__ = "hot_episodes"
+    __table_args__ = (Index("ix_hot_episodes_opened", "opened_at"),)   # report and board windows
 
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
     lead_id: Mapped[str] = mapped_column(String(220), index=True)
@@ -128,7 +130,11 @@ class HotEpisode(Base):
 
 class Assignment(Base):
     __tablename__ = "assignments"
-    __table_args__ = (Index("ix_assignments_rep_created", "rep_id", "created_at"),)
+    __table_args__ = (Index("ix_assignments_rep_created", "rep_id", "created_at"),
+                      # the board's open hot leads: unclaimed current assignments by cadence start
+                      Index("ix_assignments_open_start", "start_at", "id",
+                            postgresql_where=text("current AND claimed_at IS NULL"),
+                            sqlite_where=text("current AND claimed_at IS NULL")))
 
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
     episode_id: Mapped[int | None] = mapped_column(ForeignKey("hot_episodes.id"), index=True)
@@ -156,6 +162,7 @@ class AlertStep(Base):
     __table_args__ = (
         UniqueConstraint("assignment_id", "step", name="uq_alert_steps_assignment_step"),
         Index("ix_alert_steps_due", "status", "due_at"),
+        Index("ix_alert_steps_fired", "fired_at"),   # the board's cadence lateness
     )
 
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)

@@ -19,8 +19,9 @@ from routing.events import iso
 from routing.kinds import describe_delivery
 from worker import db
 from worker.channels.base import mask_recipient
-from worker.ops import ERASED, resolve_lead, table
+from worker.operator import ERASED, resolve_lead
 from worker.outbound import receiver_name
+from worker.tables import table
 
 
 def explain(session: Session, lead_id: str, rules: Rules | None = None, now: datetime | None = None

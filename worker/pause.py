@@ -7,6 +7,7 @@ unsent when it is settled is not sent then (SPEC §5, §6).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -25,8 +26,13 @@ def set_paused(session: Session, paused: bool, actor: str | None, reason: str | 
     """Stop (or restart) all alerting; events keep being scored while paused."""
     now = now or db.now_utc()
     value = {"paused": paused, "actor": actor, "reason": reason, "at": now.isoformat()}
-    row = session.get(db.Setting, PAUSE_KEY)
+    put_setting(session, PAUSE_KEY, value, now)
+
+
+def put_setting(session: Session, key: str, value: dict[str, Any], now: datetime) -> None:
+    """Write one row of the service's settings table (the pause switch, a rep's availability, …)."""
+    row = session.get(db.Setting, key)
     if row is None:
-        session.add(db.Setting(key=PAUSE_KEY, value=value, updated_at=now))
+        session.add(db.Setting(key=key, value=value, updated_at=now))
     else:
         row.value, row.updated_at = value, now

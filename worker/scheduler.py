@@ -37,6 +37,7 @@ from routing.kinds import DeliveryStatus, StepStatus
 from worker import db, engines, liveness, stream
 from worker.alerts import COLLAPSED, flush_held, settle_maybe_sent
 from worker.db import now_utc
+from worker.healing import auto_away_chore
 from worker.pause import is_paused
 from worker.runtime import get_runtime, settle_process
 
@@ -235,7 +236,8 @@ def start_housekeeping(done: threading.Event) -> list[threading.Thread]:
 
     threads = [
         threading.Thread(target=loop, args=((flush_held,), HEARTBEAT_EVERY), name="beat-housekeeping", daemon=True),
-        threading.Thread(target=loop, args=((settle_maybe_sent,), SETTLE_EVERY), name="beat-settling", daemon=True),
+        threading.Thread(target=loop, args=((settle_maybe_sent, auto_away_chore), SETTLE_EVERY), name="beat-settling",
+                         daemon=True),
         threading.Thread(target=loop, args=((keep_statistics,), STATISTICS_EVERY), name="beat-statistics",
                          daemon=True),
     ]

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     # No default: api, worker and beat refuse to start without a strong one (worker.startup).
     secret_key: str = Field(default="", alias="LEADROUTER_SECRET_KEY")
     public_url: str = Field(default="http://127.0.0.1:8000", alias="LEADROUTER_PUBLIC_URL")
+    # who may open /board: "name:token,name:token" (worker.board); none: the board refuses everyone
+    operator_tokens: str = Field(default="", alias="LEADROUTER_OPERATOR_TOKENS")
     twilio_account_sid: str | None = Field(default=None, alias="TWILIO_ACCOUNT_SID")
     twilio_auth_token: str | None = Field(default=None, alias="TWILIO_AUTH_TOKEN")
     twilio_from_number: str | None = Field(default=None, alias="TWILIO_FROM_NUMBER")

@@ -415,14 +415,14 @@ def test_refusals_are_logged_counted_by_route_and_source_and_listed(api: Api, re
     from sqlalchemy.orm import Session
 
     from routing.config import load_rules
-    from worker import ops
+    from worker import status, tables
 
     engine = create_engine(api.database_url)
     with Session(engine) as session:
-        data = ops.status(session, api.redis, load_rules(CONFIG))
+        data = status.status(session, api.redis, load_rules(CONFIG))
     engine.dispose()
-    assert [f["path"] for f in data["ingest_refusals"]] == ["/v1/m", "/v1/t", "/v1/b", "/v1/track"]
-    text = ops.render_status(data)
+    assert [f["path"] for f in data.ingest_refusals] == ["/v1/m", "/v1/t", "/v1/b", "/v1/track"]
+    text = tables.render_status(data)
     assert "refused request" in text and "404 http_404" in text and "401 unauthorized" in text
 
 

@@ -169,7 +169,7 @@ def test_every_lead_command_through_the_cli_against_a_running_worker(running: di
             for row in s.execute(table.select()).mappings():
                 blob = json.dumps(dict(row), default=str)
                 assert "u-op@acme.com" not in blob and "+14155550100" not in blob, table.name
-        from worker.ops import forgotten_id
+        from worker.operator import forgotten_id
 
         assert s.get(db.Lead, "u-op") is None                 # the id itself was the person's too
         lead = s.get(db.Lead, forgotten_id("u-op"))

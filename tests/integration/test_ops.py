@@ -239,7 +239,7 @@ def test_forget_leaves_no_personal_data(env: dict[str, str]) -> None:
     with sessions()() as s:
         leaks = [(t, c, v[:80]) for t, c, v in all_text(s) if EMAIL in v or PHONE in v or "Jane" in v]
         assert leaks == []
-        from worker.ops import forgotten_id
+        from worker.operator import forgotten_id
 
         lead = s.get(db.Lead, forgotten_id("u-forget"))
         assert lead is not None and lead.traits == {} and lead.forgotten_at is not None

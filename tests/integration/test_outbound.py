@@ -260,7 +260,7 @@ def test_forget_erases_the_outbox_and_cancels_what_was_not_sent(env: dict[str, s
     rows = outbox("u-erase")
     assert rows and any(email in r.body for r in rows)
     cli(env, "forget", "u-erase")
-    from worker.ops import forgotten_id
+    from worker.operator import forgotten_id
 
     rows = outbox(forgotten_id("u-erase"))
     assert rows and all("u-erase" not in r.body for r in rows)

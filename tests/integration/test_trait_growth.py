@@ -22,7 +22,7 @@ def attack(n: int, keys: int = 80) -> list[dict]:
 
 
 def test_trait_growth_is_capped_and_a_normal_lead_behind_it_is_alerted_at_once(pipeline: Pipeline) -> None:
-    from worker.ops import status
+    from worker.status import status
 
     fast_rules(pipeline.config)        # every rep in hours: the first alert is due at once
     pipeline.processes.celery_worker(queues="events,fast,alerts", concurrency=2)
@@ -53,7 +53,7 @@ def test_trait_growth_is_capped_and_a_normal_lead_behind_it_is_alerted_at_once(p
         from routing.config import load_rules
 
         shown = status(s, pipeline.redis, load_rules(pipeline.config))
-    assert shown["queues"]["trait_updates_refused"] == 2998
+    assert shown.queues.trait_updates_refused == 2998
 
 
 def test_updates_within_the_caps_are_taken_and_a_value_change_always_counts(pipeline: Pipeline) -> None:

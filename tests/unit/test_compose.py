@@ -146,7 +146,7 @@ def test_dockerignore_keeps_secrets_and_local_state_out_of_the_image() -> None:
 
 
 def test_the_env_example_leaves_the_secret_key_for_the_operator_to_set() -> None:
-    from worker.startup import secret_problem
+    from worker.settings import secret_problem
 
     values = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
                   if line and not line.startswith("#"))
