@@ -19,10 +19,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q --durations=8
 
 test-stress: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	tests/stress.sh
 
 test-unit: $(STAMP)
@@ -30,6 +32,7 @@ test-unit: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/mypy routing worker
 
 bench: $(STAMP)

@@ -130,8 +130,8 @@ class Bench:
         import sqlalchemy as sa
 
         from routing.config import load_rules
-        from worker.runtime import reset_runtime
-        from worker.settings import reset_settings
+        from worker.adapters.runtime import reset_runtime
+        from worker.adapters.settings import reset_settings
 
         r = redis.Redis.from_url(self.redis_server.url)
         r.flushall()
@@ -168,7 +168,7 @@ class World:
     published: int = 0
 
     def publish(self, events: list[dict[str, Any]], chunk: int = 1000) -> None:
-        from worker.publish import publish
+        from worker.services.publish import publish
 
         for i in range(0, len(events), chunk):
             part = events[i:i + chunk]
@@ -213,7 +213,7 @@ class BackgroundLoad(threading.Thread):
     def run(self) -> None:
         import redis
 
-        from worker.publish import publish
+        from worker.services.publish import publish
 
         r = redis.Redis.from_url(self.world.bench.redis_server.url)
         started = time.monotonic()
@@ -252,7 +252,7 @@ def log(msg: str) -> None:
 
 def service_workers(world: World) -> None:
     """The worker groups exactly as ``leadrouter worker`` runs them."""
-    from worker.service import worker_commands
+    from worker.entrypoints.service import worker_commands
 
     for name, command in worker_commands(loglevel="WARNING"):
         world.procs.start(*command, name=name)
@@ -273,7 +273,7 @@ def require_alerts() -> None:
     """Alert scenarios need the alert path importable; say so at once instead of timing out."""
     import subprocess
 
-    check = subprocess.run([sys.executable, "-c", "import worker.alerts, worker.scheduler"], cwd=ROOT,
+    check = subprocess.run([sys.executable, "-c", "import worker.services.alerts, worker.entrypoints.scheduler"], cwd=ROOT,
                            capture_output=True, text=True)
     if check.returncode != 0:
         raise RuntimeError("the alert path does not import: " + check.stderr.strip().splitlines()[-1])

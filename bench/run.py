@@ -14,7 +14,7 @@ Scenarios (``--only`` takes these names):
 
 Every process, the private Redis and any PostgreSQL database the run creates are
 removed at the end, on Ctrl-C and on errors too. Each scenario is a module of ``bench/scenarios/``;
-``bench/harness.py`` is the world they run in, started through ``worker.launcher``.
+``bench/harness.py`` is the world they run in, started through ``worker.adapters.launcher``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import os
 import uuid
 from pathlib import Path
 
-from worker.launcher import ROOT, LaunchError, Processes, RedisServer, free_port, wait_for
+from worker.adapters.launcher import ROOT, LaunchError, Processes, RedisServer, free_port, wait_for
 
 __all__ = ["CONFIG", "ROOT", "Databases", "LaunchError", "Processes", "RedisServer", "free_port", "tree_rss_kb",
            "wait_for"]
@@ -40,7 +40,7 @@ class Databases:
             admin.dispose()
             self.created.append(name)
             url = f"{self.server_url.rpartition('/')[0]}/{name}"
-        from worker.migrate import upgrade
+        from worker.adapters.migrate import upgrade
 
         upgrade(url)
         return url

@@ -13,7 +13,7 @@
   round-robin total. The rep who took the lead over has an assignment of their
   own, which counts for them: the weighted split follows the work actually done.
 
-Pure: no I/O; ``now`` is passed in. The worker loads the facts (``worker.healing``)
+Pure: no I/O; ``now`` is passed in. The worker loads the facts (``worker.services.healing``)
 and persists what these functions decide.
 """
 
@@ -26,8 +26,8 @@ from datetime import datetime, timedelta
 from routing.config import AutoAway, Fairness
 from routing.durations import format_duration
 
-# how assignments.end_reason starts when the lead was taken away from the rep (worker/claims.py,
-# worker/alerts.py, worker/operator.py write them)
+# how assignments.end_reason starts when the lead was taken away from the rep (worker/services/claims.py,
+# worker/services/alerts.py, worker/services/operator.py write them)
 REASSIGNED_AWAY = ("sla expired", "passed by", "taken by manager", "assigned by", "released by")
 CLOSED_AS_JUNK = "closed as junk"
 AUTO_AWAY_ACTOR = "auto-away"

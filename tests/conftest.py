@@ -57,7 +57,7 @@ def database_server() -> Iterator[str | None]:
 def _migrated_pg(database_server: str | None) -> str | None:
     if database_server is None:
         return None
-    from worker.migrate import upgrade
+    from worker.adapters.migrate import upgrade
 
     upgrade(database_server)
     return database_server
@@ -69,7 +69,7 @@ def database_url(_migrated_pg: str | None, tmp_path: Path) -> str:
     if _migrated_pg is not None:
         truncate_all(_migrated_pg)
         return _migrated_pg
-    from worker.migrate import upgrade
+    from worker.adapters.migrate import upgrade
 
     url = f"sqlite:///{tmp_path / 'leadrouter.db'}"
     upgrade(url)

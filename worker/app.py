@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery
 from kombu.transport import redis as kombu_redis
 
-from worker.settings import get_settings
+from worker.adapters.settings import get_settings
 
 log = logging.getLogger("leadrouter.app")
 
@@ -44,14 +44,14 @@ class RedisTransport(kombu_redis.Transport):
 
 
 # Task names: a module that only queues a task sends it by name (``app.send_task``) and need not
-# import worker.tasks, which imports nearly everything.
+# import worker.entrypoints.tasks, which imports nearly everything.
 DRAIN = "leadrouter.drain"
 FIRE_STEPS = "leadrouter.fire_steps"
 FAILOVER = "leadrouter.failover"
 TICK = "leadrouter.tick"
 
 settings = get_settings()
-app = Celery("leadrouter", broker=settings.redis_url, include=["worker.tasks"])
+app = Celery("leadrouter", broker=settings.redis_url, include=["worker.entrypoints.tasks"])
 app.conf.update(
     broker_transport="worker.app:RedisTransport",
     task_serializer="json",

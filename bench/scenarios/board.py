@@ -1,5 +1,5 @@
 """``python -m bench.scenarios.board [--quick]``: how long one refresh of the operator's board takes
-(``worker.reports.board``, what ``/board/live`` and ``/board/data.json`` compute) with
+(``worker.services.reports.board``, what ``/board/live`` and ``/board/data.json`` compute) with
 1,000,000 leads in the database, 10,000 of them hot, open and unclaimed, and a day's worth
 of claimed episodes behind them. Target: under 100 ms on PostgreSQL (``DATABASE_URL``
 names the server; without it, SQLite).
@@ -105,8 +105,8 @@ def refresh_ms(url: str, rounds: int) -> tuple[list[float], list[float]]:
     """Milliseconds of the board's 2-second refresh (open hot leads and reps: ``/board/live``) and of
     its 10-second one (the day's figures: ``/board/today``), each after 3 warm-up rounds."""
     from routing.config import load_rules
-    from worker import reports
-    from worker.db import make_engine, make_sessionmaker, now_utc
+    from worker.adapters.db import make_engine, make_sessionmaker, now_utc
+    from worker.services import reports
 
     rules = load_rules(ROOT / "config" / "routing.yaml")
     engine = make_engine(url)

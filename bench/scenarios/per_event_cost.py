@@ -79,10 +79,10 @@ def drain_costs_us(world: World, urls: dict[int, str], batches: int) -> dict[int
     The databases take turns batch by batch, in an order that swaps every round: this machine's
     speed drifts within minutes, and measured one after the other the two would not see the
     same machine."""
-    from worker import runtime, stream
-    from worker.db import now_utc
-    from worker.settings import Settings
-    from worker.tasks import drain_once
+    from worker.adapters import runtime, stream
+    from worker.adapters.db import now_utc
+    from worker.adapters.settings import Settings
+    from worker.entrypoints.tasks import drain_once
 
     batch = Settings().batch_size
     received = now_utc().isoformat()

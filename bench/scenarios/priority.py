@@ -31,7 +31,7 @@ def priority(bench: Bench) -> dict[str, Any]:
         before = world.events_committed()
         log(f"priority: {s.backlog} page views queued, then one Demo Requested")
         world.publish(low_value_events("backlog", s.backlog, max(1, s.backlog // 10)), chunk=5000)
-        from worker import stream
+        from worker.adapters import stream
 
         world.wait_committed(before + 500, 120)   # the event workers are busy with the backlog
         waiting = stream.backlog(world.redis, stream.NORMAL)

@@ -1,5 +1,5 @@
 """Alert steps fired in batches: the real database, Redis and the provider SDKs against the local
-provider server, with :func:`worker.alerts.fire_steps` called in this process as an alert task would.
+provider server, with :func:`worker.services.alerts.fire_steps` called in this process as an alert task would.
 
 Celery is left out: queueing is patched to a list, so no message reaches any broker.
 """
@@ -23,8 +23,8 @@ from tests.support.alerting import db, deliveries, fast_rules, make_due, make_ho
 def alert_env(alert_env):  # noqa: F811
     """The tests' rules with the cadence an hour apart: a step fires only when its test makes it due
     (``make_due``), never because the clock reached it while a slow machine ran the test."""
-    from worker.alerts import reset_channels
-    from worker.runtime import reset_runtime
+    from worker.adapters.runtime import reset_runtime
+    from worker.services.alerts import reset_channels
 
     fast_rules(Path(alert_env["LEADROUTER_CONFIG"]), retries=["1h", "2h", "3h"], first_contact_sla="1h")
     reset_runtime()
@@ -34,20 +34,20 @@ def alert_env(alert_env):  # noqa: F811
 
 def cannot_plan(monkeypatch, step_id: int) -> None:
     """A bug that strikes one step: planning its recipients raises."""
-    import worker.alerts
+    import worker.services.alerts
 
-    real = worker.alerts.plan_recipients
+    real = worker.services.alerts.plan_recipients
 
     def plan(session, rules, step, assignment, disabled=None):
         if step.id == step_id:
             raise RuntimeError("a bug in one step")
         return real(session, rules, step, assignment, disabled)
 
-    monkeypatch.setattr(worker.alerts, "plan_recipients", plan)
+    monkeypatch.setattr(worker.services.alerts, "plan_recipients", plan)
 
 
 def test_a_batch_sends_each_due_step_once_on_every_channel(alert_env, providers, queued):
-    from worker.alerts import fire_steps
+    from worker.services.alerts import fire_steps
 
     make_hot("b-1", "b-2", "b-3")
     firsts = [steps_of(alert_env, lead, 0)[0].id for lead in ("b-1", "b-2", "b-3")]
@@ -66,7 +66,7 @@ def test_a_batch_sends_each_due_step_once_on_every_channel(alert_env, providers,
 
 
 def test_a_step_handed_over_before_its_time_is_given_back_untouched(alert_env, providers, queued):
-    from worker.alerts import fire_steps
+    from worker.services.alerts import fire_steps
 
     make_hot("early-1")
     first = steps_of(alert_env, "early-1", 0)[0]
@@ -80,7 +80,7 @@ def test_a_step_handed_over_before_its_time_is_given_back_untouched(alert_env, p
 
 
 def test_racing_batches_send_each_step_once(alert_env, providers, queued):
-    from worker.alerts import fire_steps
+    from worker.services.alerts import fire_steps
 
     leads = [f"race-{i}" for i in range(6)]
     make_hot(*leads)
@@ -107,9 +107,9 @@ def test_racing_batches_send_each_step_once(alert_env, providers, queued):
 
 
 def test_a_steps_channels_are_in_flight_together(alert_env, queued, monkeypatch):
-    import worker.alerts
-    import worker.deliveries
-    from worker.channels import SendResult
+    import worker.services.alerts
+    import worker.services.deliveries
+    from worker.adapters.channels import SendResult
 
     class MeetingChannel:
         """Answers only once both channels' requests are out at the same time."""
@@ -125,15 +125,15 @@ def test_a_steps_channels_are_in_flight_together(alert_env, queued, monkeypatch)
             return None
 
     make_hot("together-1")
-    monkeypatch.setattr(worker.deliveries, "channel_for", lambda kind, settings: MeetingChannel())
+    monkeypatch.setattr(worker.services.deliveries, "channel_for", lambda kind, settings: MeetingChannel())
     step = steps_of(alert_env, "together-1", 0)[0]
-    worker.alerts.fire_steps([step.id])
+    worker.services.alerts.fire_steps([step.id])
     assert sorted((d.channel, d.status) for d in deliveries(alert_env, step.id)) == [("email", "sent"),
                                                                                      ("sms", "sent")]
 
 
 def test_a_retry_that_fires_collapses_the_earlier_retries_still_waiting(alert_env, providers, queued):
-    from worker.alerts import fire_steps
+    from worker.services.alerts import fire_steps
 
     make_hot("late-1")
     fire_steps([steps_of(alert_env, "late-1", 0)[0].id])
@@ -149,11 +149,11 @@ def test_a_retry_that_fires_collapses_the_earlier_retries_still_waiting(alert_en
 
 
 def test_a_claim_that_commits_first_leaves_the_step_nothing_to_send(alert_env, providers, queued):
-    from worker import db as models
-    from worker.alerts import fire_steps
-    from worker.claims import claim
-    from worker.db import now_utc
-    from worker.runtime import get_runtime
+    from worker.adapters import db as models
+    from worker.adapters.db import now_utc
+    from worker.adapters.runtime import get_runtime
+    from worker.services.alerts import fire_steps
+    from worker.services.claims import claim
 
     make_hot("claimed-1")
     fire_steps([steps_of(alert_env, "claimed-1", 0)[0].id])
@@ -171,32 +171,32 @@ def test_a_claim_that_commits_first_leaves_the_step_nothing_to_send(alert_env, p
 
 
 def test_one_step_that_fails_holds_back_no_other_in_its_batch(alert_env, providers, queued, monkeypatch):
-    import worker.alerts
+    import worker.services.alerts
 
     make_hot("ok-1", "bad-1", "ok-2")
     ids = {lead: steps_of(alert_env, lead, 0)[0].id for lead in ("ok-1", "bad-1", "ok-2")}
     cannot_plan(monkeypatch, ids["bad-1"])
-    worker.alerts.fire_steps(list(ids.values()))
+    worker.services.alerts.fire_steps(list(ids.values()))
     assert [len(deliveries(alert_env, ids[lead])) for lead in ("ok-1", "bad-1", "ok-2")] == [2, 0, 2]
     assert steps_of(alert_env, "bad-1", 0)[0].status == "pending"   # left for a later tick, not lost
 
 
 def test_a_message_that_cannot_be_composed_fails_its_deliveries_and_no_other(alert_env, providers, queued,
                                                                               monkeypatch):
-    import worker.alert_text
-    import worker.alerts
+    import worker.services.alert_text
+    import worker.services.alerts
 
     make_hot("text-ok", "text-bad")
     ids = {lead: steps_of(alert_env, lead, 0)[0].id for lead in ("text-ok", "text-bad")}
-    real = worker.alert_text.render_alert
+    real = worker.services.alert_text.render_alert
 
     def render(kind, view, **kw):
         if view.lead_id == "text-bad":
             raise ValueError("a template bug")
         return real(kind, view, **kw)
 
-    monkeypatch.setattr(worker.alert_text, "render_alert", render)
-    worker.alerts.fire_steps(list(ids.values()))
+    monkeypatch.setattr(worker.services.alert_text, "render_alert", render)
+    worker.services.alerts.fire_steps(list(ids.values()))
     assert {d.status for d in deliveries(alert_env, ids["text-ok"])} == {"sent"}
     bad = deliveries(alert_env, ids["text-bad"])
     assert len(bad) == 2 and all(d.status == "failed" and "not composed" in d.error for d in bad)
@@ -205,8 +205,8 @@ def test_a_message_that_cannot_be_composed_fails_its_deliveries_and_no_other(ale
 
 
 def test_the_hourly_cap_counts_the_steps_of_one_batch_one_after_another(alert_env, providers, queued):
-    from worker.alerts import fire_steps
-    from worker.runtime import reset_runtime
+    from worker.adapters.runtime import reset_runtime
+    from worker.services.alerts import fire_steps
 
     fast_rules(Path(alert_env["LEADROUTER_CONFIG"]), hourly_cap=1)
     reset_runtime()
@@ -219,8 +219,8 @@ def test_the_hourly_cap_counts_the_steps_of_one_batch_one_after_another(alert_en
 
 
 def test_steps_are_queued_in_even_batches_once_each(alert_env, queued):
-    from worker.db import now_utc
-    from worker.dispatch import FIRE_BATCH, dispatch_steps
+    from worker.adapters.db import now_utc
+    from worker.services.dispatch import FIRE_BATCH, dispatch_steps
 
     ids = list(range(1000, 1000 + 2 * FIRE_BATCH + 3))
     assert dispatch_steps(ids) == len(ids)
@@ -235,16 +235,16 @@ def test_steps_are_queued_in_even_batches_once_each(alert_env, queued):
 
 def test_the_tick_hands_over_steps_due_soon_with_their_due_time_and_collapses_overdue_ones(
         alert_env, queued, monkeypatch):
-    import worker.dispatch
-    import worker.publish
-    from worker.alerts import fire_steps
-    from worker.db import now_utc
-    from worker.scheduler import ETA_GRID, LOOK_AHEAD, tick_once
+    import worker.services.dispatch
+    import worker.services.publish
+    from worker.adapters.db import now_utc
+    from worker.entrypoints.scheduler import ETA_GRID, LOOK_AHEAD, tick_once
+    from worker.services.alerts import fire_steps
 
-    monkeypatch.setattr(worker.publish, "kick_drain", lambda r, lane: None)
+    monkeypatch.setattr(worker.services.publish, "kick_drain", lambda r, lane: None)
     # a step handed over is not handed over again while its hold lasts (5 s past its due time); a minute
     # here, so that a machine slow enough to pause for seconds between the two ticks tests the same thing
-    monkeypatch.setattr(worker.dispatch, "DISPATCH_HOLD_MS", 60_000)
+    monkeypatch.setattr(worker.services.dispatch, "DISPATCH_HOLD_MS", 60_000)
     make_hot("tick-1", "tick-2")
     for lead in ("tick-1", "tick-2"):
         fire_steps([steps_of(alert_env, lead, 0)[0].id])
@@ -271,7 +271,7 @@ def test_the_tick_hands_over_steps_due_soon_with_their_due_time_and_collapses_ov
 
 
 def test_a_batch_takes_in_steps_already_late_and_no_step_early(alert_env, providers, queued):
-    from worker.alerts import BEHIND, MAX_BATCH, fire_steps
+    from worker.services.alerts import BEHIND, MAX_BATCH, fire_steps
 
     make_hot("own-1", "late-a", "late-b", "fresh-1")
     own = steps_of(alert_env, "own-1", 0)[0].id
@@ -290,7 +290,7 @@ def test_a_batch_takes_in_steps_already_late_and_no_step_early(alert_env, provid
 
 
 def test_a_cadences_overdue_alerts_claimed_together_send_only_the_latest(alert_env, providers, queued):
-    from worker.alerts import BEHIND, fire_steps
+    from worker.services.alerts import BEHIND, fire_steps
 
     make_hot("both-1")
     first = steps_of(alert_env, "both-1", 0)[0]
@@ -305,8 +305,8 @@ def test_a_cadences_overdue_alerts_claimed_together_send_only_the_latest(alert_e
 
 
 def test_a_late_first_alert_moves_its_reminders_by_as_much(alert_env, providers, queued):
-    from worker import db as models
-    from worker.alerts import fire_steps
+    from worker.adapters import db as models
+    from worker.services.alerts import fire_steps
 
     make_hot("slow-1")
     before = {s.step: s.due_at for s in steps_of(alert_env, "slow-1")}
@@ -327,7 +327,7 @@ def test_a_late_first_alert_moves_its_reminders_by_as_much(alert_env, providers,
 
 
 def test_a_first_alert_on_time_moves_nothing(alert_env, providers, queued):
-    from worker.alerts import fire_steps
+    from worker.services.alerts import fire_steps
 
     make_hot("prompt-1")
     first = steps_of(alert_env, "prompt-1", 0)[0]
@@ -339,10 +339,10 @@ def test_a_first_alert_on_time_moves_nothing(alert_env, providers, queued):
 
 
 def test_the_tick_collapses_an_overdue_first_alert_into_the_overdue_reminder(alert_env, queued, monkeypatch):
-    import worker.publish
-    from worker.scheduler import tick_once
+    import worker.services.publish
+    from worker.entrypoints.scheduler import tick_once
 
-    monkeypatch.setattr(worker.publish, "kick_drain", lambda r, lane: None)
+    monkeypatch.setattr(worker.services.publish, "kick_drain", lambda r, lane: None)
     make_hot("down-1")
     first, retry = steps_of(alert_env, "down-1", 0)[0], steps_of(alert_env, "down-1", 1)[0]
     make_due(alert_env, first.id, retry.id, ago=120)      # the whole service was down for minutes
@@ -354,27 +354,27 @@ def test_the_tick_collapses_an_overdue_first_alert_into_the_overdue_reminder(ale
 
 def test_a_step_that_cannot_be_fired_is_not_carried_into_other_batches(alert_env, providers, queued,
                                                                        monkeypatch):
-    import worker.alerts
-    from worker.alerts import BEHIND, TAKE_IN_WITHIN
+    import worker.services.alerts
+    from worker.services.alerts import BEHIND, TAKE_IN_WITHIN
 
     make_hot("poison-1", "fine-1", "fine-2")
     ids = {lead: steps_of(alert_env, lead, 0)[0].id for lead in ("poison-1", "fine-1", "fine-2")}
     make_due(alert_env, ids["poison-1"], ago=BEHIND.total_seconds() + 1)    # late: other batches take it in
     cannot_plan(monkeypatch, ids["poison-1"])
-    worker.alerts.fire_steps([ids["fine-1"]])      # takes the bad step in, fails, fires its own alone
+    worker.services.alerts.fire_steps([ids["fine-1"]])      # takes the bad step in, fails, fires its own alone
     assert len(deliveries(alert_env, ids["fine-1"])) == 2
     assert steps_of(alert_env, "poison-1", 0)[0].status == "pending"
     make_due(alert_env, ids["poison-1"], ago=TAKE_IN_WITHIN.total_seconds() + 1)   # long stuck: left to its own task
     sent = len(providers.requests)
-    worker.alerts.fire_steps([ids["fine-2"]])
+    worker.services.alerts.fire_steps([ids["fine-2"]])
     assert len(deliveries(alert_env, ids["fine-2"])) == 2 and len(providers.requests) == sent + 2
 
 
 def test_alerts_held_by_the_hourly_cap_go_out_in_one_summary_once_the_hour_is_over(alert_env, providers, queued):
-    from worker import db as models
-    from worker.alerts import fire_steps, flush_held
-    from worker.db import now_utc
-    from worker.runtime import reset_runtime
+    from worker.adapters import db as models
+    from worker.adapters.db import now_utc
+    from worker.adapters.runtime import reset_runtime
+    from worker.services.alerts import fire_steps, flush_held
 
     fast_rules(Path(alert_env["LEADROUTER_CONFIG"]), hourly_cap=1)
     reset_runtime()

@@ -25,7 +25,7 @@ def stack(alert_env, processes):
 
 
 def test_hot_lead_is_alerted_reminded_escalated_and_claimed_by_sms(stack, providers, client, alert_env):
-    from worker import db as models
+    from worker.adapters import db as models
 
     send(hot_lead("u-1"))
     first = providers.wait_for(lambda s: sms_to(s, "+14155550102"), timeout=15)[0]   # bob: na team, skill software
@@ -55,7 +55,7 @@ def test_hot_lead_is_alerted_reminded_escalated_and_claimed_by_sms(stack, provid
 
 
 def test_unclaimed_lead_is_reassigned_to_the_next_best_rep(stack, providers, alert_env):
-    from worker import db as models
+    from worker.adapters import db as models
 
     send(hot_lead("u-2"))
     providers.wait_for(lambda s: sms_to(s, "+14155550101"), timeout=25)    # alice after bob's cadence ran out
@@ -69,7 +69,7 @@ def test_unclaimed_lead_is_reassigned_to_the_next_best_rep(stack, providers, ale
 
 
 def test_each_step_fires_once_with_two_schedulers(alert_env, processes, providers):
-    from worker import db as models
+    from worker.adapters import db as models
 
     processes.env.update(alert_env)
     processes.celery_worker(queues="events,fast,alerts", concurrency=2)
@@ -115,7 +115,7 @@ def test_forged_twilio_signature_is_refused(client, alert_env):
 
 
 def test_invalid_number_disables_sms_and_email_carries_on(stack, providers, alert_env):
-    from worker import db as models
+    from worker.adapters import db as models
 
     providers.fail_next("twilio", [("twilio_error", 21211)])
     send(hot_lead("u-4"))
@@ -141,8 +141,8 @@ def test_sendgrid_events_are_verified_and_stale_or_forged_ones_refused(client, a
     public = key.public_key().public_bytes(serialization.Encoding.DER,
                                            serialization.PublicFormat.SubjectPublicKeyInfo)
     monkeypatch.setenv("SENDGRID_WEBHOOK_PUBLIC_KEY", base64.b64encode(public).decode())
-    from worker.runtime import reset_runtime
-    from worker.settings import reset_settings
+    from worker.adapters.runtime import reset_runtime
+    from worker.adapters.settings import reset_settings
 
     reset_settings()
     reset_runtime()
@@ -161,7 +161,7 @@ def test_sendgrid_events_are_verified_and_stale_or_forged_ones_refused(client, a
 
 
 def test_pass_by_sms_hands_the_lead_to_the_next_rep_at_once(stack, providers, client, alert_env):
-    from worker import db as models
+    from worker.adapters import db as models
 
     fast_rules(Path(alert_env["LEADROUTER_CONFIG"]), retries=["30s", "60s"])   # no reminder gets in the way
     send(hot_lead("u-5"))
@@ -181,7 +181,7 @@ def test_pass_by_sms_hands_the_lead_to_the_next_rep_at_once(stack, providers, cl
 
 
 def test_help_and_unknown_replies_and_away_back(client, alert_env):
-    from worker import db as models
+    from worker.adapters import db as models
 
     assert "AWAY" in signed_sms(client, "+14155550102", "HELP", "SM" + "a" * 32).text
     assert "Unknown reply" in signed_sms(client, "+14155550102", "hello there", "SM" + "b" * 32).text
@@ -200,9 +200,9 @@ def test_a_signed_bounce_fails_the_email_and_disables_it_for_the_rep(stack, prov
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from worker import db as models
-    from worker.runtime import reset_runtime
-    from worker.settings import reset_settings
+    from worker.adapters import db as models
+    from worker.adapters.runtime import reset_runtime
+    from worker.adapters.settings import reset_settings
 
     key = ec.generate_private_key(ec.SECP256R1())
     public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.alerting import TOKEN, fast_rules, hot_lead, send, sms_to
 from tests.support.stack import ROOT, wait_until
-from worker.launcher import free_port
+from worker.adapters.launcher import free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "tests" / "artifacts"

@@ -39,10 +39,10 @@ def test_claim_page_in_a_real_browser(api, service_env, tmp_path: Path):
         pytest.fail("chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    from worker import db
-    from worker.alerts import claim_url
-    from worker.runtime import get_runtime
-    from worker.tasks import drain_once
+    from worker.adapters import db
+    from worker.adapters.runtime import get_runtime
+    from worker.entrypoints.tasks import drain_once
+    from worker.services.alerts import claim_url
 
     send(hot_lead("browser-1"))
     drain_once("fast")

@@ -95,7 +95,7 @@ def test_every_client_gets_its_lead_scored_routed_and_alerted_as_simulate_predic
     from tests.support.clients import CHROMIUM_ARGS, SiteServer, chromium, events_as_received
     from tests.support.ingest import start_api
     from tests.support.stack import wait_until
-    from worker import db
+    from worker.adapters import db
 
     node_clients()
     proxy = FaultyProxy("")

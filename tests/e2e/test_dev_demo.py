@@ -16,7 +16,7 @@ from tests.support.stack import CONFIG, ROOT, free_port
 def test_dev_demo_alerts_reminds_claims_and_stops_cleanly(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     env.update({"LEADROUTER_CONFIG": str(CONFIG), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)})
-    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "dev", "--demo", "--port", str(free_port())],
+    proc = subprocess.Popen([sys.executable, "-m", "worker.entrypoints.cli", "dev", "--demo", "--port", str(free_port())],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     lines: list[str] = []

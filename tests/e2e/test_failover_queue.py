@@ -14,7 +14,7 @@ from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
 from tests.support.alerting import PUBLIC, TOKEN
-from worker import db
+from worker.adapters import db
 
 STATUS = "/webhooks/twilio/status"
 
@@ -43,8 +43,8 @@ def _sms_only_step(sessions, lead_id: str) -> int:
 
 
 def test_a_failed_sms_fails_over_to_email_from_the_alerts_queue_not_the_request(alert_env, providers, client):
-    from worker.runtime import get_runtime
-    from worker.tasks import failover_deliveries
+    from worker.adapters.runtime import get_runtime
+    from worker.entrypoints.tasks import failover_deliveries
 
     rt = get_runtime()
     delivery_id = _sms_only_step(rt.sessions, "u-failover")

@@ -10,7 +10,7 @@ from tests.support.stack import wait_until
 
 
 def steps(env) -> list[tuple[int, str]]:
-    from worker import db as models
+    from worker.adapters import db as models
 
     with db(env) as s:
         return [tuple(r) for r in s.execute(select(models.AlertStep.step, models.AlertStep.status)
@@ -18,7 +18,7 @@ def steps(env) -> list[tuple[int, str]]:
 
 
 def test_a_crossing_first_alert_goes_out_from_the_fast_lane_with_no_alert_worker(alert_env, processes, providers):
-    from worker import db as models
+    from worker.adapters import db as models
 
     processes.env.update(alert_env)
     processes.celery_worker(queues="events,fast", concurrency=1)   # nobody consumes the alerts queue
@@ -45,7 +45,7 @@ def test_the_first_alert_is_claimed_in_the_routing_transaction_and_not_queued(al
 
 def test_with_its_threads_busy_the_fast_lane_hands_the_first_alert_to_the_alert_workers(
         alert_env, providers, queued, monkeypatch):
-    import worker.tasks as tasks
+    import worker.entrypoints.tasks as tasks
 
     monkeypatch.setattr(tasks, "INLINE_FIRING", 1)
     monkeypatch.setattr(tasks, "_inline", None)
@@ -63,8 +63,8 @@ def test_with_its_threads_busy_the_fast_lane_hands_the_first_alert_to_the_alert_
 
 
 def test_if_claiming_fails_the_lead_is_still_routed_and_the_step_queued(alert_env, providers, queued, monkeypatch):
-    import worker.alerts as alerts
-    from worker import db as models
+    import worker.services.alerts as alerts
+    from worker.adapters import db as models
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("cannot claim")
@@ -82,10 +82,10 @@ def test_if_claiming_fails_the_lead_is_still_routed_and_the_step_queued(alert_en
 def test_a_reply_that_overtakes_the_senders_record_still_times_the_claim(alert_env, providers, client, monkeypatch):
     import threading
 
-    import worker.claims as claims
-    import worker.deliveries as deliveries
+    import worker.services.claims as claims
+    import worker.services.deliveries as deliveries
     from tests.support.alerting import signed_sms
-    from worker import db as models
+    from worker.adapters import db as models
 
     held = threading.Event()
     real_deliver = deliveries.send

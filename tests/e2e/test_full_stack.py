@@ -59,7 +59,7 @@ def test_segment_sdk_to_sms_alert_to_signed_reply_to_report(alert_env, processes
                         headers={"X-Twilio-Signature": "bad", "Content-Type": "application/x-www-form-urlencoded"})
     assert forged.status_code == 403
 
-    out = subprocess.run([sys.executable, "-m", "worker.cli", "report", "--json"], cwd=ROOT, env=processes.env,
+    out = subprocess.run([sys.executable, "-m", "worker.entrypoints.cli", "report", "--json"], cwd=ROOT, env=processes.env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from tests.support.alerting import hot_lead, send, sms_to
 from tests.support.stack import ROOT, wait_until
-from worker import db
+from worker.adapters import db
 
 BOB = "+14155550102"
 MARIA = "+14155550104"
@@ -34,7 +34,7 @@ def _routing(path: Path, skills: bool = True, **extra: Any) -> None:
 
 
 def _cli(env: dict[str, str], *args: str) -> Any:
-    out = subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT, env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "worker.entrypoints.cli", *args], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, f"{args}: {out.stdout}\n{out.stderr}"
     return json.loads(out.stdout) if "--json" in args else out.stdout
@@ -42,7 +42,7 @@ def _cli(env: dict[str, str], *args: str) -> Any:
 
 def _decision(env: dict[str, str], lead_id: str) -> dict[str, Any] | None:
     """The lead's routing decision once it has one (the lead may not exist yet)."""
-    out = subprocess.run([sys.executable, "-m", "worker.cli", "explain", lead_id, "--json"], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "worker.entrypoints.cli", "explain", lead_id, "--json"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     return json.loads(out.stdout).get("decision") if out.returncode == 0 else None
 

@@ -1,4 +1,4 @@
-"""The HTTP API as a producer drives it: uvicorn serving ``worker.api:create_app``, Segment's own SDK sending.
+"""The HTTP API as a producer drives it: uvicorn serving ``worker.entrypoints.api:create_app``, Segment's own SDK sending.
 
 Events are checked where the API promises to put them: the durable Redis stream,
 each entry carrying the source its write key names.
@@ -24,7 +24,7 @@ from segment.analytics.request import APIError
 
 from tests.support.ingest import KEYS, ORIGIN, Api, start_api
 from tests.support.stack import CONFIG, Processes, free_port
-from worker import stream
+from worker.adapters import stream
 
 
 @pytest.fixture
@@ -229,7 +229,7 @@ def test_healthz_names_what_is_unreachable(api: Api, processes: Processes, servi
 @pytest.fixture
 def fresh_settings() -> Iterator[None]:
     """Settings read anew from the (patched) environment, and forgotten after the test."""
-    from worker.settings import reset_settings
+    from worker.adapters.settings import reset_settings
 
     reset_settings()
     yield
@@ -252,10 +252,10 @@ def test_metrics_parse_and_count(api: Api, redis_server: Any, monkeypatch: pytes
                                  fresh_settings: None) -> None:
     from sqlalchemy import delete
 
-    from worker import metrics
-    from worker.db import DeadLetter, now_utc
-    from worker.engines import make_engine, make_sessionmaker
-    from worker.settings import reset_settings
+    from worker.adapters import metrics
+    from worker.adapters.db import DeadLetter, now_utc
+    from worker.adapters.engines import make_engine, make_sessionmaker
+    from worker.adapters.settings import reset_settings
 
     monkeypatch.setenv("REDIS_URL", redis_server.url)    # this process records metrics as a worker would
     reset_settings()
@@ -294,8 +294,8 @@ def test_metrics_parse_and_count(api: Api, redis_server: Any, monkeypatch: pytes
 
 
 def test_metrics_never_raise_when_redis_is_down(monkeypatch: pytest.MonkeyPatch, fresh_settings: None) -> None:
-    from worker import metrics
-    from worker.settings import reset_settings
+    from worker.adapters import metrics
+    from worker.adapters.settings import reset_settings
 
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     reset_settings()
@@ -320,7 +320,7 @@ def test_openapi_describes_every_route(api: Api, service_env: dict[str, str]) ->
     assert "writeKey" in doc["components"]["securitySchemes"]
     assert set(doc["paths"]["/healthz"]["get"]["responses"]) >= {"200", "503"}
     assert "text/plain" in doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
-    from worker.api import create_app
+    from worker.entrypoints.api import create_app
 
     served = {(route.path, m) for route in _walk(create_app().routes) for m in route.methods
               if route.include_in_schema and m not in ("HEAD", "OPTIONS")}
@@ -393,7 +393,7 @@ def test_cors_preflight_allows_the_headers_browser_clients_send(api: Api) -> Non
 def test_refusals_are_logged_counted_by_route_and_source_and_listed(api: Api, redis_server: Any,
                                                                    monkeypatch: pytest.MonkeyPatch,
                                                                    fresh_settings: None) -> None:
-    from worker import metrics
+    from worker.adapters import metrics
 
     assert api.post("/v1/track", track(), key="nope").status_code == 401
     assert api.post("/v1/b", {"batch": "x", "writeKey": KEYS["crm"]}, key=None).status_code == 400
@@ -415,7 +415,7 @@ def test_refusals_are_logged_counted_by_route_and_source_and_listed(api: Api, re
     from sqlalchemy.orm import Session
 
     from routing.config import load_rules
-    from worker import status, tables
+    from worker.services import status, tables
 
     engine = create_engine(api.database_url)
     with Session(engine) as session:
@@ -475,7 +475,7 @@ def test_a_public_source_cannot_send_lead_contacted(processes: Processes, servic
 
 
 def test_refusal_logs_mask_the_client() -> None:
-    from worker.ingest_access import mask_ip, mask_user_agent
+    from worker.entrypoints.ingest_access import mask_ip, mask_user_agent
 
     assert mask_ip("203.0.113.9") == "203.0.113.x"
     assert mask_ip("2001:db8:85a3:8d3:1319:8a2e:370:7348") == "2001:db8:85a3::x"

@@ -1,5 +1,5 @@
 """Claim links are bearer credentials: no log of the API carries one, the web server's access log
-included, under the documented ``uvicorn worker.api:create_app --factory`` command with uvicorn's
+included, under the documented ``uvicorn worker.entrypoints.api:create_app --factory`` command with uvicorn's
 own logging configuration."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from datetime import UTC, datetime, timedelta
 import httpx
 
 from tests.support.stack import SECRET_KEY, Processes, free_port, wait_until
-from worker.tokens import ClaimToken, sign
+from worker.adapters.tokens import ClaimToken, sign
 
 
 def test_the_access_log_under_uvicorn_factory_carries_no_claim_token(service_env, processes: Processes):
     port = free_port()
-    processes.start(sys.executable, "-m", "uvicorn", "worker.api:create_app", "--factory", "--host", "127.0.0.1",
+    processes.start(sys.executable, "-m", "uvicorn", "worker.entrypoints.api:create_app", "--factory", "--host", "127.0.0.1",
                     "--port", str(port), name="uvicorn")
     url = f"http://127.0.0.1:{port}"
 

@@ -1,6 +1,6 @@
 """A "maybe sent" SMS (its request went out, its answer never came) is settled by the status callback or,
 failing that, by asking Twilio, and never sent twice. The real SDKs against the local provider server;
-:func:`worker.alerts.fire_steps` and :func:`worker.alerts.settle_maybe_sent` called as the workers would."""
+:func:`worker.services.alerts.fire_steps` and :func:`worker.services.alerts.settle_maybe_sent` called as the workers would."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tests.support.alerting import PUBLIC, TOKEN, deliveries, make_due, make_hot
 
 
 def _first_alert(env, lead: str):
-    from worker.alerts import fire_steps
+    from worker.services.alerts import fire_steps
 
     make_hot(lead)
     step = steps_of(env, lead, 0)[0]
@@ -20,13 +20,13 @@ def _first_alert(env, lead: str):
 
 
 def _later(minutes: float = 2):
-    from worker.db import now_utc
+    from worker.adapters.db import now_utc
 
     return now_utc() + timedelta(minutes=minutes)
 
 
 def test_an_sms_the_provider_took_whose_answer_was_lost_is_found_and_settled(alert_env, providers, queued):
-    from worker.alerts import settle_maybe_sent
+    from worker.services.alerts import settle_maybe_sent
 
     providers.fail_next("twilio", [("accept_then_drop",)])
     step, rows = _first_alert(alert_env, "lost-1")
@@ -50,7 +50,7 @@ def _posts(providers, provider: str = "twilio") -> list:
 
 
 def test_an_sms_the_provider_never_took_is_sent_again_once_while_its_step_stands(alert_env, providers, queued):
-    from worker.alerts import settle_maybe_sent
+    from worker.services.alerts import settle_maybe_sent
 
     providers.fail_next("twilio", [("drop",)])
     step, rows = _first_alert(alert_env, "never-1")
@@ -68,7 +68,7 @@ def test_an_sms_the_provider_never_took_is_sent_again_once_while_its_step_stands
 
 
 def test_a_message_sent_again_is_never_sent_a_third_time(alert_env, providers, queued):
-    from worker.alerts import settle_maybe_sent
+    from worker.services.alerts import settle_maybe_sent
 
     providers.fail_next("twilio", [("drop",)])
     step, rows = _first_alert(alert_env, "twice-1")
@@ -84,9 +84,9 @@ def test_a_message_sent_again_is_never_sent_a_third_time(alert_env, providers, q
 
 def test_an_sms_never_taken_for_a_lead_claimed_meanwhile_is_recorded_as_not_sent(alert_env, providers, queued):
     from tests.support.alerting import db
-    from worker import db as models
-    from worker.alerts import settle_maybe_sent
-    from worker.db import now_utc
+    from worker.adapters import db as models
+    from worker.adapters.db import now_utc
+    from worker.services.alerts import settle_maybe_sent
 
     providers.fail_next("twilio", [("drop",)])
     step, rows = _first_alert(alert_env, "claimed-1")
@@ -99,7 +99,7 @@ def test_an_sms_never_taken_for_a_lead_claimed_meanwhile_is_recorded_as_not_sent
 
 
 def test_a_message_of_someone_else_then_is_not_taken_for_ours(alert_env, providers, queued):
-    from worker.alerts import fire_steps, settle_maybe_sent
+    from worker.services.alerts import fire_steps, settle_maybe_sent
 
     make_hot("other-1")
     make_hot("mine-1")
@@ -124,11 +124,11 @@ def test_a_step_whose_worker_died_mid_send_is_released_and_its_alert_reaches_the
     from datetime import timedelta
 
     from tests.support.alerting import db
-    from worker import db as models
-    from worker.alerts import claim, fire_steps, settle_maybe_sent
-    from worker.db import now_utc
-    from worker.runtime import get_runtime
-    from worker.scheduler import release_stuck
+    from worker.adapters import db as models
+    from worker.adapters.db import now_utc
+    from worker.adapters.runtime import get_runtime
+    from worker.entrypoints.scheduler import release_stuck
+    from worker.services.alerts import claim, fire_steps, settle_maybe_sent
 
     make_hot("died-1")
     step = steps_of(alert_env, "died-1", 0)[0]
@@ -154,7 +154,7 @@ def test_a_step_whose_worker_died_mid_send_is_released_and_its_alert_reaches_the
     assert len(_posts(providers)) == 1 and len(_posts(providers, "sendgrid")) == 1
     assert settle_maybe_sent(_later(3)) == 0
     assert len(_posts(providers)) == 1 and len(_posts(providers, "sendgrid")) == 1
-    from worker.explain import explain, render_explain
+    from worker.services.explain import explain, render_explain
 
     with rt.sessions() as session:
         data = explain(session, "died-1", rt.rules)
@@ -168,11 +168,11 @@ def test_a_step_of_a_live_worker_is_not_released_until_it_is_given_up(alert_env,
     from datetime import timedelta
 
     from tests.support.stack import wait_until
-    from worker import liveness
-    from worker.alerts import claim
-    from worker.db import now_utc
-    from worker.runtime import get_runtime
-    from worker.scheduler import release_stuck
+    from worker.adapters.db import now_utc
+    from worker.adapters.runtime import get_runtime
+    from worker.entrypoints.scheduler import release_stuck
+    from worker.services import liveness
+    from worker.services.alerts import claim
 
     make_hot("slow-1")
     step = steps_of(alert_env, "slow-1", 0)[0]
@@ -191,7 +191,7 @@ def test_a_step_of_a_live_worker_is_not_released_until_it_is_given_up(alert_env,
 
 
 def test_an_email_without_an_answer_follows_its_sms_twin_found_taken(alert_env, providers, queued):
-    from worker.alerts import settle_maybe_sent
+    from worker.services.alerts import settle_maybe_sent
 
     providers.fail_next("twilio", [("accept_then_drop",)])
     providers.fail_next("sendgrid", [("drop",)])
@@ -201,8 +201,8 @@ def test_an_email_without_an_answer_follows_its_sms_twin_found_taken(alert_env, 
     rows = {d.channel: d for d in deliveries(alert_env, step.id)}
     assert rows["sms"].status == "sent" and rows["sms"].settled_by == "lookup" and rows["sms"].resent_at is None
     assert rows["email"].status == "sent" and rows["email"].settled_by == "twin"
-    from worker.explain import explain
-    from worker.runtime import get_runtime
+    from worker.adapters.runtime import get_runtime
+    from worker.services.explain import explain
 
     rt = get_runtime()
     with rt.sessions() as session:
@@ -215,8 +215,8 @@ def test_an_email_without_an_answer_follows_its_sms_twin_found_taken(alert_env, 
 
 def test_a_maybe_sent_sms_with_a_provider_id_is_looked_up_by_it(alert_env, providers, queued):
     from tests.support.alerting import db
-    from worker import db as models
-    from worker.alerts import settle_maybe_sent
+    from worker.adapters import db as models
+    from worker.services.alerts import settle_maybe_sent
 
     step, rows = _first_alert(alert_env, "known-1")
     sid = rows["sms"].provider_id
@@ -231,7 +231,7 @@ def test_the_status_callback_finds_a_maybe_sent_sms_by_the_delivery_id_in_its_ur
                                                                                   client):
     from twilio.request_validator import RequestValidator
 
-    from worker.alerts import settle_maybe_sent
+    from worker.services.alerts import settle_maybe_sent
 
     providers.fail_next("twilio", [("accept_then_drop",)])
     step, rows = _first_alert(alert_env, "cb-1")
@@ -254,7 +254,7 @@ def test_the_status_callback_finds_a_maybe_sent_sms_by_the_delivery_id_in_its_ur
 
 
 def test_email_maybe_sent_waits_for_sendgrids_event_webhook(alert_env, providers, queued):
-    from worker.alerts import settle_maybe_sent
+    from worker.services.alerts import settle_maybe_sent
 
     providers.fail_next("sendgrid", [("drop",)])
     step, rows = _first_alert(alert_env, "mail-1")

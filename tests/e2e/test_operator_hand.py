@@ -55,7 +55,7 @@ def running(alert_env: dict[str, str], processes: Any, receiver: WebhookReceiver
 
 
 def cli(env: dict[str, str], *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "worker.cli", *args], env={**os.environ, **env}, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "worker.entrypoints.cli", *args], env={**os.environ, **env}, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"{args}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
@@ -66,7 +66,7 @@ def session(env: dict[str, str]) -> Session:
 
 
 def owner(env: dict[str, str], lead: str) -> str | None:
-    from worker import db
+    from worker.adapters import db
 
     with session(env) as s:
         a = s.scalar(select(db.Assignment).where(db.Assignment.lead_id == lead, db.Assignment.current.is_(True)))
@@ -107,7 +107,7 @@ def test_a_hung_crm_never_delays_the_alert(running: dict[str, str], providers: A
 
 def test_every_lead_command_through_the_cli_against_a_running_worker(running: dict[str, str], providers: Any,
                                                                      receiver: WebhookReceiver) -> None:
-    from worker import db
+    from worker.adapters import db
 
     env, me = running, getpass.getuser()
     # pause: the lead is scored and routed, nobody is alerted
@@ -169,7 +169,7 @@ def test_every_lead_command_through_the_cli_against_a_running_worker(running: di
             for row in s.execute(table.select()).mappings():
                 blob = json.dumps(dict(row), default=str)
                 assert "u-op@acme.com" not in blob and "+14155550100" not in blob, table.name
-        from worker.operator import forgotten_id
+        from worker.services.operator import forgotten_id
 
         assert s.get(db.Lead, "u-op") is None                 # the id itself was the person's too
         lead = s.get(db.Lead, forgotten_id("u-op"))

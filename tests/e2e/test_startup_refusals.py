@@ -13,10 +13,10 @@ import pytest
 
 from tests.support.stack import ROOT, SECRET_KEY, free_port
 
-WORKER = ["-m", "worker.cli", "worker"]
-BEAT = ["-m", "worker.cli", "beat"]
-API = ["-m", "worker.cli", "api", "--port", "0"]
-UVICORN = ["-m", "uvicorn", "worker.api:create_app", "--factory", "--host", "127.0.0.1", "--port", "0"]
+WORKER = ["-m", "worker.entrypoints.cli", "worker"]
+BEAT = ["-m", "worker.entrypoints.cli", "beat"]
+API = ["-m", "worker.entrypoints.cli", "api", "--port", "0"]
+UVICORN = ["-m", "uvicorn", "worker.entrypoints.api:create_app", "--factory", "--host", "127.0.0.1", "--port", "0"]
 CELERY = ["-m", "celery", "-A", "worker.app", "worker", "-Q", "events", "-c", "1", "--pool", "solo",
           "--without-gossip", "--without-mingle", "--without-heartbeat"]
 
@@ -82,7 +82,7 @@ def test_a_good_key_and_good_rules_start_the_api(service_env):
     from tests.support.stack import wait_until
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "api", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "worker.entrypoints.cli", "api", "--port", str(port)],
                             env={**os.environ, **service_env}, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
     try:
@@ -107,7 +107,7 @@ def test_a_bad_reload_keeps_the_running_rules_and_healthz_and_status_say_the_fil
 
     port = free_port()
     env = {**os.environ, **service_env, "LEADROUTER_WRITE_KEY": "wk-reload-3c"}
-    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "api", "--port", str(port)], env=env, cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "worker.entrypoints.cli", "api", "--port", str(port)], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -130,7 +130,7 @@ def test_a_bad_reload_keeps_the_running_rules_and_healthz_and_status_say_the_fil
         r = httpx.post(f"{url}/v1/track", auth=("wk-reload-3c", ""), timeout=10,
                        json={"type": "track", "messageId": "m-reload", "userId": "u-1", "event": "Page Viewed"})
         assert r.status_code == 200, r.text                                   # still serving, no 500
-        status = subprocess.run([sys.executable, "-m", "worker.cli", "status"], env=env, cwd=ROOT,
+        status = subprocess.run([sys.executable, "-m", "worker.entrypoints.cli", "status"], env=env, cwd=ROOT,
                                 capture_output=True, text=True, timeout=60)
         assert status.returncode == 0, status.stderr
         assert "RULES FILE REFUSED" in status.stdout and f"{rules}:{line}: routing.on_call" in status.stdout
@@ -141,7 +141,7 @@ def test_a_bad_reload_keeps_the_running_rules_and_healthz_and_status_say_the_fil
 
 def test_status_with_redis_down_says_so_in_one_line(service_env):
     port = free_port()
-    done = run(["-m", "worker.cli", "status"], service_env, REDIS_URL=f"redis://:hunter2-pw@127.0.0.1:{port}/0")
+    done = run(["-m", "worker.entrypoints.cli", "status"], service_env, REDIS_URL=f"redis://:hunter2-pw@127.0.0.1:{port}/0")
     assert done.returncode == 1
     assert done.stderr.strip() == (f"leadrouter: Redis is unreachable at redis://127.0.0.1:{port}/0 "
                                    "(ConnectionError); is it running, and is REDIS_URL right?"), done.stderr
@@ -158,6 +158,6 @@ def test_an_invalid_database_url_is_refused_without_its_password(service_env):
                                  "postgresql+nosuchdriver://lr:s3cr3t-pw@db.example/lr",
                                  "postgres://lr:s3cr3t-pw@db.example/lr"])
 def test_operator_commands_refuse_a_bad_database_url_in_one_message_without_its_password(service_env, url):
-    done = run(["-m", "worker.cli", "status"], service_env, DATABASE_URL=url)
+    done = run(["-m", "worker.entrypoints.cli", "status"], service_env, DATABASE_URL=url)
     assert done.returncode == 1 and "leadrouter: invalid settings" in done.stderr
     assert "s3cr3t-pw" not in done.stderr and "Traceback" not in done.stderr, done.stderr

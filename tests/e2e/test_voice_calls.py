@@ -26,8 +26,8 @@ from tests.support.voice import (
 
 def test_a_hot_lead_is_called_claimed_by_keypress_bridged_and_contact_recorded(voice_stack, voice_env, providers,
                                                                                player, app_client):
-    from worker import db as models
-    from worker.explain import explain, render_explain
+    from worker.adapters import db as models
+    from worker.services.explain import explain, render_explain
 
     published = time.time()
     send(hot_lead("v-1"))
@@ -103,7 +103,7 @@ def test_a_hot_lead_is_called_claimed_by_keypress_bridged_and_contact_recorded(v
 
 
 def test_voicemail_is_a_failed_attempt_and_the_next_step_calls_on_time(voice_stack, voice_env, providers, player):
-    from worker import db as models
+    from worker.adapters import db as models
 
     send(hot_lead("v-2"))
     call = ringing(voice_env, providers.wait_for(lambda s: calls_to(s, BOB), timeout=15)[0])
@@ -134,7 +134,7 @@ def test_voicemail_is_a_failed_attempt_and_the_next_step_calls_on_time(voice_sta
 
 def test_forged_or_tampered_voice_webhooks_are_refused_with_no_effect(voice_stack, voice_env, providers, player,
                                                                       app_client):
-    from worker import db as models
+    from worker.adapters import db as models
 
     send(hot_lead("v-3"))
     call = ringing(voice_env, providers.wait_for(lambda s: calls_to(s, BOB), timeout=15)[0])
@@ -160,7 +160,7 @@ def test_forged_or_tampered_voice_webhooks_are_refused_with_no_effect(voice_stac
 
 
 def test_a_lead_that_is_no_longer_the_reps_is_not_bridged(voice_stack, voice_env, providers, player, app_client):
-    from worker import db as models
+    from worker.adapters import db as models
 
     send(hot_lead("v-4"))
     call = ringing(voice_env, providers.wait_for(lambda s: calls_to(s, BOB), timeout=15)[0])

@@ -26,7 +26,7 @@ def _call(voice_env, providers, lead: str, **traits) -> dict:
 def _set(voice_env, **routing) -> None:
     from pathlib import Path
 
-    from worker.runtime import reset_runtime
+    from worker.adapters.runtime import reset_runtime
 
     path = Path(voice_env["LEADROUTER_CONFIG"])
     yaml = YAML()
@@ -45,7 +45,7 @@ def test_quiet_hours_in_the_leads_zone_claim_but_do_not_ring_the_lead(voice_env,
     assert answer.find("Dial") is None and answer.find("Hangup") is not None
     assert "quiet hours" in _said(answer) and "Claimed" in _said(answer)
     assert ("bridge refused" in [k for k, _ in trace_of(voice_env, "q-1")])
-    from worker import db as models
+    from worker.adapters import db as models
 
     (a,) = rows_of(voice_env, models.Assignment, models.Assignment.lead_id == "q-1", models.Assignment.current.is_(True))
     assert a.claimed_by == "bob"
@@ -67,7 +67,7 @@ def test_an_unknown_key_reads_the_menu_again_and_2_passes(voice_env, providers, 
     assert again.find("Gather").get("numDigits") == "1"
     _resp, passed = player.press(call, again, "2")
     assert "Passed" in _said(passed) and passed.find("Dial") is None
-    from worker import db as models
+    from worker.adapters import db as models
 
     (a,) = rows_of(voice_env, models.Assignment, models.Assignment.lead_id == "k-1", models.Assignment.current.is_(True))
     assert a.rep_id == "alice"

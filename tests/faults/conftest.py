@@ -40,7 +40,7 @@ def postgres_behind_proxy() -> Iterator[ProxiedDatabase]:
 
     PostgreSQL even in a SQLite run: an outage of a database server is what this stands for.
     """
-    from worker.migrate import upgrade
+    from worker.adapters.migrate import upgrade
 
     server = sa.make_url(postgres_server_url())
     proxy = TcpProxy((server.host or "127.0.0.1", server.port or 5432)).start()

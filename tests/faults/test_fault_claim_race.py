@@ -3,7 +3,7 @@ already in flight at that instant (SPEC §8).
 
 Several hot leads, each claimed at a different moment around its first reminder's due time (some
 before, some at it, some just after), by the signed SMS reply webhook or directly through
-``worker.claims.claim``, while the scheduler and a worker fire the reminders.
+``worker.services.claims.claim``, while the scheduler and a worker fire the reminders.
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ from tests.fakes.providers import FakeProviderServer
 from tests.support.alerting import fast_rules, hot_lead, signed_sms
 from tests.support.faults import Publisher, Store, delivery_id_of
 from tests.support.stack import Processes, wait_until
-from worker import db
+from worker.adapters import db
 
 OFFSETS = [-0.3, -0.1, 0.0, 0.03, 0.06, 0.1, 0.2, 1.0]   # seconds from the first reminder's due time
 BOB = "+14155550102"
 
 
 def claim_directly(lead: str) -> bool:
-    from worker.claims import claim
-    from worker.db import now_utc
-    from worker.runtime import get_runtime
+    from worker.adapters.db import now_utc
+    from worker.adapters.runtime import get_runtime
+    from worker.services.claims import claim
 
     rt = get_runtime()
     with rt.sessions.begin() as session:
@@ -43,7 +43,7 @@ def warm_up(client: TestClient) -> None:
     """Load this process's rules and open its database connections before the race."""
     from sqlalchemy import text
 
-    from worker.runtime import get_runtime
+    from worker.adapters.runtime import get_runtime
 
     rt = get_runtime()
     assert rt.rules.rep("bob") is not None
@@ -54,7 +54,7 @@ def warm_up(client: TestClient) -> None:
 
 def test_a_claim_racing_a_due_reminder_lets_out_at_most_the_step_in_flight(
         alert_env: dict[str, str], processes: Processes, providers: FakeProviderServer) -> None:
-    from worker.webhooks import router
+    from worker.entrypoints.webhooks import router
 
     rules = Path(alert_env["LEADROUTER_CONFIG"])
     fast_rules(rules, first_contact_sla="60s", retries=["3s", "5s", "7s"])

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from tests.support.alerting import fast_rules
 from tests.support.faults import Publisher, Store, identify, track, ts
 from tests.support.stack import Processes, wait_until
-from worker import db
+from worker.adapters import db
 
 # each one alone takes a lead from 70 to 75 or more; four of them go by the fast lane
 CROSSERS = ["Pricing Page Viewed", "Webinar Attended", "Comparison Viewed", "Case Study Viewed",

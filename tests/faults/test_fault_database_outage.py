@@ -15,7 +15,7 @@ from sqlalchemy import select
 from tests.support.alerting import hot_lead
 from tests.support.faults import ProxiedDatabase, Publisher, Store, background, running, start_service
 from tests.support.stack import Processes, wait_until
-from worker import db
+from worker.adapters import db
 
 OUTAGE_SECONDS = 20.0
 

@@ -29,8 +29,8 @@ from tests.fakes.providers import FakeProviderServer
 from tests.support.alerting import PUBLIC, TOKEN, fast_rules
 from tests.support.faults import PrivateRedis, Publisher, Store, running
 from tests.support.stack import Processes, wait_until
-from worker import db
-from worker.tokens import TokenError, verify
+from worker.adapters import db
+from worker.adapters.tokens import TokenError, verify
 
 LEADS = int(os.environ.get("LEADROUTER_DISORDER_LEADS", "60"))
 SECRET = "disorder-secret-of-the-fault-suite-0123456789"

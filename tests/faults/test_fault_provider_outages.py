@@ -20,7 +20,7 @@ from tests.fakes.providers import FakeProviderServer
 from tests.support.alerting import fast_rules, hot_lead
 from tests.support.faults import Publisher, Store, delivery_id_of
 from tests.support.stack import Processes, wait_until
-from worker import db
+from worker.adapters import db
 
 # In the order requests arrive: one hangs until the client gives up (after 10 s), one is rate limited,
 # one finds the service unavailable, one is cut off once the request was read. The hang comes first, so

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from tests.support.alerting import hot_lead
 from tests.support.faults import PrivateRedis, Publisher, Store, background, running, start_service
 from tests.support.stack import Processes, wait_until
-from worker import db
+from worker.adapters import db
 
 
 def test_redis_killed_and_restarted_loses_and_doubles_nothing(

@@ -18,14 +18,14 @@ from tests.fakes.providers import FakeProviderServer
 from tests.support.alerting import fast_rules, hot_lead
 from tests.support.faults import Publisher, Store, delivery_id_of
 from tests.support.stack import Processes, wait_until
-from worker import db
+from worker.adapters import db
 
 LEADS = ["s-0", "s-1", "s-2"]
 
 
 def look_ahead() -> float:
     """How long before its due time the scheduler may hand a step over to a worker, in seconds."""
-    from worker import scheduler
+    from worker.entrypoints import scheduler
 
     return float(getattr(scheduler, "LOOK_AHEAD", timedelta(0)).total_seconds())
 

@@ -17,7 +17,7 @@ import httpx
 
 from tests.support.faults import ProxiedDatabase
 from tests.support.stack import SECRET_KEY, Processes, free_port, wait_until
-from worker.tokens import ClaimToken, sign
+from worker.adapters.tokens import ClaimToken, sign
 
 WRITE_KEY = "wk-stall-5e1c"
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()}

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from tests.support.faults import Publisher, Store, TcpProxy, background, children_of
 from tests.support.stack import Processes, RedisServer, wait_until
-from worker import db
+from worker.adapters import db
 
 QUEUES = "events,fast"
 

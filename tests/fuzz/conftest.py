@@ -15,9 +15,9 @@ from tests.support.fuzz import KEYS, Api, sendgrid_public_key
 @pytest.fixture
 def fuzz_env(alert_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """alert_env plus write keys, a SendGrid verification key and a rate limit no fuzz run reaches."""
-    from worker.api_ingest import get_ingest_settings
-    from worker.runtime import reset_runtime
-    from worker.settings import reset_settings
+    from worker.adapters.runtime import reset_runtime
+    from worker.adapters.settings import reset_settings
+    from worker.entrypoints.api_ingest import get_ingest_settings
 
     extra = {"LEADROUTER_WRITE_KEYS": ",".join(f"{name}:{key}" for name, key in KEYS.items()),
              "LEADROUTER_RATE_LIMIT": "1000000", "LEADROUTER_RATE_BURST": "1000000000",
@@ -35,8 +35,8 @@ def fuzz_env(alert_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iter
 def api(fuzz_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
     from fastapi.testclient import TestClient
 
-    from worker import api_ingest
-    from worker.api import create_app
+    from worker.entrypoints import api_ingest
+    from worker.entrypoints.api import create_app
 
     kicks: list[str] = []
     # A drain kick is a Celery message; no worker runs here, so the kick is recorded instead of sent.

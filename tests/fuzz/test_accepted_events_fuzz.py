@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from tests.support.fuzz import Api
 from tests.support.stack import hold_alerts
 from tests.support.strategies import FUZZ, event_dicts, odd_events
-from worker import db, stream
+from worker.adapters import db, stream
 
 
 @pytest.fixture
@@ -34,8 +34,8 @@ def no_alerts(fuzz_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> list
 @given(batch=st.lists(st.one_of(odd_events(), event_dicts()), min_size=1, max_size=6))
 def test_every_accepted_event_is_processed_and_none_is_stuck(api: Api, no_alerts: list[int],
                                                               batch: list[dict[str, Any]]) -> None:
-    from worker.runtime import get_runtime
-    from worker.tasks import drain_once
+    from worker.adapters.runtime import get_runtime
+    from worker.entrypoints.tasks import drain_once
 
     api.reset_queue()
     r = api.post("/v1/batch", content=json.dumps({"batch": batch}).encode())

@@ -7,11 +7,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from tests.support.fuzz import Api, Open, claim_path, open_lead
-from worker import db
+from worker.adapters import db
 
 
 def _lead(api: Api, lead_id: str = "u-page", rep: str = "bob") -> Open:
-    from worker.runtime import get_runtime
+    from worker.adapters.runtime import get_runtime
 
     return open_lead(get_runtime().sessions, lead_id, rep=rep)
 

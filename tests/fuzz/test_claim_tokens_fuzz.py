@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from tests.support.fuzz import Api, Open, claim_path, open_lead
 from tests.support.stack import SECRET_KEY
 from tests.support.strategies import FUZZ, mutated
-from worker import db
-from worker.tokens import ClaimToken, TokenError, sign, verify
+from worker.adapters import db
+from worker.adapters.tokens import ClaimToken, TokenError, sign, verify
 
 SOME = settings(FUZZ, max_examples=20)
 SECRET = SECRET_KEY                 # LEADROUTER_SECRET_KEY of service_env
@@ -27,7 +27,7 @@ TOKEN_CHARS = string.ascii_letters + string.digits + "-_.=+/ %~!*é"
 
 @pytest.fixture
 def lead(api: Api) -> Open:
-    from worker.runtime import get_runtime
+    from worker.adapters.runtime import get_runtime
 
     sessions = get_runtime().sessions
     open_lead(sessions, "u-other")              # a second open lead, for tokens re-pointed at it

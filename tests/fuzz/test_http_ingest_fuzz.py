@@ -28,8 +28,8 @@ from tests.support.strategies import (
     timestamps,
     valid_event,
 )
-from worker import stream
-from worker.api_ingest import IngestError, _prepare
+from worker.adapters import stream
+from worker.entrypoints.api_ingest import IngestError, _prepare
 
 SINGLE = {"/v1/track": "track", "/v1/identify": "identify", "/v1/page": "page", "/v1/alias": "alias",
           "/v1/t": "track", "/v1/i": "identify", "/v1/p": "page", "/v1/a": "alias"}

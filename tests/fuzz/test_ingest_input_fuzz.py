@@ -16,10 +16,10 @@ from routing.events import EventError, check_envelope, normalize
 from routing.scoring import event_rule
 from tests.support.stack import CONFIG
 from tests.support.strategies import FUZZ, any_text, deep_values, event_dicts, json_values
-from worker import stream
-from worker.api_ingest import IngestError, _prepare, parse_json
-from worker.ingest_access import basic_user
-from worker.publish import lane_for
+from worker.adapters import stream
+from worker.entrypoints.api_ingest import IngestError, _prepare, parse_json
+from worker.entrypoints.ingest_access import basic_user
+from worker.services.publish import lane_for
 
 RULES = load_rules(CONFIG)
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -111,7 +111,7 @@ def test_every_valid_event_has_a_lane_and_high_value_ones_the_fast_one(raw: dict
     lane = lane_for(raw, RULES)
     assert lane in stream.LANES
     # a name with surrounding blanks is scored under its stripped name, but lane_for looks it up
-    # unstripped (worker/publish.py), so only names as sent are compared here
+    # unstripped (worker/services/publish.py), so only names as sent are compared here
     if event.type == "track" and (raw["type"] == "page" or raw["event"] == raw["event"].strip()):
         rule = event_rule(RULES.scoring, event.name)
         fast = rule is not None and rule.points >= RULES.alerts.fast_lane_min_points

@@ -19,7 +19,7 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.support.fuzz import KEYS, Api, basic
 from tests.support.strategies import FUZZ
-from worker.settings import reset_settings
+from worker.adapters.settings import reset_settings
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance]
@@ -42,7 +42,7 @@ def _document_app() -> Any:
 
     from tests.support.stack import CONFIG as RULES
     from tests.support.stack import SECRET_KEY
-    from worker.api import create_app
+    from worker.entrypoints.api import create_app
 
     saved = {k: os.environ.get(k) for k in ("LEADROUTER_SECRET_KEY", "LEADROUTER_CONFIG")}
     os.environ.update({"LEADROUTER_SECRET_KEY": SECRET_KEY, "LEADROUTER_CONFIG": str(RULES)})

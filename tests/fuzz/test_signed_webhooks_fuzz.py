@@ -32,7 +32,7 @@ from tests.support.fuzz import (
     twilio_signature,
 )
 from tests.support.strategies import FUZZ, flip_byte, mutated
-from worker import db
+from worker.adapters import db
 
 SOME = settings(FUZZ, max_examples=20)
 B64 = string.ascii_letters + string.digits + "+/="
@@ -43,7 +43,7 @@ class State:
     """What a webhook can change: dedup keys, traces, rep availability, deliveries."""
 
     def __init__(self) -> None:
-        from worker.runtime import get_runtime
+        from worker.adapters.runtime import get_runtime
 
         self.sessions = get_runtime().sessions
 

@@ -9,14 +9,14 @@ from datetime import UTC, datetime
 
 from routing.messages import SMS_MAX, is_gsm7, sms_length
 from tests.support.fuzz import BOB, SMS, Api, open_lead, post_form, sendgrid_post, twilio_signature
-from worker import db
+from worker.adapters import db
 
 HOSTILE = "Jane <script>alert(1)</script> Click evil.example/login now \u202e\U0001F600 https://x.test/a " + "A" * 32_000
 
 
 def _alerted(api: Api, lead_id: str) -> None:
     """An open lead of bob's, with the SMS alert that a bare reply acts on."""
-    from worker.runtime import get_runtime
+    from worker.adapters.runtime import get_runtime
 
     sessions = get_runtime().sessions
     lead = open_lead(sessions, lead_id)
@@ -65,7 +65,7 @@ def test_a_lead_without_a_name_is_named_by_its_short_code_not_its_id(api: Api) -
 
     lead_id = "jane@evil.example/login"
     _alerted(api, lead_id)
-    from worker.runtime import get_runtime
+    from worker.adapters.runtime import get_runtime
 
     with get_runtime().sessions.begin() as s:
         s.get(db.Lead, lead_id).traits = {"name": "https://evil.example/x"}     # nothing left once cleaned

@@ -15,19 +15,19 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.support.operator import cli, cli_json, current, feed, hot_lead, sessions
-from worker import db
+from worker.adapters import db
 
 TOKEN = "alice-operator-token-0123456789"
 
 
 @pytest.fixture
 def client(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:  # noqa: F811
-    from worker.settings import reset_settings
+    from worker.adapters.settings import reset_settings
 
     monkeypatch.setenv("LEADROUTER_OPERATOR_TOKENS", f"ann:{TOKEN}")
     env["LEADROUTER_OPERATOR_TOKENS"] = f"ann:{TOKEN}"
     reset_settings()
-    from worker.api import create_app
+    from worker.entrypoints.api import create_app
 
     with TestClient(create_app(), base_url="http://127.0.0.1:8000") as c:
         yield c
@@ -44,7 +44,7 @@ def login(c: TestClient) -> str:
 
 
 def rules_with(env: dict[str, str], routing_extra: str) -> None:  # noqa: F811
-    from worker.runtime import reset_runtime
+    from worker.adapters.runtime import reset_runtime
 
     path = Path(env["LEADROUTER_CONFIG"])
     text = path.read_text()
@@ -75,8 +75,8 @@ def test_the_board_is_refused_without_a_valid_login(client: TestClient, monkeypa
     assert client.post("/board/action", data={"action": "close", "lead": "x"},
                        headers={"X-Board-CSRF": csrf}).status_code == 409     # no such lead: refused, nothing done
     # a token taken out of the setting ends its sessions (at the API's restart)
-    from worker.runtime import reset_runtime
-    from worker.settings import reset_settings
+    from worker.adapters.runtime import reset_runtime
+    from worker.adapters.settings import reset_settings
 
     monkeypatch.setenv("LEADROUTER_OPERATOR_TOKENS", "bob:another-token-0123456789")
     reset_settings()
@@ -86,8 +86,8 @@ def test_the_board_is_refused_without_a_valid_login(client: TestClient, monkeypa
 
 def test_board_shows_open_leads_escaped_and_agrees_with_report(client: TestClient, env: dict[str, str]  # noqa: F811
                                                                ) -> None:
-    from worker.claims import claim
-    from worker.runtime import get_runtime
+    from worker.adapters.runtime import get_runtime
+    from worker.services.claims import claim
 
     rules = get_runtime().rules
     evil = hot_lead("u-evil")
@@ -173,7 +173,7 @@ def _fire_first_alert(lead_id: str, minutes_ago: float) -> db.Assignment:
 
 
 def test_auto_away_sets_a_rep_away_after_missed_first_alerts(env: dict[str, str]) -> None:  # noqa: F811
-    from worker.healing import auto_away_chore
+    from worker.services.healing import auto_away_chore
 
     rules_with(env, "  auto_away: {after_missed: 2, for: 30m}\n")
     feed(hot_lead("u-aw1", industry="fintech"))
@@ -191,7 +191,7 @@ def test_auto_away_sets_a_rep_away_after_missed_first_alerts(env: dict[str, str]
     with sessions()() as s:
         escalations = list(s.scalars(select(db.AlertStep).where(db.AlertStep.kind == "escalation")))
         traces = list(s.scalars(select(db.Trace).where(db.Trace.kind == "rep.auto_away")))
-    from worker.runtime import get_runtime
+    from worker.adapters.runtime import get_runtime
 
     manager = get_runtime().rules.rep(rep or "").manager  # type: ignore[union-attr]
     assert manager, "the test's rules give every rep a manager"

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.fakes.providers import FakeProviderServer, spec_response_problems, start_provider_server
-from worker.channels import (
+from worker.adapters.channels import (
     Channel,
     ConsoleChannel,
     OutboundMessage,
@@ -25,8 +25,8 @@ from worker.channels import (
     mask_email,
     mask_phone,
 )
-from worker.channels.base import parse_retry_after
-from worker.retry import send_with_retry
+from worker.adapters.channels.base import parse_retry_after
+from worker.adapters.retry import send_with_retry
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 SERVICE_SID = "MG" + "fedcba9876543210" * 2

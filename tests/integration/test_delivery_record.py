@@ -8,8 +8,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from routing.kinds import DeliveryStatus
-from worker import db
-from worker.deliveries import Delivery, record
+from worker.adapters import db
+from worker.services.deliveries import Delivery, record
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tests.support.stack import postgres_server_url
-from worker.engines import POOL_TIMEOUT, make_engine
+from worker.adapters.engines import POOL_TIMEOUT, make_engine
 
 
 def test_statement_parameters_never_appear_in_errors(database_url):
@@ -43,8 +43,8 @@ def test_postgresql_statements_time_out_on_the_server():
 
 
 def test_the_services_take_the_timeout_from_their_settings(service_env, monkeypatch):
-    from worker.runtime import Runtime
-    from worker.settings import Settings
+    from worker.adapters.runtime import Runtime
+    from worker.adapters.settings import Settings
 
     monkeypatch.setenv("DATABASE_URL", postgres_server_url())
     monkeypatch.setenv("LEADROUTER_DB_STATEMENT_TIMEOUT", "7.5")

@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 from routing.config import load_rules
 from routing.ledger import ROUND_ROBIN_WINDOW, RoutingLedger
 from tests.support.stack import CONFIG
-from worker import db
-from worker.assign import routing_state
+from worker.adapters import db
+from worker.services.assign import routing_state
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""A batch is scored before its write transaction (worker.pipeline.Forecast) and written under the lock.
+"""A batch is scored before its write transaction (worker.services.pipeline.Forecast) and written under the lock.
 
 The forecast reads a snapshot; another worker may commit events for the same leads before the
 write lock is ours. These tests make that happen on purpose, in one process, on the test run's
@@ -16,9 +16,10 @@ from sqlalchemy import select
 
 from routing.config import Rules, load_rules
 from routing.events import iso
-from worker import db, engines, pipeline
-from worker.assign import Router
-from worker.stream import Entry
+from worker.adapters import db, engines
+from worker.adapters.stream import Entry
+from worker.services import pipeline
+from worker.services.assign import Router
 
 NOW = db.now_utc().replace(microsecond=0)
 

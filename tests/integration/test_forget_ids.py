@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 
 from tests.support.operator import all_text, cli, cli_json, feed, hot_lead, sessions
-from worker import db
+from worker.adapters import db
 
 USER = "jane.roe@roe-industries.com"
 ANON = "anon-9f3c-roe"
@@ -33,7 +33,7 @@ def test_forget_replaces_the_lead_id_everywhere_with_a_one_way_id(env):
     assert "erased" in out
     with sessions()() as s:
         assert _mentions(s, USER) == [] and _mentions(s, ANON) == [] and _mentions(s, "roe-industries") == []
-        from worker.operator import forgotten_id
+        from worker.services.operator import forgotten_id
 
         lead = s.get(db.Lead, forgotten_id(USER))
         assert lead is not None and lead.id.startswith("forgotten:") and lead.score == score

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from tests.support.stack import wait_until
-from worker.launcher import LaunchError, Processes, RedisServer, port_answers
+from worker.adapters.launcher import LaunchError, Processes, RedisServer, port_answers
 
 
 def _alive(pid: int) -> bool:

@@ -24,14 +24,14 @@ from tests.support.operator import (
     sessions,
     ts,
 )
-from worker import db
+from worker.adapters import db
 
 # ---------------------------------------------------------------- explain
 
 
 def test_explain_json_matches_simulate_and_resolves_merged_ids(env: dict[str, str]) -> None:
     from routing.simulate import simulate
-    from worker.runtime import get_runtime
+    from worker.adapters.runtime import get_runtime
 
     pre = [{"type": "page", "messageId": "anon-page", "anonymousId": "a-jane", "name": "Pricing",
             "properties": {"path": "/pricing"}, "timestamp": ts(20)}]
@@ -78,7 +78,7 @@ def test_explain_json_matches_simulate_and_resolves_merged_ids(env: dict[str, st
 
 
 def test_pause_stops_alerting_but_not_scoring(env: dict[str, str]) -> None:
-    from worker import pause
+    from worker.services import pause
 
     with sessions()() as s:
         assert pause.is_paused(s) is False
@@ -211,8 +211,8 @@ def test_lead_assign_release_close(env: dict[str, str]) -> None:
 
 
 def test_forget_leaves_no_personal_data(env: dict[str, str]) -> None:
-    from worker import stream
-    from worker.runtime import get_runtime
+    from worker.adapters import stream
+    from worker.adapters.runtime import get_runtime
 
     pre = [{"type": "track", "messageId": "anon-1", "anonymousId": "a-forget", "event": "Webinar Attended",
             "properties": {"email": EMAIL}, "timestamp": ts(30)}]
@@ -239,7 +239,7 @@ def test_forget_leaves_no_personal_data(env: dict[str, str]) -> None:
     with sessions()() as s:
         leaks = [(t, c, v[:80]) for t, c, v in all_text(s) if EMAIL in v or PHONE in v or "Jane" in v]
         assert leaks == []
-        from worker.operator import forgotten_id
+        from worker.services.operator import forgotten_id
 
         lead = s.get(db.Lead, forgotten_id("u-forget"))
         assert lead is not None and lead.traits == {} and lead.forgotten_at is not None
@@ -257,8 +257,8 @@ def test_forget_leaves_no_personal_data(env: dict[str, str]) -> None:
 
 
 def test_dead_letters_list_and_retry(env: dict[str, str]) -> None:
-    from worker import stream
-    from worker.runtime import get_runtime
+    from worker.adapters import stream
+    from worker.adapters.runtime import get_runtime
 
     stream.append(get_runtime().redis, stream.NORMAL,
                   [("default", ts(1), {"type": "track", "userId": "u-dl", "event": "Page Viewed"})])
@@ -300,7 +300,7 @@ def test_dead_letters_list_and_retry(env: dict[str, str]) -> None:
 
 
 def test_status_numbers(env: dict[str, str]) -> None:
-    from worker.runtime import get_runtime
+    from worker.adapters.runtime import get_runtime
 
     feed(hot_lead("u-s1", industry="fintech"))
     with sessions().begin() as s:
@@ -338,8 +338,8 @@ def test_status_numbers(env: dict[str, str]) -> None:
 
 
 def test_report_numbers(env: dict[str, str]) -> None:
-    from worker.claims import claim
-    from worker.runtime import get_runtime
+    from worker.adapters.runtime import get_runtime
+    from worker.services.claims import claim
 
     rules = get_runtime().rules
     feed(hot_lead("u-r1", industry="software") + hot_lead("u-r2", industry="fintech")

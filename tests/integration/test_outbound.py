@@ -16,7 +16,7 @@ from sqlalchemy import select
 from tests.fakes.receiver import WebhookReceiver
 from tests.support.operator import ALWAYS, cli, cli_json, current, feed, hot_lead, sessions, ts
 from tests.support.stack import SECRET_KEY
-from worker import db
+from worker.adapters import db
 
 SECRET = SECRET_KEY                 # LEADROUTER_SECRET_KEY of service_env
 LEAD_EVENTS = {"lead.hot", "lead.assigned", "lead.claimed", "lead.reassigned", "lead.contacted", "lead.unrouted"}
@@ -57,8 +57,8 @@ def env(service_env: dict[str, str], receiver: WebhookReceiver, monkeypatch: pyt
 
 @pytest.fixture
 def sender(env: dict[str, str]) -> Iterator[Any]:
-    from worker.outbound import Sender
-    from worker.runtime import get_runtime
+    from worker.adapters.runtime import get_runtime
+    from worker.services.outbound import Sender
 
     rt = get_runtime()
     s = Sender(rt.sessions, lambda: get_runtime().rules, secret=SECRET, slack_url=env["SLACK_WEBHOOK_URL"],
@@ -89,8 +89,8 @@ def settled() -> bool:
 
 def test_each_ownership_change_queues_its_event_in_the_same_transaction(env: dict[str, str],
                                                                         receiver: WebhookReceiver) -> None:
-    from worker.claims import claim
-    from worker.runtime import get_runtime
+    from worker.adapters.runtime import get_runtime
+    from worker.services.claims import claim
 
     feed(hot_lead("u-crm"))
     first = current("u-crm")
@@ -230,8 +230,8 @@ def test_a_hung_receiver_holds_only_its_own_lead(env: dict[str, str], receiver: 
 
 
 def test_gives_up_after_the_retry_window(env: dict[str, str], receiver: WebhookReceiver) -> None:
-    from worker.outbound import Sender
-    from worker.runtime import get_runtime
+    from worker.adapters.runtime import get_runtime
+    from worker.services.outbound import Sender
 
     # a window long enough that the first attempt, however loaded the machine, comes well inside it
     write_rules(Path(env["LEADROUTER_CONFIG"]), [{"url": f"{receiver.url}/crm/all", "events": ["lead.hot"]}],
@@ -260,7 +260,7 @@ def test_forget_erases_the_outbox_and_cancels_what_was_not_sent(env: dict[str, s
     rows = outbox("u-erase")
     assert rows and any(email in r.body for r in rows)
     cli(env, "forget", "u-erase")
-    from worker.operator import forgotten_id
+    from worker.services.operator import forgotten_id
 
     rows = outbox(forgotten_id("u-erase"))
     assert rows and all("u-erase" not in r.body for r in rows)

@@ -23,7 +23,7 @@ from routing.config import load_rules
 from routing.events import iso
 from tests.support.pipeline import Pipeline
 from tests.support.stack import ROOT, wait_until
-from worker import db, stream
+from worker.adapters import db, stream
 
 NOW = datetime.now().astimezone()
 
@@ -331,7 +331,7 @@ def test_an_entry_that_fails_processing_is_dead_lettered_and_the_batch_goes_on(p
     garbled = next(d for d in letters if d.source == "default" and d.message_id is None)
     assert "{not json" in json.dumps(garbled.payload)
 
-    out = subprocess.run([sys.executable, "-m", "worker.cli", "dead-letters", "list", "--json"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "worker.entrypoints.cli", "dead-letters", "list", "--json"], cwd=ROOT,
                          env={**pipeline.processes.env}, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     listed = json.loads(out.stdout)
@@ -350,7 +350,7 @@ def test_entries_held_by_a_dead_consumer_are_claimed_with_no_new_event_to_kick_a
     assert len(held[0][1]) == 30
     pipeline.worker(concurrency=1, LEADROUTER_RECLAIM_IDLE_SECONDS="2")
     wait_until(lambda: len(consumers(pipeline)) > 1, message="the worker's drain at start")
-    from worker.publish import kick_drain
+    from worker.services.publish import kick_drain
 
     kick_drain(pipeline.redis, stream.NORMAL)   # the last kick there will be; it may find nothing to claim yet
     started = time.monotonic()

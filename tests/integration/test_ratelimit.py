@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from tests.support.stack import RedisServer
-from worker.ratelimit import SenderPool, TokenBucket
+from worker.adapters.ratelimit import SenderPool, TokenBucket
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from sqlalchemy import create_engine, func, select
 from routing.config import load_rules
 from routing.events import iso
 from tests.support.stack import CONFIG, Processes, wait_until
-from worker import db, engines, stream
-from worker.publish import publish
+from worker.adapters import db, engines, stream
+from worker.services.publish import publish
 
 LEADS = 300
 WEIGHTS = {"r1": 1, "r2": 1, "r3": 2}

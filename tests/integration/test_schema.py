@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from worker.db import Base
+from worker.adapters.db import Base
 
 
 def test_migrated_schema_matches_the_models(database_url: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tests.support.alerting import fast_rules, hot_lead
 from tests.support.pipeline import Pipeline
 from tests.support.stack import wait_until
-from worker import db
+from worker.adapters import db
 
 TRUSTED = {"email": "jane@acme.com", "phone": "+14155550100", "title": "VP Engineering",
            "company": {"name": "Acme", "industry": "software"}}

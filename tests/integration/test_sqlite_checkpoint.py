@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from tests.support.stack import wait_until
-from worker import engines
+from worker.adapters import engines
 
 
 def _rows_in_main_file(path: Path, copy: Path) -> int:

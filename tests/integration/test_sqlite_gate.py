@@ -7,7 +7,7 @@ import time
 
 from sqlalchemy import create_engine
 
-from worker import db, engines
+from worker.adapters import db, engines
 
 
 def test_the_normal_lane_waits_while_an_urgent_write_is_on_and_goes_when_it_ends(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import insert, text
 
 from tests.support.stack import wait_until
-from worker import db, engines
-from worker.scheduler import keep_statistics
+from worker.adapters import db, engines
+from worker.entrypoints.scheduler import keep_statistics
 
 
 def _last_analyzed(engine, table: str):  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ import time
 from tests.support.alerting import fast_rules, hot_lead
 from tests.support.pipeline import Pipeline
 from tests.support.stack import wait_until
-from worker import db
+from worker.adapters import db
 
 
 def attack(n: int, keys: int = 80) -> list[dict]:
@@ -22,7 +22,7 @@ def attack(n: int, keys: int = 80) -> list[dict]:
 
 
 def test_trait_growth_is_capped_and_a_normal_lead_behind_it_is_alerted_at_once(pipeline: Pipeline) -> None:
-    from worker.status import status
+    from worker.services.status import status
 
     fast_rules(pipeline.config)        # every rep in hours: the first alert is due at once
     pipeline.processes.celery_worker(queues="events,fast,alerts", concurrency=2)
@@ -74,16 +74,16 @@ def test_updates_within_the_caps_are_taken_and_a_value_change_always_counts(pipe
 
 def test_a_batch_past_its_time_limit_is_applied_in_halves_and_nothing_is_lost(service_env, monkeypatch,
                                                                                caplog) -> None:
-    import worker.tasks
+    import worker.entrypoints.tasks
     from tests.support.alerting import send
-    from worker import stream
-    from worker.engines import make_engine, make_sessionmaker
+    from worker.adapters import stream
+    from worker.adapters.engines import make_engine, make_sessionmaker
 
-    monkeypatch.setattr(worker.tasks, "DRAIN_TIME_LIMIT", 0.0)   # every batch of two or more runs late
+    monkeypatch.setattr(worker.entrypoints.tasks, "DRAIN_TIME_LIMIT", 0.0)   # every batch of two or more runs late
     events = [{"type": "track", "messageId": f"slow-{i}", "userId": f"u-slow-{i % 3}", "event": "Email Clicked"}
               for i in range(8)]
     send(events)
-    taken, result = worker.tasks.drain_once(stream.NORMAL)
+    taken, result = worker.entrypoints.tasks.drain_once(stream.NORMAL)
     assert taken == 8 and result.processed == 8
     assert "applying it in halves" in caplog.text
     engine = make_engine(service_env["DATABASE_URL"])
@@ -99,7 +99,7 @@ def test_entries_of_a_batch_being_worked_on_stay_young_so_no_one_takes_them_over
     import redis
 
     from tests.support.alerting import send
-    from worker import stream
+    from worker.adapters import stream
 
     send([{"type": "track", "messageId": f"held-{i}", "userId": "u-held", "event": "Email Clicked"} for i in range(5)])
     r = redis.Redis.from_url(service_env["REDIS_URL"])

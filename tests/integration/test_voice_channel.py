@@ -14,10 +14,10 @@ import redis
 
 from tests.fakes.providers import FakeProviderServer, spec_problems, spec_response_problems, start_provider_server
 from tests.support.stack import RedisServer
-from worker.channels import OutboundMessage, TransportError
-from worker.channels.base import NotSupported
-from worker.channels.twilio_voice import TwilioVoiceChannel, voice_url
-from worker.ratelimit import TokenBucket
+from worker.adapters.channels import OutboundMessage, TransportError
+from worker.adapters.channels.base import NotSupported
+from worker.adapters.channels.twilio_voice import TwilioVoiceChannel, voice_url
+from worker.adapters.ratelimit import TokenBucket
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "twilio-token"
@@ -123,7 +123,7 @@ def test_calls_beyond_the_accounts_rate_go_out_at_once_and_their_queue_is_known(
     bucket = TokenBucket(client, f"call:{uuid.uuid4()}", rate=1, burst=1)
     ch = channel(server, bucket=bucket)
     started = time.monotonic()
-    with caplog.at_level("WARNING", logger="worker.channels.twilio_voice"):
+    with caplog.at_level("WARNING", logger="worker.adapters.channels.twilio_voice"):
         for i in range(3):
             ch.send(call(str(i)))
     assert time.monotonic() - started < 1.0 and len(server.calls()) == 3   # never held back here, never refused

@@ -1,2 +1,2 @@
-"""What the tests share: the stack they start (through ``worker.launcher``), the product's environment,
+"""What the tests share: the stack they start (through ``worker.adapters.launcher``), the product's environment,
 and the helpers of each suite. Test files and conftest files import from here, never from each other."""

@@ -47,7 +47,7 @@ def alert_environment(service_env: dict[str, str], providers: FakeProviderServer
     }
     for k, v in extra.items():
         monkeypatch.setenv(k, v)
-    from worker.alerts import reset_channels
+    from worker.services.alerts import reset_channels
 
     reset_process_state()
     reset_channels()
@@ -60,7 +60,7 @@ def webhooks_client() -> Any:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from worker.webhooks import router
+    from worker.entrypoints.webhooks import router
 
     app = FastAPI()
     app.include_router(router)
@@ -96,8 +96,8 @@ def hot_lead(lead: str, country: str = "US") -> list[dict]:
 
 
 def send(events: list[dict]) -> None:
-    from worker.publish import publish
-    from worker.runtime import get_runtime
+    from worker.adapters.runtime import get_runtime
+    from worker.services.publish import publish
 
     rt = get_runtime()
     assert publish(rt.redis, events, rt.rules).accepted == len(events)
@@ -123,8 +123,8 @@ def signed_sms(client, sender: str, body: str, sid: str):  # type: ignore[no-unt
 
 def make_hot(*leads: str) -> None:
     """Publish and process (in this process) the events that make these leads hot."""
-    from worker import stream
-    from worker.tasks import drain_once
+    from worker.adapters import stream
+    from worker.entrypoints.tasks import drain_once
 
     for lead in leads:
         send(hot_lead(lead))
@@ -134,7 +134,7 @@ def make_hot(*leads: str) -> None:
 
 
 def steps_of(env, lead: str, step: int | None = None):  # type: ignore[no-untyped-def]
-    from worker import db as models
+    from worker.adapters import db as models
 
     with db(env) as s:
         q = select(models.AlertStep).where(models.AlertStep.lead_id == lead)
@@ -144,7 +144,7 @@ def steps_of(env, lead: str, step: int | None = None):  # type: ignore[no-untype
 
 
 def deliveries(env, step_id: int) -> list:  # type: ignore[no-untyped-def]
-    from worker import db as models
+    from worker.adapters import db as models
 
     with db(env) as s:
         return list(s.scalars(select(models.Delivery).where(models.Delivery.step_id == step_id)))
@@ -152,8 +152,8 @@ def deliveries(env, step_id: int) -> list:  # type: ignore[no-untyped-def]
 
 def make_due(env, *step_ids: int, ago: float = 0.0) -> None:  # type: ignore[no-untyped-def]
     """Set these steps due ``ago`` seconds ago (negative: that far in the future)."""
-    from worker import db as models
-    from worker.db import now_utc
+    from worker.adapters import db as models
+    from worker.adapters.db import now_utc
 
     with db(env) as s, s.begin():
         s.execute(update(models.AlertStep).where(models.AlertStep.id.in_(step_ids))
@@ -161,8 +161,8 @@ def make_due(env, *step_ids: int, ago: float = 0.0) -> None:  # type: ignore[no-
 
 
 def drain_all() -> None:
-    from worker import stream
-    from worker.tasks import drain_once
+    from worker.adapters import stream
+    from worker.entrypoints.tasks import drain_once
 
     while drain_once(stream.NORMAL)[0] + drain_once(stream.FAST)[0]:
         pass

@@ -25,8 +25,8 @@ from routing.config import load_rules
 from routing.events import iso
 from tests.support.alerting import fast_rules
 from tests.support.stack import Processes, RedisServer, free_port
-from worker import db, stream
-from worker.publish import publish, queue_for
+from worker.adapters import db, stream
+from worker.services.publish import publish, queue_for
 
 FIT = {"name": "Jane Doe", "title": "VP Engineering", "phone": "+14155550100", "role": "decision_maker",
        "company": {"name": "Acme", "industry": "software", "employee_count": 1200}, "address": {"country": "US"}}
@@ -57,7 +57,7 @@ PrivateRedis = RedisServer   # a redis-server of one test's own: killed, paused,
 
 
 class Publisher:
-    """``worker.publish.publish`` into one Redis, with drains kicked on that same Redis.
+    """``worker.services.publish.publish`` into one Redis, with drains kicked on that same Redis.
 
     The product's own kick goes through the Celery app of this process, which is bound to the
     session's Redis; a test with a Redis of its own kicks through a Celery client of its own.

@@ -22,8 +22,8 @@ from twilio.request_validator import RequestValidator
 
 from tests.support.alerting import PUBLIC, TOKEN
 from tests.support.stack import SECRET_KEY
-from worker import db, stream
-from worker.tokens import ClaimToken, sign
+from worker.adapters import db, stream
+from worker.adapters.tokens import ClaimToken, sign
 
 KEYS = {"web": "wk-fuzz-web-5d1e", "crm": "wk-fuzz-crm-0b7a"}
 SENDGRID_KEY = ec.generate_private_key(ec.SECP256R1())

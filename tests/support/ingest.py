@@ -1,4 +1,4 @@
-"""The HTTP API as a producer drives it: uvicorn serving ``worker.api:create_app`` as a process of its own,
+"""The HTTP API as a producer drives it: uvicorn serving ``worker.entrypoints.api:create_app`` as a process of its own,
 with write keys and CORS origins, and the stream it queues into."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import httpx
 import redis
 
 from tests.support.stack import CONFIG, SECRET_KEY, Processes, free_port, wait_until
-from worker import stream
+from worker.adapters import stream
 
 KEYS = {"web": "wk-web-1f9a", "crm": "wk-crm-77c2"}
 ORIGIN = "https://www.example.com"
@@ -53,7 +53,7 @@ class Api:
 
 def start_api(processes: Processes, env: dict[str, str], **extra: str) -> Api:
     port = free_port()
-    processes.start(sys.executable, "-m", "uvicorn", "worker.api:create_app", "--factory", "--host", "127.0.0.1",
+    processes.start(sys.executable, "-m", "uvicorn", "worker.entrypoints.api:create_app", "--factory", "--host", "127.0.0.1",
                     "--port", str(port), "--log-level", "warning", name="api", extra_env={**BASE_ENV, **extra})
     url = f"http://127.0.0.1:{port}"
 
@@ -73,7 +73,7 @@ def start_api(processes: Processes, env: dict[str, str], **extra: str) -> Api:
 
 def shared_api_process(redis_url: str, database: str | None, home: Path) -> Iterator[Api]:
     """An API process on ``database`` (a SQLite file in ``home`` when None), stopped when the generator is."""
-    from worker.migrate import upgrade
+    from worker.adapters.migrate import upgrade
 
     if database is None:
         database = f"sqlite:///{home / 'leadrouter.db'}"

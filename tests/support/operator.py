@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.support.stack import ROOT, hold_alerts
-from worker import db
+from worker.adapters import db
 
 EMAIL = "jane.doe@acme-corp.com"
 PHONE = "+14155559876"
@@ -23,7 +23,7 @@ ALWAYS = "Mon-Sun 00:00-24:00"
 
 
 def cli(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "worker.cli", *args], env={**os.environ, **env}, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "worker.entrypoints.cli", *args], env={**os.environ, **env}, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     if ok:
         assert proc.returncode == 0, f"{args}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
@@ -35,8 +35,8 @@ def cli_json(env: dict[str, str], *args: str) -> Any:
 
 
 def send(events: list[dict[str, Any]]) -> None:
-    from worker.publish import publish
-    from worker.runtime import get_runtime
+    from worker.adapters.runtime import get_runtime
+    from worker.services.publish import publish
 
     rt = get_runtime()
     result = publish(rt.redis, events, rt.rules, kick=lambda r, lane: None)
@@ -51,7 +51,7 @@ def feed(events: list[dict[str, Any]]) -> None:
 
 
 def drain() -> None:
-    from worker.tasks import drain_once
+    from worker.entrypoints.tasks import drain_once
 
     for _ in range(10):
         if drain_once("fast")[0] + drain_once("normal")[0] == 0:
@@ -85,7 +85,7 @@ def hot_lead(user: str, industry: str = "software", email: str | None = None, ph
 
 
 def sessions() -> Any:
-    from worker.runtime import get_runtime
+    from worker.adapters.runtime import get_runtime
 
     return get_runtime().sessions
 

@@ -11,8 +11,8 @@ from sqlalchemy import create_engine, func, select
 
 from routing.config import load_rules
 from tests.support.stack import Processes, wait_until
-from worker import db, engines, stream
-from worker.publish import publish
+from worker.adapters import db, engines, stream
+from worker.services.publish import publish
 
 EVENT_QUEUES = "events,fast"
 

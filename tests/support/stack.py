@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
-from worker import launcher
-from worker.launcher import free_port
+from worker.adapters import launcher
+from worker.adapters.launcher import free_port
 
 __all__ = ["ACCEPTANCE", "CONFIG", "ROOT", "SECRET_KEY", "Processes", "RedisServer", "free_port",
            "handles_sigusr1", "hold_alerts", "postgres_server_url", "reset_process_state", "wait_until"]
@@ -96,8 +96,8 @@ def wait_until(predicate: Callable[[], T], timeout: float = 30.0, interval: floa
 
 def reset_process_state() -> None:
     """Settings and runtime read again from the environment, in this process."""
-    from worker.runtime import reset_runtime
-    from worker.settings import reset_settings
+    from worker.adapters.runtime import reset_runtime
+    from worker.adapters.settings import reset_settings
 
     reset_settings()
     reset_runtime()
@@ -106,13 +106,13 @@ def reset_process_state() -> None:
 def hold_alerts(monkeypatch: pytest.MonkeyPatch, record: list[int] | None = None) -> None:
     """Drains in this process leave the alert steps they make due as pending rows (recorded in ``record``):
     not queued for a Celery worker, not fired by the fast lane itself. For tests about something else."""
-    import worker.dispatch
-    import worker.tasks
+    import worker.entrypoints.tasks
+    import worker.services.dispatch
 
-    monkeypatch.setattr(worker.dispatch, "dispatch_steps",
+    monkeypatch.setattr(worker.services.dispatch, "dispatch_steps",
                         lambda ids, eta=None: (record.extend(ids) if record is not None else None) or 0)
-    monkeypatch.setattr(worker.tasks, "INLINE_FIRING", 0)   # no thread to fire on: the steps are dispatched
-    monkeypatch.setattr(worker.tasks, "_inline", None)
+    monkeypatch.setattr(worker.entrypoints.tasks, "INLINE_FIRING", 0)   # no thread to fire on: the steps are dispatched
+    monkeypatch.setattr(worker.entrypoints.tasks, "_inline", None)
 
 
 # ---------------------------------------------------------------- databases
@@ -158,7 +158,7 @@ def drop_database(server_url: Any, name: str) -> None:
 def truncate_all(url: str) -> None:
     import sqlalchemy as sa
 
-    from worker.db import Base
+    from worker.adapters.db import Base
 
     eng = sa.create_engine(url)
     names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)

@@ -34,7 +34,7 @@ def voice_env(alert_env):
     doc["outbound"] = {"webhooks": [{"url": "http://127.0.0.1:9/crm", "events": ["lead.contacted"]}]}
     with path.open("w") as fh:
         yaml.dump(doc, fh)
-    from worker.runtime import reset_runtime
+    from worker.adapters.runtime import reset_runtime
 
     reset_runtime()
     return alert_env
@@ -45,7 +45,7 @@ def app_client(voice_env):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from worker import voice, webhooks
+    from worker.entrypoints import voice, webhooks
 
     app = FastAPI()
     app.include_router(webhooks.router)
@@ -76,7 +76,7 @@ def voice_stack(voice_env, processes, providers, app_client):
 
 
 def lead_row(env, lead_id: str):
-    from worker import db as models
+    from worker.adapters import db as models
 
     with db(env) as s:
         return s.get(models.Lead, lead_id)
@@ -89,7 +89,7 @@ def calls_to(server: FakeProviderServer, number: str) -> list[dict]:
 def ringing(env, call: dict) -> dict:
     """The call once its sender has recorded Twilio's answer: a real phone rings for seconds before
     anything comes back about it, and a callback that overtook the sender's record would be overwritten."""
-    from worker import db as models
+    from worker.adapters import db as models
 
     wait_until(lambda: [d.status for d in rows_of(env, models.Delivery, models.Delivery.provider_id == call["Sid"])]
                == ["sent"], timeout=10, message=f"call {call['Sid']} recorded as sent")
@@ -102,6 +102,6 @@ def rows_of(env, model, *where):
 
 
 def trace_of(env, lead_id: str) -> list[tuple[str, dict]]:
-    from worker import db as models
+    from worker.adapters import db as models
 
     return [(t.kind, t.detail) for t in rows_of(env, models.Trace, models.Trace.lead_id == lead_id)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.stack import ACCEPTANCE
-from worker.cli import main
+from worker.entrypoints.cli import main
 
 CASES = sorted((ACCEPTANCE / "scoring").glob("*.jsonl"))
 

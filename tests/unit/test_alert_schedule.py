@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.scheduler import ETA_GRID, eta_slots
+from worker.entrypoints.scheduler import ETA_GRID, eta_slots
 
 T0 = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
 
@@ -39,7 +39,7 @@ def test_the_tick_never_waits_behind_a_chore_stuck_on_a_provider(monkeypatch):
     import signal
     import threading
 
-    import worker.scheduler as scheduler
+    import worker.entrypoints.scheduler as scheduler
 
     stuck = threading.Event()
     release = threading.Event()

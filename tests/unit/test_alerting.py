@@ -280,7 +280,7 @@ def test_a_step_escalates_at_once_only_when_every_channel_to_the_rep_failed():
     ("email", "undelivered", None, (None, False)),         # a Twilio word means nothing to SendGrid
 ])
 def test_each_channel_reads_its_own_providers_status_words(channel, word, code, expected):
-    from worker.channels import read_status
+    from worker.adapters.channels import read_status
 
     report = read_status(channel, word, code)
     assert (report.outcome, report.recipient_error) == expected

@@ -10,8 +10,8 @@ import pytest
 from ruamel.yaml import YAML
 
 from tests.support.stack import ROOT
-from worker import cli
-from worker.settings import Settings
+from worker.adapters.settings import Settings
+from worker.entrypoints import cli
 
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
 COMPOSE: dict[str, Any] = YAML(typ="safe").load(COMPOSE_TEXT)
@@ -146,7 +146,7 @@ def test_dockerignore_keeps_secrets_and_local_state_out_of_the_image() -> None:
 
 
 def test_the_env_example_leaves_the_secret_key_for_the_operator_to_set() -> None:
-    from worker.settings import secret_problem
+    from worker.adapters.settings import secret_problem
 
     values = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
                   if line and not line.startswith("#"))

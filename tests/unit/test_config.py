@@ -102,7 +102,7 @@ def test_impossible_hour_ranges_name_the_line(hours: str, message: str) -> None:
 def test_check_config_lists_every_error_and_exits_1(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text(BROKEN)
-    done = subprocess.run([sys.executable, "-m", "worker.cli", "check-config", str(path)],
+    done = subprocess.run([sys.executable, "-m", "worker.entrypoints.cli", "check-config", str(path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stdout == ""
@@ -112,7 +112,7 @@ def test_check_config_lists_every_error_and_exits_1(tmp_path: Path) -> None:
 
 
 def test_check_config_accepts_the_shipped_rules() -> None:
-    done = subprocess.run([sys.executable, "-m", "worker.cli", "check-config", "config/routing.yaml"],
+    done = subprocess.run([sys.executable, "-m", "worker.entrypoints.cli", "check-config", "config/routing.yaml"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "18 events, 4 fit rules" in done.stdout

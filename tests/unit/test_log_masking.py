@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from worker.logs import AccessLogFilter, MaskingFilter, mask
+from worker.adapters.logs import AccessLogFilter, MaskingFilter, mask
 
 
 @pytest.mark.parametrize("text", [

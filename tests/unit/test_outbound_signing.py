@@ -14,7 +14,7 @@ from routing.config import Outbound, RulesError, parse_rules
 from routing.messages import LeadView, render_slack
 from tests.fakes.receiver import block_kit_problems
 from tests.support.stack import CONFIG
-from worker.outbound import backoff, classify, signature, verify
+from worker.services.outbound import backoff, classify, signature, verify
 
 BODY = b'{"id":"evt_1","event":"lead.assigned"}'
 

@@ -62,7 +62,7 @@ def test_the_three_presets_ship() -> None:
 
 @pytest.mark.parametrize("name", sorted(INDUSTRY_EVENTS))
 def test_preset_passes_check_config(name: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "worker.cli", "check-config", str(PRESETS / f"{name}.yaml")],
+    done = subprocess.run([sys.executable, "-m", "worker.entrypoints.cli", "check-config", str(PRESETS / f"{name}.yaml")],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert ": ok (rules " in done.stdout

@@ -8,11 +8,11 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from worker import retry
-from worker.channels import TransportError
-from worker.channels.base import ErrorKind
-from worker.pipeline import BatchTooSlow
-from worker.retry import Policy
+from worker.adapters import retry
+from worker.adapters.channels import TransportError
+from worker.adapters.channels.base import ErrorKind
+from worker.adapters.retry import Policy
+from worker.services.pipeline import BatchTooSlow
 
 
 def outage() -> OperationalError:
@@ -136,7 +136,7 @@ def test_a_batch_is_not_tried_again_as_a_whole_on_an_outage_or_when_it_ran_late(
 
 
 def test_the_drain_as_a_whole_waits_out_an_outage_between_lost_races() -> None:
-    """How worker.tasks nests them: the outage wait around the batch's second try."""
+    """How worker.entrypoints.tasks nests them: the outage wait around the batch's second try."""
     fn = Failing(lost_race(), outage(), outage(), lost_race())
     sleeps: list[float] = []
 

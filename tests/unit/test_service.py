@@ -1,6 +1,6 @@
 """``leadrouter worker``: the worker groups it starts."""
 
-from worker.service import ALERT_THREADS, worker_commands
+from worker.entrypoints.service import ALERT_THREADS, worker_commands
 
 
 def _flag(command: list[str], flag: str) -> str:
@@ -24,7 +24,7 @@ def test_each_alert_process_is_a_threads_worker_of_its_own_and_they_scale_with_a
 def test_the_cli_refuses_fewer_than_one_worker_process(capsys):
     import pytest
 
-    from worker.cli import main
+    from worker.entrypoints.cli import main
 
     for flag in ("--concurrency", "--alert-concurrency"):
         for bad in ("0", "-1", "two"):

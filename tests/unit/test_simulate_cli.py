@@ -75,7 +75,7 @@ def write_events(tmp_path: Path, events: list[dict[str, Any]], bad_line: bool = 
 
 
 def leadrouter(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "worker.entrypoints.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
 
 

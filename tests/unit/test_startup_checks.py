@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.stack import CONFIG
-from worker.settings import KNOWN_SECRETS, MIN_SECRET_BYTES, secret_problem
-from worker.startup import rules_problems
+from worker.adapters.settings import KNOWN_SECRETS, MIN_SECRET_BYTES, secret_problem
+from worker.entrypoints.startup import rules_problems
 
 
 @pytest.mark.parametrize("secret", [None, "", *sorted(KNOWN_SECRETS), " Dev-Insecure-Secret-Change-Me ",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from worker.db import Base
-from worker.engines import make_engine
+from worker.adapters.db import Base
+from worker.adapters.engines import make_engine
 
 config = context.config
 
@@ -14,7 +14,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from worker.settings import get_settings
+    from worker.adapters.settings import get_settings
 
     return get_settings().database_url
 

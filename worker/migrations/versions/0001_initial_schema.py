@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import worker.db
+import worker.adapters.db
 
 revision = '0001'
 down_revision = None
@@ -25,8 +25,8 @@ def upgrade() -> None:
     sa.Column('message_id', sa.String(length=220), nullable=True),
     sa.Column('payload', sa.JSON(), nullable=False),
     sa.Column('error', sa.Text(), nullable=False),
-    sa.Column('created_at', worker.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('retried_at', worker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('retried_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
@@ -37,9 +37,9 @@ def upgrade() -> None:
     sa.Column('lead_id', sa.String(length=220), nullable=False),
     sa.Column('type', sa.String(length=16), nullable=False),
     sa.Column('name', sa.String(length=220), nullable=True),
-    sa.Column('timestamp', worker.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('received_at', worker.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('processed_at', worker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('timestamp', worker.adapters.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('received_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('processed_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('properties', sa.JSON(), nullable=False),
     sa.Column('traits', sa.JSON(), nullable=False),
     sa.Column('points', sa.Float(), nullable=False),
@@ -56,12 +56,12 @@ def upgrade() -> None:
     op.create_table('hot_episodes',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('lead_id', sa.String(length=220), nullable=False),
-    sa.Column('opened_at', worker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('opened_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('event_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
-    sa.Column('event_received_at', worker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('event_received_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('red_hot', sa.Boolean(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
-    sa.Column('closed_at', worker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('closed_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('rules_hash', sa.String(length=32), nullable=False),
     sa.Column('reassignments', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('id')
@@ -72,7 +72,7 @@ def upgrade() -> None:
     op.create_table('identity_links',
     sa.Column('anon_lead_id', sa.String(length=220), nullable=False),
     sa.Column('user_lead_id', sa.String(length=220), nullable=False),
-    sa.Column('linked_at', worker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('linked_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('anon_lead_id')
     )
     with op.batch_alter_table('identity_links', schema=None) as batch_op:
@@ -80,13 +80,13 @@ def upgrade() -> None:
 
     op.create_table('inbound_messages',
     sa.Column('key', sa.String(length=120), nullable=False),
-    sa.Column('received_at', worker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('received_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('key')
     )
     op.create_table('lead_trace',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('lead_id', sa.String(length=220), nullable=False),
-    sa.Column('at', worker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('at', worker.adapters.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('kind', sa.String(length=40), nullable=False),
     sa.Column('actor', sa.String(length=100), nullable=True),
     sa.Column('detail', sa.JSON(), nullable=False),
@@ -97,38 +97,38 @@ def upgrade() -> None:
 
     op.create_table('leads',
     sa.Column('id', sa.String(length=220), nullable=False),
-    sa.Column('created_at', worker.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', worker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('traits', sa.JSON(), nullable=False),
     sa.Column('score', sa.Float(), nullable=False),
     sa.Column('behavior', sa.Float(), nullable=False),
     sa.Column('fit', sa.Float(), nullable=False),
     sa.Column('tier', sa.String(length=16), nullable=False),
     sa.Column('breakdown', sa.JSON(), nullable=False),
-    sa.Column('hot_at', worker.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('red_hot_at', worker.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('last_routed_at', worker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('hot_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('red_hot_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_routed_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('hot_unalerted', sa.Boolean(), nullable=False),
     sa.Column('owner', sa.String(length=100), nullable=True),
     sa.Column('merged_into', sa.String(length=220), nullable=True),
-    sa.Column('contacted_at', worker.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('closed_at', worker.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('forgotten_at', worker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('contacted_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('closed_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('forgotten_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('event_count', sa.Integer(), nullable=False),
     sa.Column('rules_hash', sa.String(length=32), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     op.create_table('rep_state',
     sa.Column('rep_id', sa.String(length=100), nullable=False),
-    sa.Column('away_until', worker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('away_until', worker.adapters.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('disabled_channels', sa.JSON(), nullable=False),
-    sa.Column('updated_at', worker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('rep_id')
     )
     op.create_table('settings',
     sa.Column('key', sa.String(length=120), nullable=False),
     sa.Column('value', sa.JSON(), nullable=False),
-    sa.Column('updated_at', worker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('key')
     )
     op.create_table('assignments',
@@ -141,12 +141,12 @@ def upgrade() -> None:
     sa.Column('route', sa.String(length=20), nullable=False),
     sa.Column('reasons', sa.JSON(), nullable=False),
     sa.Column('rules_hash', sa.String(length=32), nullable=False),
-    sa.Column('created_at', worker.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('start_at', worker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('start_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('current', sa.Boolean(), nullable=False),
-    sa.Column('ended_at', worker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('ended_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('end_reason', sa.String(length=20), nullable=True),
-    sa.Column('claimed_at', worker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('claimed_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('claimed_by', sa.String(length=100), nullable=True),
     sa.Column('actor', sa.String(length=100), nullable=True),
     sa.ForeignKeyConstraint(['episode_id'], ['hot_episodes.id'], ),
@@ -164,11 +164,11 @@ def upgrade() -> None:
     sa.Column('lead_id', sa.String(length=220), nullable=False),
     sa.Column('step', sa.Integer(), nullable=False),
     sa.Column('kind', sa.String(length=20), nullable=False),
-    sa.Column('due_at', worker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('due_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('claimed_by', sa.String(length=100), nullable=True),
-    sa.Column('claimed_at', worker.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('fired_at', worker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('claimed_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('fired_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('note', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['assignment_id'], ['assignments.id'], ),
     sa.PrimaryKeyConstraint('id'),
@@ -189,9 +189,9 @@ def upgrade() -> None:
     sa.Column('provider_id', sa.String(length=100), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('error_kind', sa.String(length=20), nullable=True),
-    sa.Column('created_at', worker.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('sent_at', worker.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('updated_at', worker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('sent_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('updated_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['step_id'], ['alert_steps.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('step_id', 'recipient', 'channel', name='uq_deliveries_step_channel')

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import worker.db
+import worker.adapters.db
 
 revision = '0002'
 down_revision = '0001'
@@ -27,12 +27,12 @@ def upgrade() -> None:
     sa.Column('body', sa.Text(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('next_attempt_at', worker.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('lease_until', worker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('next_attempt_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('lease_until', worker.adapters.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('last_status', sa.Integer(), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
-    sa.Column('created_at', worker.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('delivered_at', worker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('delivered_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('event_id', 'receiver', name='uq_outbound_webhooks_event_receiver')
     )

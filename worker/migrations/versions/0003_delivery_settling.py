@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import worker.db
+import worker.adapters.db
 
 revision = '0003'
 down_revision = '0002'
@@ -20,7 +20,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
         batch_op.add_column(sa.Column('settled_by', sa.String(length=20), nullable=True))
-        batch_op.add_column(sa.Column('resent_at', worker.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('resent_at', worker.adapters.db.UTCDateTime(timezone=True), nullable=True))
         batch_op.create_index('ix_deliveries_unsettled', ['status', 'updated_at'], unique=False)
 
 

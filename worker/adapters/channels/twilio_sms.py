@@ -1,0 +1,227 @@
+"""SMS through Twilio's Messages API, with the official SDK."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
+from urllib3.exceptions import NewConnectionError
+
+from worker.adapters.channels.base import (
+    ErrorKind,
+    OutboundMessage,
+    Report,
+    SendResult,
+    Sent,
+    TransportError,
+    exception_chain,
+    parse_retry_after,
+)
+
+KEEP_ALIVE_CONNECTIONS = 32   # at least as many as the threads that send alerts in one process
+
+FIND_LIMIT = 50   # a rep's newest messages, searched for one whose answer was lost
+
+# Twilio's documented limits for ValidityPeriod, in seconds.
+MIN_VALIDITY = 1
+MAX_VALIDITY = 36_000
+
+# The number itself is wrong for SMS or refuses us: retrying cannot help, and
+# the rep's SMS channel should be switched off until someone fixes the number.
+# Errors that condemn the recipient's number, not the request or the account: the channel is switched off
+# for that rep. Answered to a send: invalid number, opted out (STOP), not a mobile. Reported later by a
+# status callback: unreachable, unknown destination, landline.
+RECIPIENT_CODES = frozenset({21211, 21610, 21614})
+DELIVERY_RECIPIENT_CODES = frozenset({30003, 30005, 30006})
+
+
+def is_recipient_error(code: int | str | None) -> bool:
+    """Whether a Twilio error code, from an answer or a status callback, is the recipient's."""
+    try:
+        n = int(code) if code is not None else None
+    except ValueError:
+        return False
+    return n in RECIPIENT_CODES or n in DELIVERY_RECIPIENT_CODES
+# Message statuses (status callbacks, lookups): https://www.twilio.com/docs/messaging/api/message-resource
+DELIVERED_STATUSES = frozenset({"delivered", "read"})
+FAILED_STATUSES = frozenset({"failed", "undelivered"})
+TAKEN_STATUSES = frozenset({"sent", "queued", "sending", "accepted"})
+
+
+def read_status(status: str, error_code: str | None = None) -> Report:
+    """What a Twilio message status (and its ErrorCode) means for the delivery."""
+    if status in DELIVERED_STATUSES:
+        return Report("delivered")
+    if status in FAILED_STATUSES:
+        return Report("failed", recipient_error=is_recipient_error(error_code))
+    if status in TAKEN_STATUSES:
+        return Report("sent")
+    return Report(None)
+
+
+# Our sender is wrong: every rep would fail the same way, so alert operators.
+ACCOUNT_CODES = frozenset({20003, 21212, 21606, 21659})  # auth, invalid From, From not SMS-capable / not ours
+
+
+class _RoutedHttpClient(TwilioHttpClient):
+    """The SDK's HTTP client, pointed at ``base_url`` and keeping response headers.
+
+    The SDK has no base-URL setting, so each request URL's scheme and host are
+    swapped for ``base_url``'s (its path, if any, becomes a prefix). And its
+    exceptions drop the response headers, so the headers of the last response
+    on *this thread* are kept for reading ``Retry-After`` after a 429.
+    """
+
+    def __init__(self, base_url: str | None, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self._base = urlsplit(base_url.rstrip("/")) if base_url else None
+        self._local = threading.local()
+        # Alerts go out from several threads at once. The SDK keeps cpu_count + 4
+        # connections alive and drops (with a warning) each one beyond that, so a
+        # burst would pay a new TLS handshake per message.
+        if self.session is not None:
+            for scheme in ("https://", "http://"):
+                self.session.mount(scheme, HTTPAdapter(pool_maxsize=KEEP_ALIVE_CONNECTIONS))
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,
+        allow_redirects: bool = False,
+    ) -> Response:
+        self._local.headers = None
+        if self._base is not None:
+            parts = urlsplit(url)
+            url = urlunsplit((self._base.scheme, self._base.netloc, self._base.path + parts.path, parts.query, ""))
+        response = super().request(method, url, params, data, headers, auth, timeout, allow_redirects)
+        self._local.headers = response.headers
+        return response
+
+    def last_response_headers(self) -> Mapping[str, str] | None:
+        headers: Mapping[str, str] | None = getattr(self._local, "headers", None)
+        return headers
+
+
+class TwilioSmsChannel:
+    name = "sms"
+
+    def __init__(
+        self,
+        account_sid: str,
+        auth_token: str,
+        from_number: str | None = None,
+        messaging_service_sid: str | None = None,
+        status_callback_url: str | None = None,
+        api_base_url: str | None = None,
+        timeout: float = 10,
+    ) -> None:
+        if not from_number and not messaging_service_sid:
+            raise ValueError("TwilioSmsChannel needs from_number or messaging_service_sid")
+        self._from_number = from_number
+        self._messaging_service_sid = messaging_service_sid
+        self._status_callback_url = status_callback_url
+        self._http = _RoutedHttpClient(api_base_url, timeout)
+        self._client = Client(account_sid, auth_token, http_client=self._http)
+        # The SDK imports its resources on first use; pay that here, not on the first alert.
+        self._client.messages  # noqa: B018
+
+    def send(self, msg: OutboundMessage) -> SendResult:
+        params: dict[str, Any] = {"to": msg.to, "body": msg.text}
+        # With a Messaging Service Twilio picks the sender from its pool; a
+        # From as well would pin one sender, which is not what we configure.
+        if self._messaging_service_sid:
+            params["messaging_service_sid"] = self._messaging_service_sid
+        else:
+            params["from_"] = self._from_number
+        if self._status_callback_url:
+            params["status_callback"] = _with_query(self._status_callback_url, delivery_id=msg.delivery_id)
+        if msg.validity_seconds is not None:
+            params["validity_period"] = max(MIN_VALIDITY, min(MAX_VALIDITY, msg.validity_seconds))
+        try:
+            message = self._client.messages.create(**params)
+        except (TwilioException, requests.RequestException) as exc:
+            raise self._classify(exc) from exc
+        return SendResult(provider_id=message.sid, status="sent")
+
+    def fetch_status(self, provider_id: str) -> str | None:
+        try:
+            message = self._client.messages(provider_id).fetch()
+        except (TwilioRestException, TwilioServiceException) as exc:
+            if exc.status == 404:
+                return None  # not a message of ours, or long gone
+            raise self._classify(exc) from exc
+        except (TwilioException, requests.RequestException) as exc:
+            raise self._classify(exc) from exc
+        return str(message.status) if message.status is not None else None
+
+    def sent_between(self, to: str, since: datetime, until: datetime) -> list[Sent]:
+        """Twilio's newest messages to ``to`` (from our sender) created in the window."""
+        kwargs: dict[str, Any] = {"to": to, "limit": FIND_LIMIT, "page_size": FIND_LIMIT}
+        if self._from_number and not self._messaging_service_sid:
+            kwargs["from_"] = self._from_number
+        try:
+            messages = self._client.messages.list(**kwargs)
+        except (TwilioException, requests.RequestException) as exc:
+            raise self._classify(exc) from exc
+        return [Sent(provider_id=str(m.sid), status=str(m.status or "sent"), text=m.body or "")
+                for m in messages if m.sid and m.date_created is not None and since <= m.date_created <= until
+                and m.direction in (None, "outbound-api")]
+
+    def _classify(self, exc: TwilioException | requests.RequestException) -> TransportError:
+        if isinstance(exc, (TwilioRestException, TwilioServiceException)):
+            status = int(exc.status)
+            code = int(exc.code) if exc.code is not None else None
+            text = exc.msg if isinstance(exc, TwilioRestException) else (exc.detail or exc.title)
+            retry_after = parse_retry_after(self._http.last_response_headers()) if status == 429 else None
+            return TransportError(
+                _kind_for(status, code),
+                f"Twilio {status}: {text}",
+                code=str(code) if code is not None else None,
+                status=status,
+                retry_after=retry_after,
+            )
+        if isinstance(exc, requests.RequestException):
+            # ConnectTimeout and a failed connect (refused, unreachable, DNS)
+            # happen before a byte of the request leaves: safe to retry. Every
+            # other failure, including a connection dropped after sending, may
+            # have reached Twilio.
+            if isinstance(exc, requests.ConnectTimeout) or any(
+                isinstance(e, NewConnectionError) for e in exception_chain(exc)
+            ):
+                return TransportError("transient", f"Twilio unreachable: {type(exc).__name__}")
+            return TransportError("maybe_sent", f"Twilio request failed: {type(exc).__name__}: {exc}")
+        # Any other TwilioException, e.g. an unreadable body on a 2xx: Twilio
+        # answered, so the message may well be out.
+        return TransportError("maybe_sent", f"Twilio answer not understood: {exc}")
+
+
+def _kind_for(status: int, code: int | None) -> ErrorKind:
+    if code in RECIPIENT_CODES:
+        return "recipient"
+    if status in (401, 403) or code in ACCOUNT_CODES:
+        return "account"
+    if status in (429, 503):
+        return "transient"
+    if status >= 500:
+        return "maybe_sent"
+    return "invalid"
+
+
+def _with_query(url: str, **extra: str) -> str:
+    parts = urlsplit(url)
+    query = [*parse_qsl(parts.query, keep_blank_values=True), *extra.items()]
+    return urlunsplit(parts._replace(query=urlencode(query)))

@@ -1,0 +1,1 @@
+"""The stories of the service: processing events, routing, alerting, claims, operator commands, reports."""
