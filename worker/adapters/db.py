@@ -1,4 +1,5 @@
-"""The database: SQLAlchemy 2.0 models and engine setup, the same on SQLite and PostgreSQL."""
+"""The database's tables: SQLAlchemy 2.0 models, the same on SQLite and PostgreSQL (engines and sessions:
+:mod:`worker.adapters.engines`)."""
 
 from __future__ import annotations
 
