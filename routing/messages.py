@@ -70,6 +70,16 @@ def sms_length(text: str) -> int:
     return n
 
 
+def sms_segments(text: str) -> int:
+    """The segments Twilio bills and paces the text as: GSM-7 fits 160 septets in one, 153 a segment when
+    concatenated; any other character makes it UCS-2, 70 UTF-16 units in one, 67 when concatenated."""
+    try:
+        n, single, part = sms_length(text), 160, 153
+    except ValueError:
+        n, single, part = len(text.encode("utf-16-le")) // 2, 70, 67
+    return 1 if n <= single else -(-n // part)
+
+
 def to_gsm7(text: str) -> str:
     """Transliterate to GSM-7: accents dropped (é -> e), typographic marks made plain, the rest dropped."""
     out: list[str] = []

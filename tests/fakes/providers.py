@@ -99,7 +99,7 @@ def load_spec(provider: Provider) -> OpenAPI:
     """
     if provider == "twilio":
         doc = json.loads((specs_dir() / "twilio_api_v2010.json").read_text())
-        ops = {TWILIO_CREATE: {"post", "get"}, TWILIO_FETCH: {"get"}, CALLS_CREATE: {"post"}, CALLS_FETCH: {"get"}}
+        ops = {TWILIO_CREATE: {"post", "get"}, TWILIO_FETCH: {"get"}, CALLS_CREATE: {"post", "get"}, CALLS_FETCH: {"get"}}
     else:
         doc = json.loads((specs_dir() / "tsg_mail_v3.json").read_text())
         ops = {SENDGRID_SEND: {"post"}}
@@ -495,13 +495,15 @@ class FakeProviderServer:
         taken: str | None = None
         if provider is not None and script is not None and script[0] == "accept_then_drop":
             # The provider took the request and acted on it; its answer never reached the caller.
-            kept = (self._twilio(method, path, headers, form, problems) if provider == "twilio"
+            kept = (self._twilio_calls(method, path, headers, form, body, problems, split.query)
+                    if provider == "twilio" and is_calls_path(path)
+                    else self._twilio(method, path, headers, form, problems) if provider == "twilio"
                     else self._sendgrid(headers, payload, problems))
             answer, taken = None, kept.provider_id
         elif provider is not None and script is not None and script[0] != "ok":
             answer = self._scripted(provider, script)
         elif provider == "twilio" and is_calls_path(path):
-            answer = self._twilio_calls(method, path, headers, form, body, problems)
+            answer = self._twilio_calls(method, path, headers, form, body, problems, split.query)
         elif provider == "twilio":
             answer = self._twilio(method, path, headers, form, problems, split.query)
         elif provider == "sendgrid":
@@ -579,13 +581,13 @@ class FakeProviderServer:
         return _json_answer(200, message, message["sid"])
 
     def _twilio_calls(self, method: str, path: str, headers: Mapping[str, str], form: Mapping[str, str] | None,
-                      body: bytes, problems: list[str]) -> _Answer:
+                      body: bytes, problems: list[str], query: str = "") -> _Answer:
         account = path.split("/")[3]
         user, _, token = _basic_credentials(headers.get("Authorization", ""))
         if user != account or (self.twilio_auth_token is not None and token != self.twilio_auth_token):
             problems.append(f"{method} {path}: basic auth user is not the path's AccountSid, or the token is wrong")
             return _twilio_error(401, 20003, "Authenticate")
-        answer = answer_calls(self, method, path, form, body, account, problems)
+        answer = answer_calls(self, method, path, form, body, account, problems, query)
         if answer.status == 201:
             answer.provider_id = json.loads(answer.body)["sid"]
         return answer

@@ -62,7 +62,7 @@ def call_problems(form: Mapping[str, str], events: list[str]) -> list[tuple[int,
 
 
 def answer_calls(server: FakeProviderServer, method: str, path: str, form: Mapping[str, str] | None, body: bytes,
-                 account: str, problems: list[str]) -> _Answer:
+                 account: str, problems: list[str], query: str = "") -> _Answer:
     """The Calls API's answer (authentication is checked by the caller)."""
     from urllib.parse import parse_qs
 
@@ -76,6 +76,8 @@ def answer_calls(server: FakeProviderServer, method: str, path: str, form: Mappi
         if call is None:
             return _twilio_error(404, 20404, f"The requested resource {path} was not found")
         return _json_answer(200, call, call["sid"])
+    if method == "GET" and fetch is None:
+        return _list(server, account, path, query)
     if method != "POST" or fetch is not None:
         return _twilio_error(405, 20004, "Method not allowed")
     events = parse_qs(body.decode("utf-8", "replace")).get("StatusCallbackEvent", [])   # a repeated key
@@ -86,6 +88,23 @@ def answer_calls(server: FakeProviderServer, method: str, path: str, form: Mappi
     if problems:
         return _twilio_error(400, 20001, problems[0])
     return _json_answer(201, _create(server, account, form or {}, events), None)
+
+
+def _list(server: FakeProviderServer, account: str, path: str, query: str) -> _Answer:
+    """``GET …/Calls.json``: the account's calls, newest first, filtered by ``To`` and ``From`` as Twilio does."""
+    from urllib.parse import parse_qsl
+
+    from tests.fakes.providers import _json_answer
+
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    size = max(1, min(1000, int(params.get("PageSize") or 50)))
+    with server._lock:
+        found = [dict(c) for c in reversed(server.voice_calls.values()) if c["account_sid"] == account
+                 and params.get("To", c["to"]) == c["to"] and params.get("From", c["from"]) == c["from"]]
+    uri = f"{path}?PageSize={size}&Page=0"
+    page = {"calls": found[:size], "end": min(size, len(found)) - 1, "first_page_uri": uri, "next_page_uri": None,
+            "page": 0, "page_size": size, "previous_page_uri": None, "start": 0, "uri": uri}
+    return _json_answer(200, page)
 
 
 def _create(server: FakeProviderServer, account: str, form: Mapping[str, str], events: list[str]) -> dict[str, Any]:

@@ -72,3 +72,24 @@ def test_a_pool_spreads_a_burst_over_its_senders_then_reserves_the_nearest_slot(
 def test_an_empty_pool_is_a_configuration_error(client: redis.Redis) -> None:
     with pytest.raises(ValueError, match="no sms sender"):
         SenderPool(client, "sms", lambda: [], lambda: 1.0).pick()
+
+
+def test_a_pool_picked_from_many_threads_at_once_never_overbooks_a_sender(client: redis.Redis) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    kind = f"sms-{uuid.uuid4()}"
+    senders = ["+14155550100", "+14155550109", "+14155550119"]
+    pools = [SenderPool(client, kind, lambda: senders, lambda: 1.0) for _ in range(4)]   # four "processes"
+    with ThreadPoolExecutor(12) as ex:
+        picks = list(ex.map(lambda i: pools[i % 4].pick(cost=1 + i % 2), range(12)))   # 18 segments in all
+    booked = {s: sum(1 + i % 2 for i, (p, _) in enumerate(picks) if p == s) for s in senders}
+    assert sum(booked.values()) == 18 and max(booked.values()) - min(booked.values()) <= 2, booked
+    for s in senders:   # each sender's last slot is its own segments beyond its first, at 1 a second
+        assert max(w for p, w in picks if p == s) <= booked[s] - 1 + 0.1, (s, booked, picks)
+
+
+def test_a_message_of_several_segments_takes_them_all_on_one_sender(client: redis.Redis) -> None:
+    pool = SenderPool(client, f"sms-{uuid.uuid4()}", lambda: ["+14155550100"], lambda: 2.0)
+    assert pool.pick(cost=2) == ("+14155550100", 0.5)   # the first segment now, the second half a second on
+    sender, wait = pool.pick()
+    assert 0.9 < wait <= 1.0, wait

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]   # the repository: worker/adapters/launcher.py
 EVENT_AND_ALERT_QUEUES = "events,fast,alerts"
 T = TypeVar("T")
 

@@ -12,7 +12,6 @@ Lua script, atomically, on Redis's own clock, so workers on several machines sha
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -79,41 +78,68 @@ class TokenBucket:
         return int(wait) / 1000
 
 
+# KEYS: the pool's buckets, in the order to try them. ARGV: rate, burst, ttl (ms), cost (tokens). Refills each
+# bucket, picks the one whose next slot comes soonest (the first of equals), reserves ``cost`` tokens there
+# and returns {its index (1-based), the milliseconds until the last of them comes round}. One script, so two
+# processes picking at once never both take the same slot.
+_PICK = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local best, best_tokens = nil, nil
+for i, key in ipairs(KEYS) do
+  local state = redis.call('HMGET', key, 'tokens', 'at')
+  local tokens = tonumber(state[1])
+  local at = tonumber(state[2])
+  if tokens == nil or at == nil then
+    tokens, at = burst, now
+  end
+  tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
+  if best == nil or tokens > best_tokens then
+    best, best_tokens = i, tokens
+  end
+end
+local tokens = best_tokens - cost
+local wait = 0
+if tokens < 0 then
+  wait = math.ceil(-tokens * 1000 / rate)
+end
+redis.call('HSET', KEYS[best], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[best], tonumber(ARGV[3]) + wait)
+return {best, wait}
+"""
+
+
 class SenderPool:
     """Senders of one kind (``call``, ``sms``), each with its own bucket; :meth:`pick` names the one to use.
 
     The pool is read through ``senders`` at each pick, so a changed rules file counts at once.
-    Senders are tried from a rotating start, so a burst spreads over the whole pool."""
+    Senders are tried from a rotating start, so a burst spreads over the whole pool. The pick is one
+    Redis script over every sender's bucket: processes picking at once never take the same slot."""
 
     def __init__(self, client: redis.Redis, kind: str, senders: Callable[[], Sequence[str]],
                  rate: Callable[[], float], *, burst: float = 1) -> None:
-        self._client, self._kind, self._senders, self._rate, self._burst = client, kind, senders, rate, burst
+        if burst < 1:
+            raise ValueError("a bucket needs a burst of at least 1")
+        self._kind, self._senders, self._rate, self._burst = kind, senders, rate, burst
         self._turn = itertools.count()
-        self._lock = threading.Lock()
-        self._buckets: dict[tuple[str, float], TokenBucket] = {}
+        self._script = client.register_script(_PICK)
 
-    def _bucket(self, sender: str, rate: float) -> TokenBucket:
-        with self._lock:
-            bucket = self._buckets.get((sender, rate))
-            if bucket is None:
-                bucket = self._buckets[(sender, rate)] = TokenBucket(self._client, f"{self._kind}:{sender}", rate,
-                                                                     self._burst)
-            return bucket
-
-    def pick(self) -> tuple[str, float]:
-        """The sender with a token now, else the one whose next slot comes soonest (reserved):
-        (sender, seconds the provider will hold the request). Never waits, never refuses."""
+    def pick(self, cost: int = 1) -> tuple[str, float]:
+        """The sender whose next slot comes soonest, reserved (a sender with a token now first):
+        (sender, seconds the provider will hold the request). Never waits, never refuses. A request that
+        costs several tokens (an SMS of several segments) takes them all on the one sender."""
         senders = list(dict.fromkeys(self._senders()))
         if not senders:
             raise ValueError(f"no {self._kind} sender is configured")
         rate = self._rate()
+        if rate <= 0:
+            raise ValueError("a bucket needs a positive rate")
         start = next(self._turn) % len(senders)
         order = senders[start:] + senders[:start]
-        waits: dict[str, float] = {}
-        for sender in order:
-            wait = self._bucket(sender, rate).take()
-            if wait == 0:
-                return sender, 0.0
-            waits[sender] = wait
-        soonest = min(order, key=lambda s: waits[s])
-        return soonest, self._bucket(soonest, rate).reserve()
+        ttl = int(max(self._burst / rate, 1) * 1000) + 1000
+        index, wait = self._script(keys=[f"{PREFIX}{self._kind}:{s}" for s in order],
+                                   args=[rate, self._burst, ttl, max(1, int(cost))])
+        return order[int(index) - 1], int(wait) / 1000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,6 +31,10 @@ class Settings(BaseSettings):
     twilio_account_sid: str | None = Field(default=None, alias="TWILIO_ACCOUNT_SID")
     twilio_auth_token: str | None = Field(default=None, alias="TWILIO_AUTH_TOKEN")
     twilio_from_number: str | None = Field(default=None, alias="TWILIO_FROM_NUMBER")
+    # An optional pool of SMS senders, "+14155550100,+14155550101": each message goes from the one whose
+    # bucket (sms_segments_per_second each) frees soonest. Unused with a Messaging Service (Twilio picks).
+    twilio_from_numbers: str = Field(default="", alias="TWILIO_FROM_NUMBERS")
+    sms_segments_per_second: float = Field(default=1.0, alias="TWILIO_SMS_SEGMENTS_PER_SECOND", gt=0, le=1000)
     twilio_messaging_service_sid: str | None = Field(default=None, alias="TWILIO_MESSAGING_SERVICE_SID")
     twilio_api_base_url: str | None = Field(default=None, alias="TWILIO_API_BASE_URL")
     sendgrid_api_key: str | None = Field(default=None, alias="SENDGRID_API_KEY")
@@ -63,6 +68,19 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL must be sqlite:///PATH or postgresql+psycopg://… "
                              f"(not {url.drivername})")
         return v
+
+    @field_validator("twilio_from_numbers")
+    @classmethod
+    def _senders(cls, v: str) -> str:
+        bad = [n for n in (p.strip() for p in v.split(",")) if n and not re.fullmatch(r"\+[1-9][0-9]{6,14}", n)]
+        if bad:
+            raise ValueError(f"TWILIO_FROM_NUMBERS is E.164 numbers separated by commas; not: {', '.join(bad)}")
+        return v
+
+    def sms_senders(self) -> list[str]:
+        """The SMS sender pool: ``TWILIO_FROM_NUMBERS``, else the one ``TWILIO_FROM_NUMBER`` (or none)."""
+        pool = [n.strip() for n in self.twilio_from_numbers.split(",") if n.strip()]
+        return list(dict.fromkeys(pool)) or ([self.twilio_from_number] if self.twilio_from_number else [])
 
     @field_validator("redis_url")
     @classmethod

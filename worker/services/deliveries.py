@@ -119,11 +119,14 @@ def _build_channel(kind: str, s: Settings) -> Channel:
 
         return cast(Channel, voice_channel(s))
     if kind == "sms" and s.twilio_account_sid and s.twilio_auth_token and (
-            s.twilio_from_number or s.twilio_messaging_service_sid):
+            s.sms_senders() or s.twilio_messaging_service_sid):
+        from worker.adapters.sms_pool import sms_pool
+
         return TwilioSmsChannel(s.twilio_account_sid, s.twilio_auth_token, from_number=s.twilio_from_number,
                                 messaging_service_sid=s.twilio_messaging_service_sid,
                                 status_callback_url=f"{s.public_url.rstrip('/')}/webhooks/twilio/status",
-                                api_base_url=s.twilio_api_base_url, timeout=10)
+                                api_base_url=s.twilio_api_base_url, timeout=10,
+                                from_numbers=s.sms_senders(), pool=sms_pool(s))
     if kind == "email" and s.sendgrid_api_key and s.sendgrid_from_email:
         return SendGridEmailChannel(s.sendgrid_api_key, s.sendgrid_from_email, api_base_url=s.sendgrid_api_base_url,
                                     timeout=10)

@@ -92,7 +92,10 @@ def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: 
             if report.recipient_error and d.recipient != d.to:
                 d.error_kind = "recipient"
                 disable_channel(session, d.recipient, d.channel, d.error, now)
-            failed_over.append(d.id)
+            if d.channel == "voice":
+                d.error, d.error_kind = f"call {status}", "transient"   # as its status callback would have
+            else:
+                failed_over.append(d.id)
         elif report.outcome == "sent" and unanswered:
             d.status = DeliveryStatus.SENT
             d.sent_at = d.sent_at or now
@@ -129,10 +132,12 @@ def settle_maybe_sent(now: datetime | None = None) -> int:
                    db.Delivery.provider_id, db.Delivery.created_at, db.Delivery.updated_at, db.Delivery.resent_at,
                    db.AlertStep.assignment_id)
             .outerjoin(db.AlertStep, db.AlertStep.id == db.Delivery.step_id)
-            .where(db.Delivery.status == DeliveryStatus.MAYBE_SENT, db.Delivery.channel == "sms",
+            .where(db.Delivery.status == DeliveryStatus.MAYBE_SENT, db.Delivery.channel.in_(["sms", "voice"]),
                    db.Delivery.updated_at <= now - SETTLE_AFTER, db.Delivery.created_at >= now - SETTLE_WITHIN,
-                   # without a provider id, only a message with a claim link can be recognized
+                   # without a provider id, only a message with a claim link can be recognized, and a call
+                   # by its number and time
                    or_(db.Delivery.provider_id.is_not(None),
+                       and_(db.Delivery.channel == "voice", db.Delivery.step_id.is_not(None)),
                        and_(db.AlertStep.kind.in_(sorted(CLAIMABLE_STEPS)), db.AlertStep.assignment_id.is_not(None))))
             .order_by(db.Delivery.id).limit(SETTLE_BATCH)).all()
     settled = 0
@@ -145,6 +150,9 @@ def settle_maybe_sent(now: datetime | None = None) -> int:
                 status = channel.fetch_status(provider_id)
                 found = Sent(provider_id, status, "") if status else None
                 unclear = False
+            elif kind == "voice":
+                found, unclear = _call_taken(channel, to, written - timedelta(seconds=60),
+                                             updated_at + timedelta(minutes=2))
             else:
                 taken = channel.sent_between(to, written - timedelta(seconds=60), updated_at + timedelta(minutes=2))
                 expected = int((written + rt.rules.alerts.claim_token_ttl).timestamp())
@@ -168,6 +176,23 @@ def settle_maybe_sent(now: datetime | None = None) -> int:
                                                           db.Delivery.status == DeliveryStatus.MAYBE_SENT)
                                 .values(updated_at=now + SETTLE_AGAIN - SETTLE_AFTER))
     return settled
+
+
+def _call_taken(channel: object, to: str, since: datetime, until: datetime) -> tuple[Sent | None, bool]:
+    """A "maybe sent" call without its CallSid: the oldest call Twilio took to that number in the window that
+    no delivery knows as its own (a call carries no text to recognize it by; one found means it was placed,
+    as a second call would ring the rep twice). Returns (the call or None, whether the list could not tell)."""
+    from worker.adapters.channels.twilio_voice import TwilioVoiceChannel
+
+    if not isinstance(channel, TwilioVoiceChannel):
+        raise NotSupported("only Twilio's calls can be looked up")
+    taken = channel.sent_between(to, since, until)
+    sids = [c.provider_id for c in taken]
+    with get_runtime().sessions.begin() as session:
+        known = set(session.scalars(select(db.Delivery.provider_id).where(db.Delivery.provider_id.in_(sids)))) \
+            if sids else set()
+    mine = [c for c in taken if c.provider_id not in known]
+    return (mine[-1] if mine else None), (not mine and len(taken) >= FIND_LIMIT)
 
 
 def _carries_link(text: str, secret: str, rep_id: str, lead_id: str, assignment_id: int | None,

@@ -30,6 +30,10 @@ def read_status(channel: str, status: str, error_code: str | None = None) -> Rep
         return twilio_sms.read_status(status, error_code)
     if channel == "email":
         return sendgrid_email.read_status(status, error_code)
+    if channel == "voice":
+        from worker.adapters.channels.twilio_voice import read_call_status
+
+        return read_call_status(status)
     return Report("delivered" if status == "delivered" else None)   # the console: printing is delivering
 
 __all__ = [

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -16,6 +17,7 @@ from twilio.http.response import Response
 from twilio.rest import Client
 from urllib3.exceptions import NewConnectionError
 
+from routing.messages import sms_segments
 from worker.adapters.channels.base import (
     ErrorKind,
     OutboundMessage,
@@ -26,6 +28,9 @@ from worker.adapters.channels.base import (
     exception_chain,
     parse_retry_after,
 )
+from worker.adapters.ratelimit import SenderPool
+
+log = logging.getLogger(__name__)
 
 KEEP_ALIVE_CONNECTIONS = 32   # at least as many as the threads that send alerts in one process
 
@@ -128,10 +133,17 @@ class TwilioSmsChannel:
         status_callback_url: str | None = None,
         api_base_url: str | None = None,
         timeout: float = 10,
+        *,
+        from_numbers: Sequence[str] = (),
+        pool: SenderPool | None = None,
     ) -> None:
-        if not from_number and not messaging_service_sid:
-            raise ValueError("TwilioSmsChannel needs from_number or messaging_service_sid")
-        self._from_number = from_number
+        # The senders: the pool (from_numbers) if there is one, else the one from_number.
+        senders = list(dict.fromkeys([*from_numbers] or ([from_number] if from_number else [])))
+        if not senders and not messaging_service_sid:
+            raise ValueError("TwilioSmsChannel needs from_number, from_numbers or messaging_service_sid")
+        self._senders = senders
+        self._from_number = senders[0] if senders else None
+        self._pool = pool if len(senders) > 1 or pool is not None else None
         self._messaging_service_sid = messaging_service_sid
         self._status_callback_url = status_callback_url
         self._http = _RoutedHttpClient(api_base_url, timeout)
@@ -146,7 +158,7 @@ class TwilioSmsChannel:
         if self._messaging_service_sid:
             params["messaging_service_sid"] = self._messaging_service_sid
         else:
-            params["from_"] = self._from_number
+            params["from_"] = self._sender(msg)
         if self._status_callback_url:
             params["status_callback"] = _with_query(self._status_callback_url, delivery_id=msg.delivery_id)
         if msg.validity_seconds is not None:
@@ -156,6 +168,17 @@ class TwilioSmsChannel:
         except (TwilioException, requests.RequestException) as exc:
             raise self._classify(exc) from exc
         return SendResult(provider_id=message.sid, status="sent")
+
+    def _sender(self, msg: OutboundMessage) -> str | None:
+        """The pool's sender whose bucket gives the earliest slot for the message's segments (Twilio queues
+        what a long code cannot send yet, so it is never held here: how long it will wait is logged)."""
+        if self._pool is None:
+            return self._from_number
+        sender, queued = self._pool.pick(sms_segments(msg.text))
+        if queued > 0:
+            log.warning("delivery %s: sender %s's rate holds this SMS about %.1f s at Twilio", msg.delivery_id,
+                        sender, queued)
+        return sender
 
     def fetch_status(self, provider_id: str) -> str | None:
         try:
@@ -169,17 +192,20 @@ class TwilioSmsChannel:
         return str(message.status) if message.status is not None else None
 
     def sent_between(self, to: str, since: datetime, until: datetime) -> list[Sent]:
-        """Twilio's newest messages to ``to`` (from our sender) created in the window."""
+        """Twilio's newest messages to ``to`` (from any of our senders) created in the window. With a pool
+        every sender is searched at once (the list by ``to`` alone, kept to the pool's numbers): a message is
+        found whichever number it went out from."""
         kwargs: dict[str, Any] = {"to": to, "limit": FIND_LIMIT, "page_size": FIND_LIMIT}
-        if self._from_number and not self._messaging_service_sid:
-            kwargs["from_"] = self._from_number
+        ours = None if self._messaging_service_sid else set(self._senders)
+        if ours is not None and len(self._senders) == 1:
+            kwargs["from_"] = self._senders[0]
         try:
             messages = self._client.messages.list(**kwargs)
         except (TwilioException, requests.RequestException) as exc:
             raise self._classify(exc) from exc
         return [Sent(provider_id=str(m.sid), status=str(m.status or "sent"), text=m.body or "")
                 for m in messages if m.sid and m.date_created is not None and since <= m.date_created <= until
-                and m.direction in (None, "outbound-api")]
+                and m.direction in (None, "outbound-api") and (ours is None or m.from_ in ours)]
 
     def _classify(self, exc: TwilioException | requests.RequestException) -> TransportError:
         if isinstance(exc, (TwilioRestException, TwilioServiceException)):
