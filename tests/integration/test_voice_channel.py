@@ -15,7 +15,6 @@ import redis
 from tests.fakes.providers import FakeProviderServer, spec_problems, spec_response_problems, start_provider_server
 from tests.support.stack import RedisServer
 from worker.adapters.channels import OutboundMessage, TransportError
-from worker.adapters.channels.base import NotSupported
 from worker.adapters.channels.twilio_voice import TwilioVoiceChannel, voice_url
 from worker.adapters.ratelimit import TokenBucket
 
@@ -104,17 +103,25 @@ def test_no_caller_id_is_an_account_error(server: FakeProviderServer) -> None:
     assert err.value.kind == "account" and server.requests == []
 
 
-def test_status_is_fetched_and_a_lost_answer_is_left_to_the_callbacks(server: FakeProviderServer) -> None:
+def test_status_is_fetched_and_a_lost_answer_is_found_in_the_calls_list(server: FakeProviderServer) -> None:
+    from datetime import UTC, datetime, timedelta
+
     ch = channel(server)
     sid = ch.send(call()).provider_id
     assert sid is not None and ch.fetch_status(sid) == "queued"
     fetched = server.requests[-1]
     assert spec_problems(fetched) == [] and spec_response_problems(fetched) == []
     assert ch.fetch_status("CA" + "f" * 32) is None
-    with pytest.raises(NotSupported):
-        from datetime import UTC, datetime
-
-        ch.sent_between("+14155550101", datetime.now(UTC), datetime.now(UTC))
+    ch.send(call("8", to="+14155550199"))                     # another rep's: not in the list for ours
+    now = datetime.now(UTC)
+    found = ch.sent_between("+14155550101", now - timedelta(minutes=1), now + timedelta(minutes=1))
+    assert [(s.provider_id, s.status) for s in found] == [(sid, "queued")]
+    listed = server.requests[-1]
+    assert listed["method"] == "GET" and "To=%2B14155550101" in listed["query"]
+    assert spec_problems(listed) == [] and spec_response_problems(listed) == []
+    assert ch.sent_between("+14155550101", now + timedelta(minutes=2), now + timedelta(minutes=3)) == []
+    other = channel(server, caller_ids=lambda: ["+14155550177"])   # a call from a number not ours is not ours
+    assert other.sent_between("+14155550101", now - timedelta(minutes=1), now + timedelta(minutes=1)) == []
 
 
 def test_calls_beyond_the_accounts_rate_go_out_at_once_and_their_queue_is_known(
