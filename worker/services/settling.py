@@ -160,8 +160,8 @@ def settle_maybe_sent(now: datetime | None = None) -> int:
                                                                 assignment_id, expected)), None)
                 # a full page of others may hide ours behind it: then the list does not tell
                 unclear = found is None and len(taken) >= FIND_LIMIT
-        except NotSupported:
-            continue
+        except NotSupported:   # this process's channel cannot ask (say, the console): ask again later, and
+            unclear, found = True, None   # let the rest of the batch through meanwhile
         except TransportError as err:
             log.warning("delivery %s: could not ask %s about it: %s", delivery_id, kind, err.message)
             continue
