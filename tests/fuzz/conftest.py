@@ -17,7 +17,7 @@ def fuzz_env(alert_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iter
     """alert_env plus write keys, a SendGrid verification key and a rate limit no fuzz run reaches."""
     from worker.adapters.runtime import reset_runtime
     from worker.adapters.settings import reset_settings
-    from worker.entrypoints.api_ingest import get_ingest_settings
+    from worker.entrypoints.ingest_access import get_ingest_settings
 
     extra = {"LEADROUTER_WRITE_KEYS": ",".join(f"{name}:{key}" for name, key in KEYS.items()),
              "LEADROUTER_RATE_LIMIT": "1000000", "LEADROUTER_RATE_BURST": "1000000000",

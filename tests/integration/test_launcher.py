@@ -58,7 +58,8 @@ def test_stop_all_ends_every_process_of_each_tree_and_a_dead_one_is_reported(tmp
         wait_until(lambda: procs.check_alive(), timeout=30, message="the short process to end")
     procs.stop_all(grace=2)
     assert parent.poll() is not None
-    assert not any(_alive(pid) for pid in children), "a child outlived stop_all"
+    # signalled by stop_all: gone as soon as the kernel has torn it down (a moment on a busy machine)
+    wait_until(lambda: not any(_alive(pid) for pid in children), timeout=10, message="the left-behind child to end")
 
 
 def _ppid(pid: int) -> int:

@@ -14,7 +14,7 @@ from tests.support.stack import ROOT, handles_sigusr1, wait_until
 
 PROBE = """
 import gc, json
-from worker.app import _init_process
+from worker.entrypoints.tasks import _init_process
 _init_process()
 print(json.dumps({"frozen": gc.get_freeze_count(), "tracked": len(gc.get_objects())}))
 """

@@ -7,7 +7,7 @@ import time
 
 from sqlalchemy import create_engine
 
-from worker.adapters import db, engines
+from worker.adapters import engines
 
 
 def test_the_normal_lane_waits_while_an_urgent_write_is_on_and_goes_when_it_ends(tmp_path):
@@ -56,7 +56,7 @@ def test_with_no_urgent_write_the_normal_lane_does_not_wait(tmp_path):
 
 
 def test_the_normal_lane_is_never_held_longer_than_the_gate_allows(tmp_path, monkeypatch):
-    monkeypatch.setattr(db, "GATE_WAIT", 0.3)
+    monkeypatch.setattr(engines, "GATE_WAIT", 0.3)
     engine = create_engine(f"sqlite:///{tmp_path / 'gate.db'}")
     with engines.urgent(engine):                 # an urgent writer that never finishes
         waited = engines.yield_to_urgent(engine)
