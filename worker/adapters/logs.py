@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import faulthandler
 import json
 import logging
 import re
 import signal
 import sys
+import threading
 import time
+import traceback
 
 _PHONE = re.compile(r"(?<![\w])\+?\d[\d\s().-]{7,}\d")
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
@@ -87,8 +88,29 @@ def dump_stacks_on_sigusr1() -> None:
     """``kill -USR1`` writes the stack of each of this process's threads to its stderr and the process
     carries on: what a process that looks stuck is doing (code locations only, no data). For the
     scheduler and the API; a Celery worker's main process has a SIGUSR1 handler of its own that logs
-    the same, and in its pool processes SIGUSR1 is the soft time limit."""
-    faulthandler.register(signal.SIGUSR1, file=sys.__stderr__ or sys.stderr, all_threads=True)
+    the same, and in its pool processes SIGUSR1 is the soft time limit.
+
+    A Python handler, not :func:`faulthandler.register`: faulthandler reads the other threads' frames
+    without the interpreter lock, and a scheduler whose threads are busy died of it (SIGSEGV). The
+    handler runs in the main thread between two bytecodes, with the lock, so it reads them safely;
+    a main thread blocked in a database call dumps when the call returns (statement timeouts bound it)."""
+    signal.signal(signal.SIGUSR1, _dump_stacks)
+
+
+def _dump_stacks(_signum: int, _frame: object) -> None:
+    """Every thread's stack, newest call first, in faulthandler's format."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    current = threading.get_ident()
+    out = []
+    for ident, frame in sys._current_frames().items():
+        head = "Current thread" if ident == current else "Thread"
+        out.append(f"{head} 0x{ident:016x} ({names.get(ident, '?')}; most recent call first):")
+        for summary in reversed(traceback.extract_stack(frame)):
+            out.append(f'  File "{summary.filename}", line {summary.lineno} in {summary.name}')
+        out.append("")
+    stream = sys.__stderr__ or sys.stderr
+    stream.write("\n".join(out) + "\n")
+    stream.flush()
 
 
 def setup_logging(level: int = logging.INFO) -> None:
