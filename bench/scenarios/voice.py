@@ -30,7 +30,8 @@ from bench.harness import (
     warm_alert_path,
     warm_up,
 )
-from bench.stack import ROOT, wait_until
+from bench.stack import ROOT
+from bench.stack import wait_for as wait_until
 
 CALLERS = ["+15005550006", "+15005550007", "+15005550008", "+15005550009"]
 RESULTS = Path(__file__).resolve().parents[1] / "voice_results.json"
