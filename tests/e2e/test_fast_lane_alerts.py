@@ -90,8 +90,8 @@ def test_a_reply_that_overtakes_the_senders_record_still_times_the_claim(alert_e
     held = threading.Event()
     real_deliver = deliveries.send
 
-    def deliver_then_wait(items):          # the provider has it; its answer is not recorded yet
-        real_deliver(items)
+    def deliver_then_wait(rt, items):      # the provider has it; its answer is not recorded yet
+        real_deliver(rt, items)
         held.wait(10)
 
     observed: list[tuple[str, float]] = []

@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.alerting import PUBLIC, TOKEN, deliveries, make_hot, steps_of, webhooks_client
 from tests.support.stack import reset_process_state
+from worker.adapters.runtime import get_runtime
 
 BOB = "+14155550102"
 
@@ -25,10 +26,7 @@ def pool(alert_env, monkeypatch) -> list[str]:
     numbers = [f"+1628{base + i:07d}" for i in range(3)]
     monkeypatch.setenv("TWILIO_FROM_NUMBERS", ",".join(numbers))
     alert_env["TWILIO_FROM_NUMBERS"] = ",".join(numbers)
-    from worker.services.alerts import reset_channels
-
-    reset_process_state()
-    reset_channels()
+    reset_process_state()   # a new runtime: its SMS channel sends from the pool
     return numbers
 
 
@@ -37,7 +35,7 @@ def _first_alerts(env, *leads: str) -> list:
 
     make_hot(*leads)
     steps = [steps_of(env, lead, 0)[0] for lead in leads]
-    fire_steps([s.id for s in steps])
+    fire_steps(get_runtime(), [s.id for s in steps])
     return steps
 
 
@@ -78,7 +76,6 @@ def test_a_reply_to_another_pool_number_claims(alert_env, pool, providers, queue
     from twilio.request_validator import RequestValidator
 
     from worker.adapters import db as models
-    from worker.adapters.runtime import get_runtime
 
     (step,) = _first_alerts(alert_env, "reply-1")
     (alert,) = [m for m in providers.sms() if m["To"] == BOB]
@@ -95,7 +92,6 @@ def test_a_reply_to_another_pool_number_claims(alert_env, pool, providers, queue
 
 def test_a_maybe_sent_sms_from_the_second_pool_number_is_found_taken(alert_env, pool, providers, queued):
     from worker.adapters.ratelimit import TokenBucket
-    from worker.adapters.runtime import get_runtime
     from worker.services.alerts import settle_maybe_sent
 
     TokenBucket(get_runtime().redis, f"sms:{pool[0]}", 1.0).take()   # the first sender is busy: the second goes
@@ -105,7 +101,7 @@ def test_a_maybe_sent_sms_from_the_second_pool_number_is_found_taken(alert_env, 
     assert sms.status == "maybe_sent" and sms.provider_id is None
     created = [r for r in providers.requests if r["method"] == "POST" and r["provider"] == "twilio"]
     assert len(created) == 1 and created[0]["form"]["From"] == pool[1]
-    assert settle_maybe_sent(_later()) == 1
+    assert settle_maybe_sent(get_runtime(), _later()) == 1
     sms = {d.channel: d for d in deliveries(alert_env, step.id)}["sms"]
     assert sms.status == "sent" and sms.provider_id == created[0]["provider_id"] and sms.resent_at is None
     assert len([r for r in providers.requests if r["method"] == "POST" and r["provider"] == "twilio"]) == 1

@@ -13,6 +13,7 @@ from ruamel.yaml import YAML
 
 from tests.support.alerting import deliveries, make_hot, steps_of
 from tests.support.voice import BOB, CALLERS
+from worker.adapters.runtime import get_runtime
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def _first_call(env, lead: str):
 
     make_hot(lead)
     step = steps_of(env, lead, 0)[0]
-    fire_steps([step.id])
+    fire_steps(get_runtime(), [step.id])
     return step, {d.channel: d for d in deliveries(env, step.id)}["voice"]
 
 
@@ -55,15 +56,15 @@ def test_a_call_twilio_never_took_is_placed_again_once(calls_only, providers, qu
     providers.fail_next("twilio", [("drop",)])
     step, call = _first_call(calls_only, "v-lost-1")
     assert call.status == "maybe_sent" and call.provider_id is None and len(_call_posts(providers)) == 1
-    assert settle_maybe_sent() == 0                 # too early: its status callback may still come
-    assert settle_maybe_sent(_later()) == 1
+    assert settle_maybe_sent(get_runtime()) == 0                 # too early: its status callback may still come
+    assert settle_maybe_sent(get_runtime(), _later()) == 1
     lists = [r for r in providers.requests if r["method"] == "GET" and r["path"].endswith("/Calls.json")]
     assert lists and dict(parse_qsl(lists[0]["query"]))["To"] == BOB
     placed = providers.calls()
     assert len(placed) == 1 and placed[0]["To"] == BOB and placed[0]["From"] in CALLERS
     call = {d.channel: d for d in deliveries(calls_only, step.id)}["voice"]
     assert call.status == "sent" and call.resent_at is not None and call.provider_id == placed[0]["Sid"]
-    assert settle_maybe_sent(_later(3)) == 0        # settled: nothing more to ask or place
+    assert settle_maybe_sent(get_runtime(), _later(3)) == 0        # settled: nothing more to ask or place
     assert len(_call_posts(providers)) == 2 and len(providers.calls()) == 1
     assert providers.violations == []
 
@@ -75,11 +76,11 @@ def test_a_call_twilio_took_whose_answer_was_lost_is_settled_not_placed_again(ca
     step, call = _first_call(calls_only, "v-took-1")
     assert call.status == "maybe_sent" and call.provider_id is None
     (taken,) = providers.voice_calls.values()
-    assert settle_maybe_sent(_later()) == 1
+    assert settle_maybe_sent(get_runtime(), _later()) == 1
     call = {d.channel: d for d in deliveries(calls_only, step.id)}["voice"]
     assert call.status == "sent" and call.provider_id == taken["sid"] and call.resent_at is None
     assert call.settled_by == "lookup"
-    assert settle_maybe_sent(_later(3)) == 0
+    assert settle_maybe_sent(get_runtime(), _later(3)) == 0
     assert len(_call_posts(providers)) == 1         # one call to the rep, never a second
     assert providers.violations == []
 
@@ -88,7 +89,6 @@ def test_a_maybe_sent_call_with_its_sid_is_fetched_by_it_and_settled(calls_only,
     from sqlalchemy import update
 
     from worker.adapters import db as models
-    from worker.adapters.runtime import get_runtime
     from worker.services.alerts import settle_maybe_sent
 
     providers.fail_next("twilio", [("accept_then_drop",)])
@@ -97,7 +97,7 @@ def test_a_maybe_sent_call_with_its_sid_is_fetched_by_it_and_settled(calls_only,
     with get_runtime().sessions.begin() as session:   # the CallSid learnt (say from a callback of another status)
         session.execute(update(models.Delivery).where(models.Delivery.id == call.id)
                         .values(provider_id=taken["sid"]))
-    assert settle_maybe_sent(_later()) == 1
+    assert settle_maybe_sent(get_runtime(), _later()) == 1
     fetched = [r for r in providers.requests if r["method"] == "GET" and taken["sid"] in r["path"]]
     assert fetched, "the call is fetched by its sid"
     assert {d.channel: d for d in deliveries(calls_only, step.id)}["voice"].status == "sent"

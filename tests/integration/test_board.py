@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from tests.support.operator import cli, cli_json, current, feed, hot_lead, sessions
 from worker.adapters import db
+from worker.adapters.runtime import get_runtime
 
 TOKEN = "alice-operator-token-0123456789"
 
@@ -86,7 +87,6 @@ def test_the_board_is_refused_without_a_valid_login(client: TestClient, monkeypa
 
 def test_board_shows_open_leads_escaped_and_agrees_with_report(client: TestClient, env: dict[str, str]  # noqa: F811
                                                                ) -> None:
-    from worker.adapters.runtime import get_runtime
     from worker.services.claims import claim
 
     rules = get_runtime().rules
@@ -179,25 +179,24 @@ def test_auto_away_sets_a_rep_away_after_missed_first_alerts(env: dict[str, str]
     feed(hot_lead("u-aw1", industry="fintech"))
     first = _fire_first_alert("u-aw1", 10)
     rep = first.rep_id
-    auto_away_chore()
+    auto_away_chore(get_runtime())
     assert not next(r for r in cli_json(env, "status")["reps"] if r["rep"] == rep)["away"]   # one miss only
     # the second lead goes to the same rep (skills), and its SLA passes unclaimed too
     feed(hot_lead("u-aw2", industry="fintech"))
     second = _fire_first_alert("u-aw2", 5)
     assert second.rep_id == rep
-    auto_away_chore()
+    auto_away_chore(get_runtime())
     shown = next(r for r in cli_json(env, "status")["reps"] if r["rep"] == rep)
     assert shown["away"] and "auto-away: 2 first alerts in a row" in shown["away_reason"]
     with sessions()() as s:
         escalations = list(s.scalars(select(db.AlertStep).where(db.AlertStep.kind == "escalation")))
         traces = list(s.scalars(select(db.Trace).where(db.Trace.kind == "rep.auto_away")))
-    from worker.adapters.runtime import get_runtime
 
     manager = get_runtime().rules.rep(rep or "").manager  # type: ignore[union-attr]
     assert manager, "the test's rules give every rep a manager"
     assert {e.assignment_id for e in escalations} == {first.id, second.id}       # the manager hears of both
     assert {t.lead_id for t in traces} == {"u-aw1", "u-aw2"}
-    auto_away_chore()                                                           # once only
+    auto_away_chore(get_runtime())                                                           # once only
     with sessions()() as s:
         assert len(list(s.scalars(select(db.AlertStep).where(db.AlertStep.kind == "escalation")))) == 2
     # the next lead sees why the rep is skipped
@@ -207,7 +206,7 @@ def test_auto_away_sets_a_rep_away_after_missed_first_alerts(env: dict[str, str]
     assert skipped["status"] == "skipped" and "auto-away" in skipped["reason"]
     # back: a clean run, the old misses do not count again
     cli(env, "rep", "back", rep or "")
-    auto_away_chore()
+    auto_away_chore(get_runtime())
     assert not next(r for r in cli_json(env, "status")["reps"] if r["rep"] == rep)["away"]
 
 

@@ -6,6 +6,7 @@ from sqlalchemy import insert, text
 
 from tests.support.stack import wait_until
 from worker.adapters import db, engines
+from worker.adapters.runtime import get_runtime
 from worker.entrypoints.scheduler import keep_statistics
 
 
@@ -48,7 +49,7 @@ def test_the_scheduler_chore_analyzes_the_service_database(service_env):
     engine = engines.make_engine(service_env["DATABASE_URL"])
     try:
         if engine.dialect.name != "postgresql":
-            keep_statistics()   # on SQLite the chore does nothing, and never fails
+            keep_statistics(get_runtime())   # on SQLite the chore does nothing, and never fails
             return
         before = _last_analyzed(engine, "events")
         now = db.now_utc()
@@ -60,7 +61,7 @@ def test_the_scheduler_chore_analyzes_the_service_database(service_env):
                 for i in range(500)])
 
         def analyzed() -> bool:
-            keep_statistics()
+            keep_statistics(get_runtime())
             after = _last_analyzed(engine, "events")
             return after is not None and (before is None or after > before)
 

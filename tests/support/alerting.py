@@ -47,10 +47,7 @@ def alert_environment(service_env: dict[str, str], providers: FakeProviderServer
     }
     for k, v in extra.items():
         monkeypatch.setenv(k, v)
-    from worker.services.alerts import reset_channels
-
-    reset_process_state()
-    reset_channels()
+    reset_process_state()   # a new runtime: new channels, pointed at ``providers``
     service_env.update(extra)
     return service_env
 

@@ -110,7 +110,7 @@ def hold_alerts(monkeypatch: pytest.MonkeyPatch, record: list[int] | None = None
     import worker.services.dispatch
 
     monkeypatch.setattr(worker.services.dispatch, "dispatch_steps",
-                        lambda ids, eta=None: (record.extend(ids) if record is not None else None) or 0)
+                        lambda rt, ids, eta=None: (record.extend(ids) if record is not None else None) or 0)
     monkeypatch.setattr(worker.entrypoints.tasks, "INLINE_FIRING", 0)   # no thread to fire on: the steps are dispatched
     monkeypatch.setattr(worker.entrypoints.tasks, "_inline", None)
 

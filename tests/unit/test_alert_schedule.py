@@ -34,12 +34,12 @@ def test_no_step_waits_for_less_than_its_due_time_nor_a_slot_longer(offsets_us):
     assert [eta for eta, _ in slots] == sorted(eta for eta, _ in slots)
 
 
-def test_the_tick_never_waits_behind_a_chore_stuck_on_a_provider(monkeypatch):
+def test_the_tick_never_waits_behind_a_chore_stuck_on_a_provider():
     import os
     import signal
     import threading
 
-    import worker.entrypoints.scheduler as scheduler
+    from worker.entrypoints.scheduler import Beat, Chores, run_forever
 
     stuck = threading.Event()
     release = threading.Event()
@@ -57,16 +57,10 @@ def test_the_tick_never_waits_behind_a_chore_stuck_on_a_provider(monkeypatch):
             os.kill(os.getpid(), signal.SIGTERM)   # run_forever's own handler: stop after this tick
         return 0
 
-    monkeypatch.setattr(scheduler, "settle_maybe_sent", hung_provider)
-    monkeypatch.setattr(scheduler, "flush_held", lambda: 0)
-    monkeypatch.setattr(scheduler, "tick_once", tick)
-    monkeypatch.setattr(scheduler, "heartbeat", lambda name: None)
-    monkeypatch.setattr(scheduler, "settle_process", lambda: None)   # not the test process
-    monkeypatch.setattr(scheduler, "keep_statistics", lambda: None)
-    monkeypatch.setattr(scheduler, "get_runtime", lambda: type("Rt", (), {"settings": None})())
+    beat = Beat(tick=tick, heartbeat=lambda name: None, chores=[Chores("settling", 2.0, (hung_provider,))])
     previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     try:
-        assert scheduler.run_forever(tick_seconds=0.05) == 0
+        assert run_forever(beat, 0.05) == 0
     finally:
         release.set()
         signal.signal(signal.SIGTERM, previous[0])

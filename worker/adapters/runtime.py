@@ -1,4 +1,8 @@
-"""Process-wide wiring: settings, database, Redis and the current rules, built once per process."""
+"""Process-wide wiring: settings, database, Redis, the current rules, the clock and the provider channels.
+
+A :class:`Runtime` is what the services are handed: an entry point (a task, a CLI command, an API
+route, the scheduler) looks up the process's own with :func:`get_runtime` and passes it on, and a
+test builds one with the clock or the channels it wants. No service looks it up itself."""
 
 from __future__ import annotations
 
@@ -6,16 +10,23 @@ import gc
 import logging
 import os
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import cast
 
 import redis
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
 from routing.config import Rules, RulesError, load_rules
+from worker.adapters.channels import Channel, ConsoleChannel, SendGridEmailChannel, TwilioSmsChannel
+from worker.adapters.db import now_utc
 from worker.adapters.engines import make_engine, make_sessionmaker
 from worker.adapters.settings import Settings, get_settings
+from worker.adapters.sms_pool import sms_pool
+from worker.adapters.voice_channel import voice_channel
 
 log = logging.getLogger("leadrouter.runtime")
 
@@ -67,13 +78,50 @@ def _mtime(path: Path) -> float:
 
 
 class Runtime:
-    def __init__(self, settings: Settings | None = None):
+    """The dependencies of the services: built lazily, once per process (connections do not survive a fork).
+
+    ``clock`` is what :meth:`now` reads; ``channels`` stand in for the provider channels the settings would
+    build (``sms``, ``email``, ``voice``), as a test's fakes do."""
+
+    def __init__(self, settings: Settings | None = None, *, clock: Callable[[], datetime] = now_utc,
+                 channels: Mapping[str, Channel] | None = None):
         self.settings = settings or get_settings()
+        self.clock = clock
         self._engine: Engine | None = None
         self._sm: sessionmaker | None = None  # type: ignore[type-arg]
         self._redis: redis.Redis | None = None
         self._rules: RulesHolder | None = None
+        self._given = dict(channels or {})
+        self._channels = dict(self._given)
+        self._channels_lock = threading.Lock()
         self.pid = os.getpid()
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    def channel(self, kind: str) -> Channel:
+        """The process's channel for ``sms``, ``email`` or ``voice``; the console when its provider is not set up."""
+        with self._channels_lock:
+            ch = self._channels.get(kind)
+            if ch is None:
+                ch = self._channels[kind] = self._build_channel(kind)
+            return ch
+
+    def _build_channel(self, kind: str) -> Channel:
+        s = self.settings
+        if kind == "voice":
+            return cast(Channel, voice_channel(s, lambda: self.redis, lambda: self.rules))
+        if kind == "sms" and s.twilio_account_sid and s.twilio_auth_token and (
+                s.sms_senders() or s.twilio_messaging_service_sid):
+            return TwilioSmsChannel(s.twilio_account_sid, s.twilio_auth_token, from_number=s.twilio_from_number,
+                                    messaging_service_sid=s.twilio_messaging_service_sid,
+                                    status_callback_url=f"{s.public_url.rstrip('/')}/webhooks/twilio/status",
+                                    api_base_url=s.twilio_api_base_url, timeout=10,
+                                    from_numbers=s.sms_senders(), pool=sms_pool(s, self.redis))
+        if kind == "email" and s.sendgrid_api_key and s.sendgrid_from_email:
+            return SendGridEmailChannel(s.sendgrid_api_key, s.sendgrid_from_email,
+                                        api_base_url=s.sendgrid_api_base_url, timeout=10)
+        return ConsoleChannel()
 
     @property
     def engine(self) -> Engine:
@@ -110,6 +158,8 @@ class Runtime:
         if self._engine is not None:
             self._engine.dispose(close=False)
         self._engine, self._sm, self._redis = None, None, None
+        with self._channels_lock:   # their HTTP connections and rate limiters belong to the parent
+            self._channels = dict(self._given)
         self.pid = os.getpid()
 
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import redis
+
 from worker.adapters.ratelimit import SenderPool
 from worker.adapters.settings import Settings
 
 
-def sms_pool(settings: Settings) -> SenderPool | None:
+def sms_pool(settings: Settings, r: redis.Redis) -> SenderPool | None:
     """The pool of ``TWILIO_FROM_NUMBERS`` at ``TWILIO_SMS_SEGMENTS_PER_SECOND`` each; None with a Messaging
     Service (Twilio picks the sender and paces it) or with no more than one number (nothing to pick)."""
     senders = settings.sms_senders()
     if settings.twilio_messaging_service_sid or len(senders) < 2:
         return None
-    from worker.adapters.runtime import get_runtime
-
     rate = settings.sms_segments_per_second
-    return SenderPool(get_runtime().redis, "sms", lambda: senders, lambda: rate)
+    return SenderPool(r, "sms", lambda: senders, lambda: rate)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import redis
+
 from routing.config import Rules
-from worker.adapters.runtime import get_runtime
 from worker.adapters.settings import Settings
 
 
@@ -14,7 +16,7 @@ def caller_ids(rules: Rules, settings: Settings) -> list[str]:
     return list(rules.voice.caller_ids) or ([settings.twilio_from_number] if settings.twilio_from_number else [])
 
 
-def voice_channel(settings: Settings) -> Any:
+def voice_channel(settings: Settings, r: Callable[[], redis.Redis], rules: Callable[[], Rules]) -> Any:
     """The process's voice channel; the console when Twilio is not configured. Caller ids, ring time and
     answering-machine detection are read from the rules at each call, so a changed file counts at once."""
     from worker.adapters.channels import ConsoleChannel
@@ -27,15 +29,14 @@ def voice_channel(settings: Settings) -> Any:
     buckets: dict[float, TokenBucket] = {}
 
     def bucket() -> TokenBucket:   # at the rules' current rate: a changed calls_per_second counts at once
-        rt = get_runtime()
-        rate = rt.rules.voice.calls_per_second
+        rate = rules().voice.calls_per_second
         if rate not in buckets:
-            buckets[rate] = TokenBucket(rt.redis, f"call:{account}", rate)
+            buckets[rate] = TokenBucket(r(), f"call:{account}", rate)
         return buckets[rate]
 
     return TwilioVoiceChannel(
         settings.twilio_account_sid, settings.twilio_auth_token, public_url=settings.public_url,
-        caller_ids=lambda: caller_ids(get_runtime().rules, settings),
-        ring_timeout=lambda: int(get_runtime().rules.voice.ring_timeout.total_seconds()),
-        machine_detection=lambda: get_runtime().rules.voice.machine_detection,
+        caller_ids=lambda: caller_ids(rules(), settings),
+        ring_timeout=lambda: int(rules().voice.ring_timeout.total_seconds()),
+        machine_detection=lambda: rules().voice.machine_detection,
         bucket=bucket, api_base_url=settings.twilio_api_base_url, timeout=10)

@@ -266,7 +266,7 @@ async def board_action(request: Request) -> Response:
                             headers=HEADERS)
     from worker.services.dispatch import dispatch_steps  # the tasks module pulls in Celery: only once a button is used
 
-    await in_db_thread(dispatch_steps, due)
+    await in_db_thread(dispatch_steps, get_runtime(), due)
     log.info("board: %s by %s", form["action"], name)
     return JSONResponse({"success": True, "message": message}, headers=HEADERS)
 

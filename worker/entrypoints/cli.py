@@ -113,17 +113,20 @@ def cmd_beat(args: argparse.Namespace) -> int:
     import threading
 
     from worker.adapters.logs import dump_stacks_on_sigusr1, setup_logging
-    from worker.entrypoints.scheduler import run_forever
+    from worker.adapters.runtime import get_runtime, settle_process
+    from worker.entrypoints.scheduler import Beat, run_forever
     from worker.entrypoints.startup import check_or_exit
     from worker.services.outbound import start_background
 
     check_or_exit("beat")
     setup_logging()
     dump_stacks_on_sigusr1()
+    rt = get_runtime()
     stop = threading.Event()
-    sender = start_background(stop)      # outbound webhooks and Slack, on threads of their own
+    sender = start_background(rt, stop)      # outbound webhooks and Slack, on threads of their own
+    settle_process()
     try:
-        run_forever()
+        run_forever(Beat.of(rt), rt.settings.tick_seconds)
     finally:
         stop.set()
         sender.join(timeout=5)
@@ -251,7 +254,7 @@ def cmd_lead(args: argparse.Namespace) -> int:
                                            actor=_actor(), reason=args.reason)
     except operator.OpsError as exc:
         raise CliError(str(exc)) from None
-    dispatch_steps(result.due_steps)  # after the commit, as the pipeline does
+    dispatch_steps(rt, result.due_steps)  # after the commit, as the pipeline does
     print(result.message)
     return 0
 

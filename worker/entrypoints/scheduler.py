@@ -27,7 +27,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import redis
 from sqlalchemy import select, update
@@ -35,12 +36,13 @@ from sqlalchemy import select, update
 from routing.cadence import collapse_overdue, in_cadence
 from routing.kinds import DeliveryStatus, StepStatus
 from worker.adapters import db, engines, stream
-from worker.adapters.db import now_utc
-from worker.adapters.runtime import get_runtime, settle_process
 from worker.services import liveness
 from worker.services.alerts import COLLAPSED, flush_held, settle_maybe_sent
 from worker.services.healing import auto_away_chore
 from worker.services.pause import is_paused
+
+if TYPE_CHECKING:
+    from worker.adapters.runtime import Runtime
 
 log = logging.getLogger("leadrouter.scheduler")
 
@@ -139,21 +141,20 @@ def release_stuck(session: Any, now: datetime, r: redis.Redis) -> int:
     return released
 
 
-def tick_once() -> int:
+def tick_once(rt: Runtime) -> int:
     """One scheduler pass; returns how many steps it queued."""
     from worker.services.dispatch import dispatch_steps
     from worker.services.publish import kick_drain
 
-    rt = get_runtime()
     rt.rules_holder.refresh()
     r = rt.redis
-    now = now_utc()
+    now = rt.now()
     with rt.sessions.begin() as session:
         release_stuck(session, now, r)
         due = Due() if is_paused(session) else collect_due(session, now)
-    queued = dispatch_steps(due.now)
+    queued = dispatch_steps(rt, due.now)
     for eta, step_ids in eta_slots(due.soon):
-        queued += dispatch_steps(step_ids, eta=eta)
+        queued += dispatch_steps(rt, step_ids, eta=eta)
     for lane in stream.LANES:
         b = stream.backlog(r, lane)
         if b.get("waiting", 0) > 0 or b.get("pending", 0) > 0:
@@ -161,10 +162,9 @@ def tick_once() -> int:
     return queued
 
 
-def heartbeat(name: str) -> None:
+def heartbeat(rt: Runtime, name: str) -> None:
     """Record which rules this process runs, for ``status``."""
-    rt = get_runtime()
-    now = now_utc()
+    now = rt.now()
     with rt.sessions.begin() as session:
         row = session.get(db.Setting, f"worker:{name}")
         value = {"rules_hash": rt.rules.hash, "seen_at": now.isoformat(), "errors": rt.rules_holder.errors[:5]}
@@ -174,9 +174,45 @@ def heartbeat(name: str) -> None:
             row.value, row.updated_at = value, now
 
 
-def run_forever(tick_seconds: float | None = None) -> int:
-    rt = get_runtime()
-    interval = tick_seconds or rt.settings.tick_seconds
+def keep_statistics(rt: Runtime) -> None:
+    """PostgreSQL's planner statistics for our tables, where autovacuum has not kept them current."""
+    analyzed = engines.refresh_statistics(rt.engine)
+    if analyzed:
+        log.info("analyzed %s: their planner statistics were behind", ", ".join(analyzed))
+
+
+@dataclass(frozen=True)
+class Chores:
+    """Slow work the scheduler does every ``every`` seconds on a thread of its own."""
+
+    name: str
+    every: float
+    work: tuple[Callable[[], object], ...]
+
+
+@dataclass(frozen=True)
+class Beat:
+    """What the scheduler's loop runs: the tick, its heartbeat (for ``status``) and the slow chores.
+    :meth:`of` wires them to a runtime; a test hands in its own."""
+
+    tick: Callable[[], int]
+    heartbeat: Callable[[str], None]
+    chores: list[Chores]
+
+    @classmethod
+    def of(cls, rt: Runtime) -> Beat:
+        """The hourly cap's summaries, every ``HEARTBEAT_EVERY``; asking providers about "maybe sent"
+        deliveries and the auto-away check, every ``SETTLE_EVERY``; the planner statistics, every
+        ``STATISTICS_EVERY``."""
+        return cls(partial(tick_once, rt), partial(heartbeat, rt), [
+            Chores("beat-housekeeping", HEARTBEAT_EVERY, (partial(flush_held, rt),)),
+            Chores("beat-settling", SETTLE_EVERY, (partial(settle_maybe_sent, rt), partial(auto_away_chore, rt))),
+            Chores("beat-statistics", STATISTICS_EVERY, (partial(keep_statistics, rt),)),
+        ])
+
+
+def run_forever(beat: Beat, interval: float) -> int:
+    """Tick every ``interval`` seconds until SIGTERM or SIGINT; the chores run beside it meanwhile."""
     stopping = False
 
     def stop(_signum: int, _frame: object) -> None:
@@ -187,17 +223,16 @@ def run_forever(tick_seconds: float | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     name = f"beat@{socket.gethostname()}"
     log.info("scheduler running, tick every %.2fs", interval)
-    settle_process()
     done = threading.Event()
-    chores = start_housekeeping(done)
+    chores = start_housekeeping(beat.chores, done)
     last_beat = 0.0
     failures = 0
     while not stopping:
         started = time.monotonic()
         try:
-            tick_once()
+            beat.tick()
             if started - last_beat > HEARTBEAT_EVERY:   # says the tick itself is alive, for status
-                heartbeat(name)
+                beat.heartbeat(name)
                 last_beat = started
             failures = 0
         except Exception as exc:  # Redis or the database away: keep ticking, they come back
@@ -213,35 +248,20 @@ def run_forever(tick_seconds: float | None = None) -> int:
     return 0
 
 
-def keep_statistics() -> None:
-    """PostgreSQL's planner statistics for our tables, where autovacuum has not kept them current."""
-    analyzed = engines.refresh_statistics(get_runtime().engine)
-    if analyzed:
-        log.info("analyzed %s: their planner statistics were behind", ", ".join(analyzed))
+def start_housekeeping(groups: list[Chores], done: threading.Event) -> list[threading.Thread]:
+    """Each group of chores on a thread of its own: they wait on providers or scan tables, and the tick,
+    which every alert's timing hangs on, must never wait behind them."""
 
-
-def start_housekeeping(done: threading.Event) -> list[threading.Thread]:
-    """The scheduler's slow chores on threads of their own: the hourly cap's summaries, every
-    ``HEARTBEAT_EVERY``; asking providers about "maybe sent" deliveries, every ``SETTLE_EVERY``; the
-    planner statistics, every ``STATISTICS_EVERY``. They wait on providers or scan tables; the tick, which every
-    alert's timing hangs on, must never wait behind them."""
-
-    def loop(chores: tuple[Callable[[], object], ...], every: float) -> None:
+    def loop(group: Chores) -> None:
         while not done.is_set():
-            for chore in chores:
+            for chore in group.work:
                 try:
                     chore()
                 except Exception:  # Redis, the database or a provider away: next round
-                    log.warning("scheduler chore failed; next round in %.0fs", every, exc_info=True)
-            done.wait(every)
+                    log.warning("scheduler chore failed; next round in %.0fs", group.every, exc_info=True)
+            done.wait(group.every)
 
-    threads = [
-        threading.Thread(target=loop, args=((flush_held,), HEARTBEAT_EVERY), name="beat-housekeeping", daemon=True),
-        threading.Thread(target=loop, args=((settle_maybe_sent, auto_away_chore), SETTLE_EVERY), name="beat-settling",
-                         daemon=True),
-        threading.Thread(target=loop, args=((keep_statistics,), STATISTICS_EVERY), name="beat-statistics",
-                         daemon=True),
-    ]
+    threads = [threading.Thread(target=loop, args=(group,), name=group.name, daemon=True) for group in groups]
     for thread in threads:
         thread.start()
     return threads

@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 from celery.signals import worker_init, worker_process_init, worker_ready
 
 from worker.adapters import engines, retry, stream
-from worker.adapters.db import now_utc
 from worker.adapters.logs import setup_logging
-from worker.adapters.runtime import get_runtime
+from worker.adapters.runtime import Runtime, get_runtime
 from worker.app import DRAIN, FAILOVER, FIRE_STEPS, TICK, app
 from worker.services import dispatch
 from worker.services.lead_store import dead_letter
@@ -26,7 +25,6 @@ from worker.services.pipeline import BatchResult, BatchTooSlow, forecast, proces
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from routing.config import Rules
     from worker.services.alerts import Batch
 
 log = logging.getLogger("leadrouter.tasks")
@@ -36,9 +34,9 @@ DRAIN_TIME_LIMIT = 20.0
 EARLY_REQUEUE = timedelta(seconds=30)   # a step handed over this far before its due time waits in a task
 
 
-def drain_once(lane: str) -> tuple[int, BatchResult]:
+def drain_once(lane: str, rt: Runtime | None = None) -> tuple[int, BatchResult]:
     """Read one batch from ``lane``, apply it in one transaction, acknowledge it, dispatch due alerts."""
-    rt = get_runtime()
+    rt = rt or get_runtime()
     r = rt.redis
     r.delete(stream.kick_key(lane))
     rt.rules_holder.refresh()
@@ -51,18 +49,18 @@ def drain_once(lane: str) -> tuple[int, BatchResult]:
     every = max(0.5, rt.settings.reclaim_idle_seconds / 3)
     try:
         with stream.keep_claimed(r, lane, stream.consumer_name(), [e.id for e in entries], every):
-            result, claimed = _apply_with_retries(entries, lane, claim=inline)
+            result, claimed = _apply_with_retries(rt, entries, lane, claim=inline)
     except BaseException:
         if inline:
             slots.release()
         raise
     if inline and claimed is not None and claimed.won:
-        pool.submit(_send_inline, claimed, slots)   # the thread frees its slot when done
+        pool.submit(_send_inline, rt, claimed, slots)   # the thread frees its slot when done
     elif inline:
         slots.release()
     stream.ack(r, lane, [e.id for e in entries])
     won = set(claimed.won) if claimed is not None else set()
-    dispatch.dispatch_steps([step_id for step_id in result.due_steps if step_id not in won])
+    dispatch.dispatch_steps(rt, [step_id for step_id in result.due_steps if step_id not in won])
     return len(entries), result
 
 
@@ -84,25 +82,25 @@ def _inline_firing() -> tuple[ThreadPoolExecutor, threading.BoundedSemaphore]:
     return _inline[1], _inline[2]
 
 
-def _send_inline(claimed: Batch, slots: threading.BoundedSemaphore) -> None:
+def _send_inline(rt: Runtime, claimed: Batch, slots: threading.BoundedSemaphore) -> None:
     from worker.services.alerts import send_claimed
 
     try:
-        _after_firing(send_claimed(claimed))
+        _after_firing(rt, send_claimed(rt, claimed))
     except Exception:  # the steps stay firing: the scheduler takes them back (worker.entrypoints.scheduler.release_stuck)
         log.exception("sending alert steps %s from the fast lane failed", claimed.won)
     finally:
         slots.release()
 
 
-def _claim_due(session: Session, rules: Rules, step_ids: list[int]) -> Batch | None:
+def _claim_due(rt: Runtime, session: Session, step_ids: list[int]) -> Batch | None:
     """Claim the batch's due steps in its transaction, behind a savepoint: if that fails, the routing
     still commits and the steps, still pending, go to the alert workers."""
     from worker.services.alerts import claim
 
     try:
         with session.begin_nested():
-            return claim(session, rules, step_ids, now_utc(), take_in=False)
+            return claim(rt, session, step_ids, rt.now(), take_in=False)
     except Exception as exc:
         if retry.is_outage(exc):
             raise
@@ -110,36 +108,35 @@ def _claim_due(session: Session, rules: Rules, step_ids: list[int]) -> Batch | N
         return None
 
 
-def _apply_with_retries(entries: list[stream.Entry], lane: str, claim: bool = False
+def _apply_with_retries(rt: Runtime, entries: list[stream.Entry], lane: str, claim: bool = False
                         ) -> tuple[BatchResult, Batch | None]:
     """Apply the batch in one transaction, waiting out a database outage (:data:`worker.adapters.retry.DRAIN_OUTAGE`);
     with ``claim``, the due alert steps it makes are claimed in the same transaction."""
     deadline = time.monotonic() + DRAIN_TIME_LIMIT if len(entries) > 1 else None
     try:
         return retry.DRAIN_OUTAGE.call(
-            lambda: retry.BATCH_AGAIN.call(lambda: _apply(entries, lane, claim, deadline)),
+            lambda: retry.BATCH_AGAIN.call(lambda: _apply(rt, entries, lane, claim, deadline)),
             about=f"{len(entries)} entries")
     except BatchTooSlow:
         half = len(entries) // 2
         log.warning("a batch of %d entries ran past %.0f s; applying it in halves", len(entries), DRAIN_TIME_LIMIT)
-        first, _ = _apply_with_retries(entries[:half], lane)
-        second, _ = _apply_with_retries(entries[half:], lane)
+        first, _ = _apply_with_retries(rt, entries[:half], lane)
+        second, _ = _apply_with_retries(rt, entries[half:], lane)
         return first.add(second), None
     except Exception as exc:  # an outage past its wait leaves the batch pending; anything else isolates the bad entry
         if retry.is_outage(exc):
             raise
         log.exception("batch failed; applying its %d entries one by one", len(entries))
-        return _apply_one_by_one(entries), None
+        return _apply_one_by_one(rt, entries), None
 
 
-def _apply(entries: list[stream.Entry], lane: str, claim: bool, deadline: float | None
+def _apply(rt: Runtime, entries: list[stream.Entry], lane: str, claim: bool, deadline: float | None
            ) -> tuple[BatchResult, Batch | None]:
     """One try at applying the batch, in one transaction."""
     from worker.services.assign import Router
 
-    rt = get_runtime()
     rules = rt.rules
-    now = now_utc()
+    now = rt.now()
     fc = None
     if lane != stream.FAST:
         # scored before the write lock, so workers score at the same time (worker.services.pipeline.Forecast)
@@ -150,20 +147,18 @@ def _apply(entries: list[stream.Entry], lane: str, claim: bool, deadline: float 
     with engines.urgent(rt.engine) if lane == stream.FAST else nullcontext(), rt.sessions.begin() as session:
         result = process_batch(session, entries, rules, now, Router(rules), fc, deadline=deadline)
         # one batch's worth: a burst of crossings leaves the rest to the alert workers, in parallel
-        claimed = _claim_due(session, rules, result.due_steps[:dispatch.FIRE_BATCH]) \
+        claimed = _claim_due(rt, session, result.due_steps[:dispatch.FIRE_BATCH]) \
             if claim and result.due_steps else None
     return result, claimed
 
 
-def _apply_one_by_one(entries: list[stream.Entry]) -> BatchResult:
+def _apply_one_by_one(rt: Runtime, entries: list[stream.Entry]) -> BatchResult:
     """Each entry on its own (:data:`worker.adapters.retry.ENTRY_AGAIN`); one that keeps failing is dead-lettered."""
     from worker.services.assign import Router
 
-    rt = get_runtime()
-
     def apply(entry: stream.Entry) -> BatchResult:
         with rt.sessions.begin() as session:
-            return process_batch(session, [entry], rt.rules, now_utc(), Router(rt.rules))
+            return process_batch(session, [entry], rt.rules, rt.now(), Router(rt.rules))
 
     total = BatchResult()
     for entry in entries:
@@ -173,7 +168,7 @@ def _apply_one_by_one(entries: list[stream.Entry]) -> BatchResult:
             if retry.is_outage(exc):
                 raise
             with rt.sessions.begin() as session:
-                dead_letter(session, entry, f"{type(exc).__name__}: {exc}", now_utc())
+                dead_letter(session, entry, f"{type(exc).__name__}: {exc}", rt.now())
             total.dead_lettered += 1
     return total
 
@@ -233,13 +228,14 @@ def fire_steps(step_ids: list[int]) -> None:
     """Fire a batch of due steps; queue what that made due, and give back steps that came early."""
     from worker.services.alerts import fire_steps as fire
 
-    _after_firing(fire(step_ids))
+    rt = get_runtime()
+    _after_firing(rt, fire(rt, step_ids))
 
 
-def _after_firing(fired: Batch) -> None:
+def _after_firing(rt: Runtime, fired: Batch) -> None:
     """Queue what firing made due, and give back the steps that came early."""
-    dispatch.dispatch_steps(fired.follow_up)
-    now = now_utc()
+    dispatch.dispatch_steps(rt, fired.follow_up)
+    now = rt.now()
     early: dict[datetime, list[int]] = {}
     for step_id, due_at in fired.early:
         if due_at - now <= EARLY_REQUEUE:   # later than that, the scheduler's tick hands it over again
@@ -260,14 +256,14 @@ def failover_deliveries(delivery_ids: list[int]) -> None:
     twice sends nothing twice: a (step, rep, channel) already written is never written again."""
     from worker.services.deliveries import failover
 
-    failover(delivery_ids)
+    failover(get_runtime(), delivery_ids)
 
 
 @app.task(name=TICK, ignore_result=True)
 def tick() -> None:
     from worker.entrypoints.scheduler import tick_once
 
-    tick_once()
+    tick_once(get_runtime())
 
 
 # ---------------------------------------------------------------- a worker process starting
@@ -305,13 +301,11 @@ def _init_threads_worker(sender: Any = None, **_: object) -> None:
 def _warm_up() -> None:
     """Import the alert path and build the provider clients now, not on the first hot lead."""
     try:
-        from worker.adapters.runtime import get_runtime
-        from worker.services.alerts import channel_for
+        import worker.services.alerts  # noqa: F401
 
         rt = get_runtime()
-        channel_for("sms", rt.settings)
-        channel_for("email", rt.settings)
-        channel_for("voice", rt.settings)
+        for kind in ("sms", "email", "voice"):
+            rt.channel(kind)
         rt.engine  # noqa: B018 - made once here, not raced for by a pool's first threads
     except Exception:  # a bad setting shows up, with its error, on the first alert instead
         log.exception("alert channels could not be prepared")

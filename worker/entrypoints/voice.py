@@ -247,7 +247,7 @@ def gather(params: dict[str, str], delivery_id: int) -> Response:
     if due:
         from worker.services.dispatch import dispatch_steps
 
-        dispatch_steps(list(due))
+        dispatch_steps(rt, list(due))
     return _xml(resp)
 
 

@@ -139,7 +139,7 @@ def _answer_reply(sid: str, sender: str, text: str) -> Response:
     if due:
         from worker.services.dispatch import dispatch_steps
 
-        dispatch_steps(list(due))
+        dispatch_steps(rt, list(due))
     return _twiml(reply)
 
 
@@ -223,8 +223,8 @@ async def twilio_status(request: Request) -> Response:
     sid, status = params.get("MessageSid", ""), params.get("MessageStatus", "")
     if not sid or not status:
         return Response("MessageSid and MessageStatus are required", status_code=400, media_type="text/plain")
-    await in_db_thread(functools.partial(settle, sid, status, params.get("ErrorCode") or None, kind_hint="sms",
-                                         delivery_id=request.query_params.get("delivery_id")))
+    await in_db_thread(functools.partial(settle, get_runtime(), sid, status, params.get("ErrorCode") or None,
+                                         kind_hint="sms", delivery_id=request.query_params.get("delivery_id")))
     return Response(status_code=204)
 
 
@@ -285,7 +285,7 @@ def _record_email_events(events: list[Any]) -> None:
             if target is not None and isinstance(ev.get("event"), str):
                 todo.append((target, ev["event"]))
     for provider_id, event in todo:
-        settle(provider_id, event, None, kind_hint="email")
+        settle(rt, provider_id, event, None, kind_hint="email")
 
 
 def _delivery_key(session: Session, delivery_id: Any, message_id: str) -> str | None:
@@ -427,6 +427,6 @@ def _act_on_claim(tok: Any, action: str, now: datetime) -> HTMLResponse:
     if result.due_steps:
         from worker.services.dispatch import dispatch_steps
 
-        dispatch_steps(list(result.due_steps))
+        dispatch_steps(rt, list(result.due_steps))
     title = ("Claimed" if action == "claim" else "Passed") if result.ok else "Not available"
     return _page(title, f'<p class="note">{html.escape(result.message)}</p>', 200 if result.ok else 409)

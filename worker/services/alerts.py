@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -31,20 +31,16 @@ from routing.kinds import OPENING, DeliveryStatus, MessageKind, StepKind, StepSt
 from routing.messages import render_summary
 from worker.adapters import db, metrics
 from worker.adapters.channels import OutboundMessage
-from worker.adapters.db import now_utc
 from worker.adapters.retry import is_outage
-from worker.adapters.runtime import get_runtime
 from worker.services import alert_text, deliveries
 from worker.services.alert_text import claim_url, lead_view
 from worker.services.claims import reassign
 from worker.services.deliveries import (
     Delivery,
     assignment_facts,
-    channel_for,
     disable_channel,
     lead_facts,
     plan_recipients,
-    reset_channels,
     step_facts,
 )
 from worker.services.liveness import claimer_id, keep_alive
@@ -52,9 +48,12 @@ from worker.services.outbound import Emitter
 from worker.services.pause import is_paused
 from worker.services.settling import settle_maybe_sent
 
+if TYPE_CHECKING:
+    from worker.adapters.runtime import Runtime
+
 # Names other modules and tests import from here.
-__all__ = ["BEHIND", "COLLAPSED", "MAX_BATCH", "TAKE_IN_WITHIN", "Batch", "channel_for", "claim", "claim_url",
-           "disable_channel", "fire", "fire_steps", "flush_held", "lead_view", "plan_recipients", "reset_channels",
+__all__ = ["BEHIND", "COLLAPSED", "MAX_BATCH", "TAKE_IN_WITHIN", "Batch", "claim", "claim_url",
+           "disable_channel", "fire", "fire_steps", "flush_held", "lead_view", "plan_recipients",
            "send_claimed", "settle_maybe_sent"]
 
 log = logging.getLogger("leadrouter.alerts")
@@ -86,12 +85,12 @@ class Batch:
 # ---------------------------------------------------------------- the story
 
 
-def fire(step_id: int) -> list[int]:
+def fire(rt: Runtime, step_id: int) -> list[int]:
     """Fire one step; returns the ids of steps that became due because of it (a reassignment's first alert)."""
-    return fire_steps([step_id]).follow_up
+    return fire_steps(rt, [step_id]).follow_up
 
 
-def fire_steps(step_ids: Sequence[int], *, take_in: bool = True) -> Batch:
+def fire_steps(rt: Runtime, step_ids: Sequence[int], *, take_in: bool = True) -> Batch:
     """Fire the due steps among ``step_ids`` together; steps not due yet are handed back untouched.
 
     The story: claim every due step (and, with ``take_in``, others already late) and
@@ -101,50 +100,50 @@ def fire_steps(step_ids: Sequence[int], *, take_in: bool = True) -> Batch:
     that cannot be fired holds back no other."""
     ids = list(dict.fromkeys(step_ids))
     if not ids:
-        return Batch(now_utc())
+        return Batch(rt.now())
     try:
-        with deliveries.transaction() as session:
-            batch = claim(session, get_runtime().rules, ids, now_utc(), take_in=take_in)
+        with deliveries.transaction(rt) as session:
+            batch = claim(rt, session, ids, rt.now(), take_in=take_in)
     except Exception as exc:
         if (len(ids) == 1 and not take_in) or is_outage(exc):
             raise
         # Nothing was committed: fire them one at a time, so one bad step holds back no other.
         log.exception("a batch of %d alert steps failed; firing them one at a time", len(ids))
-        return _one_by_one(ids)
-    return send_claimed(batch)
+        return _one_by_one(rt, ids)
+    return send_claimed(rt, batch)
 
 
-def claim(session: Session, rules: Rules, step_ids: Sequence[int], now: datetime, *, take_in: bool = True
+def claim(rt: Runtime, session: Session, step_ids: Sequence[int], now: datetime, *, take_in: bool = True
           ) -> Batch:
     """In the caller's transaction: claim the due steps among ``step_ids``, prepare them, write their deliveries."""
     batch = Batch(now)
     if is_paused(session):
         return batch
-    batch.won, batch.early = _claim_steps(session, step_ids, now, take_in=take_in)
-    _prepare(session, rules, batch)
+    batch.won, batch.early = _claim_steps(rt, session, step_ids, now, take_in=take_in)
+    _prepare(session, rt.rules, batch)
     return batch
 
 
-def send_claimed(batch: Batch) -> Batch:
+def send_claimed(rt: Runtime, batch: Batch) -> Batch:
     """After the commit that claimed them: send every message at once, record the answers, finish the steps."""
-    rt = get_runtime()
     for seconds in batch.lateness:
         metrics.observe("scheduler_lateness_seconds", seconds)
     sends = batch.deliveries
     alert_text.compose(rt.rules, rt.settings, sends, batch.timelines, batch.now)
     if sends:
-        deliveries.send(sends)
-        follow_up, speed = deliveries.in_transaction(lambda session: _finish_fired(session, rt.rules, sends))
+        deliveries.send(rt, sends)
+        follow_up, speed = deliveries.in_transaction(
+            rt, lambda session: _finish_fired(session, rt.rules, sends, rt.now()))
         batch.follow_up += follow_up
         deliveries.count(sends, speed)
     return batch
 
 
-def _one_by_one(step_ids: Sequence[int]) -> Batch:
-    out = Batch(now_utc())
+def _one_by_one(rt: Runtime, step_ids: Sequence[int]) -> Batch:
+    out = Batch(rt.now())
     for step_id in step_ids:
         try:
-            out.add(fire_steps([step_id], take_in=False))
+            out.add(fire_steps(rt, [step_id], take_in=False))
         except Exception as exc:
             if is_outage(exc):
                 raise
@@ -169,7 +168,7 @@ def _overdue(session: Session, now: datetime, leave_out: Sequence[int], limit: i
                                 .order_by(db.AlertStep.due_at).limit(limit)))
 
 
-def _claim_steps(session: Session, step_ids: Sequence[int], now: datetime, *, take_in: bool = True
+def _claim_steps(rt: Runtime, session: Session, step_ids: Sequence[int], now: datetime, *, take_in: bool = True
                  ) -> tuple[list[int], list[tuple[int, datetime]]]:
     """Compare-and-set ``pending`` → ``firing`` on the steps that are due: (won, pending but not due yet).
 
@@ -178,7 +177,6 @@ def _claim_steps(session: Session, step_ids: Sequence[int], now: datetime, *, ta
     instead of each step waiting for a free worker thread. Their own tasks find
     them claimed and do nothing. A step someone else claimed, or that was
     cancelled or collapsed, is in neither list."""
-    rt = get_runtime()
     me = claimer_id()
     keep_alive(rt.redis)
     wanted = list(step_ids) + (_overdue(session, now, step_ids, MAX_BATCH - len(step_ids)) if take_in else [])
@@ -339,7 +337,8 @@ def _disabled_channels(session: Session, rules: Rules, assignments: Iterable[db.
 # ---------------------------------------------------------------- fire: finish the steps
 
 
-def _finish_fired(session: Session, rules: Rules, sends: list[Delivery]) -> tuple[list[int], list[float]]:
+def _finish_fired(session: Session, rules: Rules, sends: list[Delivery], now: datetime
+                  ) -> tuple[list[int], list[float]]:
     """Record the answers and finish the steps: each fired when its last message was answered; a step
     whose every channel to the rep failed escalates now."""
     speed = deliveries.record(session, sends)
@@ -353,16 +352,17 @@ def _finish_fired(session: Session, rules: Rules, sends: list[Delivery]) -> tupl
         step, assignment = ds[0].step, ds[0].assignment
         assert step is not None
         done.append({"id": step.id, "status": StepStatus.DONE,
-                     "fired_at": max((d.answered_at for d in ds if d.answered_at), default=now_utc())})
+                     "fired_at": max((d.answered_at for d in ds if d.answered_at), default=now)})
         if assignment is not None and step.kind not in (StepKind.UNROUTED, StepKind.FYI) \
                 and alerting.all_failed([(d.recipient, d.status) for d in ds], assignment.rep_id):
-            follow_up += _escalate_now(session, rules, step, assignment)
+            follow_up += _escalate_now(session, rules, step, assignment, now)
     if done:
         session.execute(update(db.AlertStep), done)
     return follow_up, speed
 
 
-def _escalate_now(session: Session, rules: Rules, step: db.AlertStep, assignment: db.Assignment) -> list[int]:
+def _escalate_now(session: Session, rules: Rules, step: db.AlertStep, assignment: db.Assignment, now: datetime
+                  ) -> list[int]:
     """Every channel of the rep failed: the next step (escalating, if any) is due now instead of later."""
     rep = rules.rep(assignment.rep_id or "")
     if rep is None or not rep.manager:
@@ -371,7 +371,7 @@ def _escalate_now(session: Session, rules: Rules, step: db.AlertStep, assignment
                        .where(db.AlertStep.assignment_id == assignment.id,
                               db.AlertStep.step >= alerting.EXTRA_STEPS)) or 0
     extra = db.AlertStep(assignment_id=assignment.id, lead_id=assignment.lead_id, step=alerting.EXTRA_STEPS + n,
-                         kind=StepKind.ESCALATION, due_at=now_utc(), note="every channel of the rep failed")
+                         kind=StepKind.ESCALATION, due_at=now, note="every channel of the rep failed")
     session.add(extra)
     session.flush()
     log.warning("lead %s: every channel of rep %s failed, escalating to %s now", assignment.lead_id, rep.id,
@@ -400,14 +400,13 @@ def _reassign(session: Session, rules: Rules, lead: db.Lead, assignment: db.Assi
 # ---------------------------------------------------------------- the hourly cap's summary
 
 
-def flush_held(now: datetime | None = None) -> int:
+def flush_held(rt: Runtime, now: datetime | None = None) -> int:
     """Alerts held back by a rep's hourly cap, summarized in one message once the window reopens.
 
     The held rows are moved to ``summarized`` by a compare-and-set, so of two
     schedulers only one sends the summary."""
-    rt = get_runtime()
     rules = rt.rules
-    now = now or now_utc()
+    now = now or rt.now()
     sends: list[Delivery] = []
     with rt.sessions.begin() as session:
         held = list(session.scalars(select(db.Delivery).where(db.Delivery.status == DeliveryStatus.HELD)
@@ -442,5 +441,5 @@ def flush_held(now: datetime | None = None) -> int:
                                       text=text.sms if channel == "sms" else text.text,
                                       html=text.html if channel == "email" else None)
                 sends.append(Delivery(row.id, rep_id, channel, to, message=msg))
-    deliveries.send_and_record(sends)
+    deliveries.send_and_record(rt, sends)
     return len(sends)

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
@@ -38,19 +38,13 @@ from routing.alerting import Recipient
 from routing.config import Rules
 from routing.kinds import DeliveryStatus, StepKind
 from worker.adapters import db, engines, metrics
-from worker.adapters.channels import (
-    Channel,
-    ConsoleChannel,
-    OutboundMessage,
-    SendGridEmailChannel,
-    TransportError,
-    TwilioSmsChannel,
-)
+from worker.adapters.channels import OutboundMessage, TransportError
 from worker.adapters.db import now_utc
 from worker.adapters.retry import RECORD_OUTAGE, send_with_retry
-from worker.adapters.runtime import get_runtime
-from worker.adapters.settings import Settings
 from worker.services import alert_text
+
+if TYPE_CHECKING:
+    from worker.adapters.runtime import Runtime
 
 log = logging.getLogger("leadrouter.alerts")
 
@@ -95,49 +89,6 @@ class Delivery:
         self.answered_at = at or now_utc()
 
 
-# ---------------------------------------------------------------- channels
-
-
-_channels: dict[tuple[int, str], Channel] = {}
-_channels_lock = threading.Lock()
-
-
-def channel_for(kind: str, settings: Settings) -> Channel:
-    """The process's channel for ``sms`` or ``email``; the console when the provider is not configured."""
-    key = (id(settings), kind)
-    with _channels_lock:
-        ch = _channels.get(key)
-        if ch is None:
-            ch = _build_channel(kind, settings)
-            _channels[key] = ch
-        return ch
-
-
-def _build_channel(kind: str, s: Settings) -> Channel:
-    if kind == "voice":
-        from worker.adapters.voice_channel import voice_channel
-
-        return cast(Channel, voice_channel(s))
-    if kind == "sms" and s.twilio_account_sid and s.twilio_auth_token and (
-            s.sms_senders() or s.twilio_messaging_service_sid):
-        from worker.adapters.sms_pool import sms_pool
-
-        return TwilioSmsChannel(s.twilio_account_sid, s.twilio_auth_token, from_number=s.twilio_from_number,
-                                messaging_service_sid=s.twilio_messaging_service_sid,
-                                status_callback_url=f"{s.public_url.rstrip('/')}/webhooks/twilio/status",
-                                api_base_url=s.twilio_api_base_url, timeout=10,
-                                from_numbers=s.sms_senders(), pool=sms_pool(s))
-    if kind == "email" and s.sendgrid_api_key and s.sendgrid_from_email:
-        return SendGridEmailChannel(s.sendgrid_api_key, s.sendgrid_from_email, api_base_url=s.sendgrid_api_base_url,
-                                    timeout=10)
-    return ConsoleChannel()
-
-
-def reset_channels() -> None:
-    with _channels_lock:
-        _channels.clear()
-
-
 # ---------------------------------------------------------------- transactions of the alert path
 
 
@@ -145,12 +96,11 @@ _sqlite_writer = threading.Lock()
 
 
 @contextmanager
-def transaction() -> Iterator[Session]:
+def transaction(rt: Runtime) -> Iterator[Session]:
     """A transaction of the alert path. SQLite has one writer at a time and its waiters poll
     with growing sleeps, first come not first served; so this process's threads queue on a
     lock of their own and at most one of them waits on the database, and the normal lane
     starts no new batch meanwhile (:func:`worker.adapters.engines.urgent`)."""
-    rt = get_runtime()
     serial = rt.engine.dialect.name == "sqlite"
     if serial:
         _sqlite_writer.acquire()
@@ -162,12 +112,12 @@ def transaction() -> Iterator[Session]:
             _sqlite_writer.release()
 
 
-def in_transaction(work: Callable[[Session], Any]) -> Any:
+def in_transaction(rt: Runtime, work: Callable[[Session], Any]) -> Any:
     """Run ``work`` in a transaction, waiting out a short database outage (:data:`worker.adapters.retry.RECORD_OUTAGE`):
     the providers have answered, and a short outage must not lose what they said."""
 
     def once() -> Any:
-        with transaction() as session:
+        with transaction(rt) as session:
             return work(session)
 
     return RECORD_OUTAGE.call(once)
@@ -264,35 +214,35 @@ def write(session: Session, rules: Rules, todo: Sequence[Todo], now: datetime) -
 
 
 _pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
 
 
 def _sender_pool() -> ThreadPoolExecutor:
     """The process's sending threads, started after the fork (threads do not survive one)."""
     global _pool
-    with _channels_lock:
+    with _pool_lock:
         if _pool is None or _pool[0] != os.getpid():
             _pool = (os.getpid(), ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="alert-send"))
         return _pool[1]
 
 
-def send(items: Sequence[Delivery]) -> None:
+def send(rt: Runtime, items: Sequence[Delivery]) -> None:
     """Hand every message to its provider at once; each delivery learns its answer.
 
     The SDKs block on I/O, so threads overlap the round trips: a step's SMS and
     email, and every step of a batch, are in flight together."""
-    settings = get_runtime().settings
     items = [d for d in items if d.status == DeliveryStatus.PENDING and d.message is not None]
     if len(items) <= 1:
         for d in items:
-            _attempt(d, settings)
+            _attempt(rt, d)
         return
-    list(_sender_pool().map(lambda d: _attempt(d, settings), items))
+    list(_sender_pool().map(lambda d: _attempt(rt, d), items))
 
 
-def _attempt(d: Delivery, settings: Settings) -> None:
+def _attempt(rt: Runtime, d: Delivery) -> None:
     assert d.message is not None
     try:
-        result = send_with_retry(channel_for(d.channel, settings), d.message, attempts=3, max_retry_after=10)
+        result = send_with_retry(rt.channel(d.channel), d.message, attempts=3, max_retry_after=10)
         d.answer(DeliveryStatus.SENT, provider_id=result.provider_id)
     except TransportError as err:
         d.answer(DeliveryStatus.MAYBE_SENT if err.kind == "maybe_sent" else DeliveryStatus.FAILED,
@@ -355,12 +305,12 @@ def count(items: Sequence[Delivery], speed: Sequence[float]) -> None:
         metrics.inc("deliveries_total", n, channel=channel, outcome=outcome)
 
 
-def send_and_record(items: Sequence[Delivery]) -> None:
+def send_and_record(rt: Runtime, items: Sequence[Delivery]) -> None:
     """Send deliveries already written and composed (all at once) and record the answers."""
     if not items:
         return
-    send(items)
-    speed = in_transaction(lambda session: record(session, items))
+    send(rt, items)
+    speed = in_transaction(rt, lambda session: record(session, items))
     count(items, speed)
 
 
@@ -379,13 +329,12 @@ def disable_channel(session: Session, rep_id: str, channel: str, reason: str, no
 # ---------------------------------------------------------------- 4. failed over
 
 
-def failover(delivery_ids: Sequence[int]) -> int:
+def failover(rt: Runtime, delivery_ids: Sequence[int]) -> int:
     """Deliveries the provider reported failed after sending: each one's step on the rep's other
     channel, once, while the step's assignment is current and unclaimed. Returns how many went out.
     Running this twice sends nothing twice: a (step, rep, channel) already written is never written again."""
-    rt = get_runtime()
     rules = rt.rules
-    now = now_utc()
+    now = rt.now()
     out: list[Delivery] = []
     with rt.sessions.begin() as session:
         for delivery_id in delivery_ids:
@@ -404,5 +353,5 @@ def failover(delivery_ids: Sequence[int]) -> int:
             if written:
                 alert_text.compose(rules, rt.settings, written, alert_text.timelines(session, [lead.id]), now)
             out += written
-    send_and_record(out)
+    send_and_record(rt, out)
     return len(out)

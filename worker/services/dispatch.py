@@ -9,17 +9,19 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from worker.adapters.db import now_utc
-from worker.adapters.runtime import get_runtime
 from worker.app import FIRE_STEPS, app
+
+if TYPE_CHECKING:
+    from worker.adapters.runtime import Runtime
 
 DISPATCH_KEY = "lr:dispatched:{}"
 DISPATCH_HOLD_MS = 5000     # a step queued this recently is not queued again
 FIRE_BATCH = 16             # steps per fire task: they share two transactions and send together
 
 
-def dispatch_steps(step_ids: Iterable[int], eta: datetime | None = None) -> int:
+def dispatch_steps(rt: Runtime, step_ids: Iterable[int], eta: datetime | None = None) -> int:
     """Queue alert steps for firing, in batches; returns how many were queued.
 
     A step queued in the last few seconds (by a second scheduler, or by the drain
@@ -32,8 +34,8 @@ def dispatch_steps(step_ids: Iterable[int], eta: datetime | None = None) -> int:
         return 0
     hold = DISPATCH_HOLD_MS
     if eta is not None:
-        hold += max(0, int((eta - now_utc()).total_seconds() * 1000))
-    pipe = get_runtime().redis.pipeline(transaction=False)
+        hold += max(0, int((eta - rt.now()).total_seconds() * 1000))
+    pipe = rt.redis.pipeline(transaction=False)
     for step_id in ids:
         pipe.set(DISPATCH_KEY.format(step_id), 1, nx=True, px=hold)
     fresh = [step_id for step_id, queued in zip(ids, pipe.execute(), strict=True) if queued]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -20,6 +21,9 @@ from routing.kinds import StepKind
 from routing.ledger import ROUND_ROBIN_WINDOW
 from worker.adapters import db
 from worker.services.availability import set_away
+
+if TYPE_CHECKING:
+    from worker.adapters.runtime import Runtime
 
 log = logging.getLogger("leadrouter.healing")
 
@@ -120,14 +124,12 @@ def _tell_manager(session: Session, rules: Rules, rep_id: str, now: datetime, re
     return out
 
 
-def auto_away_chore() -> None:
+def auto_away_chore(rt: Runtime) -> None:
     """One pass for the scheduler's housekeeping thread."""
-    from worker.adapters.runtime import get_runtime
     from worker.services.dispatch import dispatch_steps
 
-    rt = get_runtime()
     if rt.rules.routing.auto_away is None:
         return
     with rt.sessions.begin() as session:
-        due = check_auto_away(session, rt.rules, db.now_utc())
-    dispatch_steps(due)
+        due = check_auto_away(session, rt.rules, rt.now())
+    dispatch_steps(rt, due)

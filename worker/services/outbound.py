@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -40,6 +40,9 @@ from routing.config import Outbound, Rules
 from routing.messages import LeadView, render_slack
 from worker.adapters import db
 from worker.adapters.settings import get_settings
+
+if TYPE_CHECKING:
+    from worker.adapters.runtime import Runtime
 
 log = logging.getLogger("leadrouter.outbound")
 
@@ -359,13 +362,10 @@ def receiver_name(receiver: str) -> str:
     return SLACK if receiver == SLACK else (urlsplit(receiver).netloc or "?")
 
 
-def start_background(stop: threading.Event) -> threading.Thread:
-    """Run a :class:`Sender` for this process's runtime on a daemon thread until ``stop`` is set."""
-    from worker.adapters.runtime import get_runtime
-
-    rt = get_runtime()
+def start_background(rt: Runtime, stop: threading.Event) -> threading.Thread:
+    """Run a :class:`Sender` for ``rt`` on a daemon thread until ``stop`` is set."""
     settings = rt.settings
-    sender = Sender(rt.sessions, lambda: get_runtime().rules, secret=settings.secret_key,
+    sender = Sender(rt.sessions, lambda: rt.rules, secret=settings.secret_key,
                     slack_url=settings.slack_webhook_url)
 
     def run() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
@@ -25,13 +25,10 @@ from routing.kinds import CLAIMABLE_STEPS, DeliveryStatus, StepStatus
 from worker.adapters import db
 from worker.adapters.channels import NotSupported, Sent, TransportError, read_status
 from worker.adapters.channels.twilio_sms import FIND_LIMIT
-from worker.adapters.db import now_utc
-from worker.adapters.runtime import get_runtime
 from worker.services import alert_text
 from worker.services.deliveries import (
     Delivery,
     assignment_facts,
-    channel_for,
     disable_channel,
     lead_facts,
     plan_recipients,
@@ -40,6 +37,9 @@ from worker.services.deliveries import (
     transaction,
 )
 from worker.services.pause import is_paused
+
+if TYPE_CHECKING:
+    from worker.adapters.runtime import Runtime
 
 log = logging.getLogger("leadrouter.alerts")
 
@@ -53,7 +53,7 @@ _LINK = re.compile(r"/claim/([A-Za-z0-9_.-]+)")
 NOT_TAKEN = "not sent: the provider took no message for this number then"
 
 
-def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: str,
+def settle(rt: Runtime, provider_id: str, status: str, error_code: str | None, *, kind_hint: str,
            delivery_id: str | None = None, by: str = "callback") -> None:
     """Record a provider's word on a delivery; failed deliveries fail over to the other channel.
 
@@ -65,8 +65,7 @@ def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: 
     without an answer: SendGrid cannot be asked, and both left in the same instant."""
     if "\x00" in provider_id:   # no delivery has such an id, and PostgreSQL cannot even compare one
         return
-    rt = get_runtime()
-    now = now_utc()
+    now = rt.now()
     failed_over: list[int] = []
     report = read_status(kind_hint, status, error_code)
     with rt.sessions.begin() as session:
@@ -114,7 +113,7 @@ def settle(provider_id: str, status: str, error_code: str | None, *, kind_hint: 
             log.exception("fail-over of deliveries %s could not be queued", failed_over)
 
 
-def settle_maybe_sent(now: datetime | None = None) -> int:
+def settle_maybe_sent(rt: Runtime, now: datetime | None = None) -> int:
     """Deliveries left "maybe sent" that no status callback has settled: ask the provider. Returns how
     many were settled.
 
@@ -124,8 +123,7 @@ def settle_maybe_sent(now: datetime | None = None) -> int:
     the lead, the assignment and, through its expiry, the moment it was written.
     Found, it is settled as the provider has it. Not found, the provider confirms it
     never took it: if the step still stands it is sent then, once (:func:`_send_unsent`)."""
-    rt = get_runtime()
-    now = now or now_utc()
+    now = now or rt.now()
     with rt.sessions.begin() as session:
         rows = session.execute(
             select(db.Delivery.id, db.Delivery.channel, db.Delivery.to, db.Delivery.recipient, db.Delivery.lead_id,
@@ -143,7 +141,7 @@ def settle_maybe_sent(now: datetime | None = None) -> int:
     settled = 0
     for delivery_id, kind, to, recipient, lead_id, provider_id, created_at, updated_at, resent_at, assignment_id \
             in rows:
-        channel = channel_for(kind, rt.settings)
+        channel = rt.channel(kind)
         written = resent_at or created_at     # the claim link's expiry counts from when the message was composed
         try:
             if provider_id:
@@ -151,7 +149,7 @@ def settle_maybe_sent(now: datetime | None = None) -> int:
                 found = Sent(provider_id, status, "") if status else None
                 unclear = False
             elif kind == "voice":
-                found, unclear = _call_taken(channel, to, written - timedelta(seconds=60),
+                found, unclear = _call_taken(rt, channel, to, written - timedelta(seconds=60),
                                              updated_at + timedelta(minutes=2))
             else:
                 taken = channel.sent_between(to, written - timedelta(seconds=60), updated_at + timedelta(minutes=2))
@@ -166,10 +164,10 @@ def settle_maybe_sent(now: datetime | None = None) -> int:
             log.warning("delivery %s: could not ask %s about it: %s", delivery_id, kind, err.message)
             continue
         if found is not None:
-            settle(found.provider_id, found.status, None, kind_hint=kind, delivery_id=str(delivery_id), by="lookup")
+            settle(rt, found.provider_id, found.status, None, kind_hint=kind, delivery_id=str(delivery_id), by="lookup")
             settled += 1
         elif not unclear:
-            settled += _send_unsent(delivery_id, now)
+            settled += _send_unsent(rt, delivery_id, now)
         else:
             with rt.sessions.begin() as session:
                 session.execute(update(db.Delivery).where(db.Delivery.id == delivery_id,
@@ -178,7 +176,7 @@ def settle_maybe_sent(now: datetime | None = None) -> int:
     return settled
 
 
-def _call_taken(channel: object, to: str, since: datetime, until: datetime) -> tuple[Sent | None, bool]:
+def _call_taken(rt: Runtime, channel: object, to: str, since: datetime, until: datetime) -> tuple[Sent | None, bool]:
     """A "maybe sent" call without its CallSid: the oldest call Twilio took to that number in the window that
     no delivery knows as its own (a call carries no text to recognize it by; one found means it was placed,
     as a second call would ring the rep twice). Returns (the call or None, whether the list could not tell)."""
@@ -188,7 +186,7 @@ def _call_taken(channel: object, to: str, since: datetime, until: datetime) -> t
         raise NotSupported("only Twilio's calls can be looked up")
     taken = channel.sent_between(to, since, until)
     sids = [c.provider_id for c in taken]
-    with get_runtime().sessions.begin() as session:
+    with rt.sessions.begin() as session:
         known = set(session.scalars(select(db.Delivery.provider_id).where(db.Delivery.provider_id.in_(sids)))) \
             if sids else set()
     mine = [c for c in taken if c.provider_id not in known]
@@ -231,15 +229,14 @@ def still_stands(session: Session, step: db.AlertStep | None, assignment: db.Ass
     return None
 
 
-def _send_unsent(delivery_id: int, now: datetime) -> int:
+def _send_unsent(rt: Runtime, delivery_id: int, now: datetime) -> int:
     """The provider confirms it never took this SMS. If its step still stands, send it now, once, with its
     twins of the same step and person still without an answer (the email of a worker that died mid-send);
     otherwise record them as not sent, and why. The compare-and-set on ``resent_at`` makes one scheduler of
     two the sender, and a message sent again is never sent a third time."""
-    rt = get_runtime()
     rules = rt.rules
     again: list[Delivery] = []
-    with transaction() as session:
+    with transaction(rt) as session:
         d = session.get(db.Delivery, delivery_id)
         if d is None or d.status != DeliveryStatus.MAYBE_SENT:
             return 0
@@ -273,5 +270,5 @@ def _send_unsent(delivery_id: int, now: datetime) -> int:
     if again:
         log.warning("lead %s: %d alert message(s) the provider never took sent again", d.lead_id, len(again))
         alert_text.compose(rules, rt.settings, again, timelines, now)
-        send_and_record(again)
+        send_and_record(rt, again)
     return 1
