@@ -33,7 +33,7 @@ test-unit: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/mypy routing worker
+	$(BIN)/mypy routing worker bench
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

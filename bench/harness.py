@@ -289,6 +289,21 @@ def warm_alert_path(world: World, n: int = 4) -> None:
     wait_for(lambda: len(first_alerts(world)) >= n, 120, "the warm-up alerts", interval=0.2, processes=world.procs)
 
 
+def start_alerting(world: World, *, beat: bool = False) -> None:
+    """The worker groups as ``leadrouter worker`` runs them (and, with ``beat``, the scheduler), the alert
+    path warmed up."""
+    service_workers(world)
+    if beat:
+        world.procs.beat()
+    warm_alert_path(world)
+
+
+def one_step_from_hot(world: World, leads: list[str]) -> None:
+    """``leads`` committed, each one ``Demo Requested`` away from hot (:func:`warm_up`)."""
+    world.publish([e for lead in leads for e in warm_up(lead)])
+    world.wait_committed(world.published, 120)
+
+
 def at_utc(value: Any) -> datetime:
     """A timestamp column that is never null here."""
     at = aware_utc(value)

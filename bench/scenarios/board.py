@@ -105,7 +105,8 @@ def refresh_ms(url: str, rounds: int) -> tuple[list[float], list[float]]:
     """Milliseconds of the board's 2-second refresh (open hot leads and reps: ``/board/live``) and of
     its 10-second one (the day's figures: ``/board/today``), each after 3 warm-up rounds."""
     from routing.config import load_rules
-    from worker.adapters.db import make_engine, make_sessionmaker, now_utc
+    from worker.adapters.db import now_utc
+    from worker.adapters.engines import make_engine, make_sessionmaker
     from worker.services import reports
 
     rules = load_rules(ROOT / "config" / "routing.yaml")

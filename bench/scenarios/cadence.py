@@ -14,11 +14,10 @@ from bench.harness import (
     at_utc,
     demo_request,
     log,
+    one_step_from_hot,
     percentile,
     require_alerts,
-    service_workers,
-    warm_alert_path,
-    warm_up,
+    start_alerting,
 )
 from bench.stack import wait_for
 
@@ -31,12 +30,9 @@ def cadence(bench: Bench) -> dict[str, Any]:
     n_leads = math.ceil(s.cadence_steps / len(retries) * 1.1)
     require_alerts()
     with bench.scenario("cadence", retries=retries) as world:
-        service_workers(world)
-        world.procs.beat()
-        warm_alert_path(world)
+        start_alerting(world, beat=True)
         leads = [f"cad-{i}" for i in range(n_leads)]
-        world.publish([e for lead in leads for e in warm_up(lead)])
-        world.wait_committed(world.published, 120)
+        one_step_from_hot(world, leads)
         log(f"cadence: {n_leads} hot leads crossing at {s.cadence_crossings_per_s}/s, retries {retries}, "
             f"the scheduler ticking")
         chunk = max(1, round(s.cadence_crossings_per_s / 10))

@@ -12,10 +12,9 @@ from bench.harness import (
     demo_request,
     log,
     low_value_events,
+    one_step_from_hot,
     require_alerts,
-    service_workers,
-    warm_alert_path,
-    warm_up,
+    start_alerting,
 )
 
 
@@ -23,11 +22,9 @@ def priority(bench: Bench) -> dict[str, Any]:
     s = bench.sizes
     require_alerts()
     with bench.scenario("priority") as world:
-        service_workers(world)
-        warm_alert_path(world)
+        start_alerting(world)
         lead = "prio-lead"
-        world.publish(warm_up(lead))
-        world.wait_committed(world.published, 120)
+        one_step_from_hot(world, [lead])
         before = world.events_committed()
         log(f"priority: {s.backlog} page views queued, then one Demo Requested")
         world.publish(low_value_events("backlog", s.backlog, max(1, s.backlog // 10)), chunk=5000)

@@ -14,11 +14,10 @@ from bench.harness import (
     demo_request,
     first_alerts,
     log,
+    one_step_from_hot,
     percentile,
     require_alerts,
-    service_workers,
-    warm_alert_path,
-    warm_up,
+    start_alerting,
 )
 from bench.plot import write_histogram_svg
 from bench.stack import ROOT, wait_for
@@ -30,11 +29,9 @@ def speed_to_lead(bench: Bench) -> dict[str, Any]:
     s = bench.sizes
     require_alerts()
     with bench.scenario("speed") as world:
-        service_workers(world)
-        warm_alert_path(world)
+        start_alerting(world)
         leads = [f"stl-{i}" for i in range(s.crossings)]
-        world.publish([e for lead in leads for e in warm_up(lead)])
-        world.wait_committed(world.published, 120)
+        one_step_from_hot(world, leads)
         load = BackgroundLoad(world, s.background_per_s)
         load.start()
         try:

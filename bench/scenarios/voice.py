@@ -24,11 +24,10 @@ from bench.harness import (
     World,
     demo_request,
     log,
+    one_step_from_hot,
     percentile,
     require_alerts,
-    service_workers,
-    warm_alert_path,
-    warm_up,
+    start_alerting,
 )
 from bench.stack import ROOT
 from bench.stack import wait_for as wait_until
@@ -70,15 +69,14 @@ def rings(world: World) -> dict[str, float]:
 
 def _crossings(world: World, leads: list[str], at: list[float]) -> list[float]:
     """Publish each lead's crossing at its offset (seconds from now); crossing → ring in ms."""
-    world.publish([e for lead in leads for e in warm_up(lead)])
-    world.wait_committed(world.published, 120)
+    one_step_from_hot(world, leads)
     start, published = time.time(), {}
     for lead, offset in sorted(zip(leads, at, strict=True), key=lambda p: p[1]):
         time.sleep(max(0.0, start + offset - time.time()))
         published[lead] = time.time()
         world.publish([demo_request(lead)])
     wait_until(lambda: rings(world).keys() >= set(leads), 180, "every crossing's call", interval=0.5,
-               procs=world.procs)
+               processes=world.procs)
     ring = rings(world)
     return [(ring[lead] - published[lead]) * 1000 for lead in leads]
 
@@ -93,8 +91,7 @@ def crossing_to_ring(bench: Bench) -> dict[str, Any]:
     singles, burst, minute = (5, 10, 10.0) if bench.quick else (20, 60, 60.0)
     with bench.scenario("voice") as world:
         voice_rules(world)
-        service_workers(world)
-        warm_alert_path(world)
+        start_alerting(world)
         bench.provider.reset()   # the warm-up's calls leave Twilio's queue empty again
         log(f"voice: {singles} single hot leads, one every 1.5 s")
         single = _crossings(world, [f"one-{i}" for i in range(singles)], [1.5 * i for i in range(singles)])

@@ -119,7 +119,7 @@ def _create(server: FakeProviderServer, account: str, form: Mapping[str, str], e
         slot = max(taken, server.next_call_slot.get(account, 0.0))
         server.next_call_slot[account] = slot + 1 / server.calls_per_second
     queue_ms = int((slot - taken) * 1000)
-    call = {
+    call: dict[str, Any] = {
         "sid": sid, "account_sid": account, "api_version": "2010-04-01", "annotation": None, "answered_by": None,
         "caller_name": None, "date_created": now, "date_updated": now, "direction": "outbound-api",
         "duration": None, "end_time": None, "forwarded_from": None, "from": form.get("From"),

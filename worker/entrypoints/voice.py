@@ -39,7 +39,7 @@ from worker.adapters import db
 from worker.adapters.channels.base import mask_phone
 from worker.adapters.channels.twilio_voice import voice_url
 from worker.adapters.db import now_utc
-from worker.adapters.runtime import get_runtime
+from worker.adapters.runtime import Runtime, get_runtime
 from worker.adapters.settings import Settings
 from worker.adapters.voice_channel import caller_ids
 from worker.entrypoints.http_common import (
@@ -251,18 +251,28 @@ def gather(params: dict[str, str], delivery_id: int) -> Response:
     return _xml(resp)
 
 
-def call_status(params: dict[str, str], delivery_id: int) -> Response:
-    """The rep's leg: ringing and answered settle the delivery; no answer, busy, failed or a machine fail it."""
+def _on_call_event(params: dict[str, str], delivery_id: int, handle: Callable[[Runtime, _Call, str, str], None],
+                   *, parent: bool = False) -> Response:
+    """A status callback of either leg, once per (CallSid, status), for the voice delivery its signed URL
+    names: ``handle(rt, call, sid, status)`` in one transaction. The lead's leg names the rep's call as
+    its parent."""
     rt = get_runtime()
     sid, status = params["CallSid"], params.get("CallStatus", "")
     with rt.sessions.begin() as session:
         now = now_utc()
         if not remember(session, dedup_key("twilio-call", f"{sid}:{status}"), now):
             return Response(status_code=204)
-        d = _find(session, delivery_id, sid)
-        if d is None:
-            return Response(status_code=204)
-        call = _Call(session, d, now)
+        d = _find(session, delivery_id, params.get("ParentCallSid", "") if parent else sid, parent=parent)
+        if d is not None:
+            handle(rt, _Call(session, d, now), sid, status)
+    return Response(status_code=204)
+
+
+def call_status(params: dict[str, str], delivery_id: int) -> Response:
+    """The rep's leg: ringing and answered settle the delivery; no answer, busy, failed or a machine fail it."""
+
+    def handle(rt: Runtime, call: _Call, sid: str, status: str) -> None:
+        d = call.d
         reason = unanswered(status, params.get("AnsweredBy"))
         if reason is not None:
             _fail(call, reason)
@@ -271,32 +281,26 @@ def call_status(params: dict[str, str], delivery_id: int) -> Response:
                 d.settled_by = "callback"
             d.status = DeliveryStatus.DELIVERED if status in ("in-progress", "answered", "completed") \
                 else DeliveryStatus.SENT
-            d.sent_at, d.updated_at = d.sent_at or now, now
+            d.sent_at, d.updated_at = d.sent_at or call.now, call.now
             if status == "ringing":
                 call.trace("call ringing")
-    return Response(status_code=204)
+
+    return _on_call_event(params, delivery_id, handle)
 
 
 def bridged(params: dict[str, str], delivery_id: int) -> Response:
     """The lead's leg: answered is traced; completed after ``voice.contact_after`` is first contact."""
-    rt = get_runtime()
-    sid, status = params["CallSid"], params.get("CallStatus", "")
-    with rt.sessions.begin() as session:
-        now = now_utc()
-        if not remember(session, dedup_key("twilio-call", f"{sid}:{status}"), now):
-            return Response(status_code=204)
-        d = _find(session, delivery_id, params.get("ParentCallSid", ""), parent=True)
-        if d is None:
-            return Response(status_code=204)
-        call = _Call(session, d, now)
+
+    def handle(rt: Runtime, call: _Call, sid: str, status: str) -> None:
         duration = params.get("CallDuration")
         if status == "in-progress" or status == "answered":
             call.trace("bridged", call_sid=sid)
         elif status == "completed" and is_contact(duration, rt.rules.voice.contact_after):
-            record_contact(session, rt.rules, call, sid, int(str(duration)))
+            record_contact(call.session, rt.rules, call, sid, int(str(duration)))
         else:
             call.trace("bridge ended", call_sid=sid, status=status, duration=duration)
-    return Response(status_code=204)
+
+    return _on_call_event(params, delivery_id, handle, parent=True)
 
 
 def record_contact(session: Session, rules: Rules, call: _Call, call_sid: str, duration: int) -> None:

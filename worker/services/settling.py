@@ -24,7 +24,7 @@ from routing.cadence import in_cadence
 from routing.kinds import CLAIMABLE_STEPS, DeliveryStatus, StepStatus
 from worker.adapters import db
 from worker.adapters.channels import NotSupported, Sent, TransportError, read_status
-from worker.adapters.channels.twilio_sms import FIND_LIMIT
+from worker.adapters.channels.twilio_http import FIND_LIMIT
 from worker.services import alert_text
 from worker.services.deliveries import (
     Delivery,

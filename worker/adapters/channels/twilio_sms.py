@@ -3,45 +3,32 @@
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
-from twilio.http.http_client import TwilioHttpClient
-from twilio.http.response import Response
 from twilio.rest import Client
-from urllib3.exceptions import NewConnectionError
 
 from routing.messages import sms_segments
 from worker.adapters.channels.base import (
-    ErrorKind,
     OutboundMessage,
     Report,
     SendResult,
     Sent,
     TransportError,
-    exception_chain,
-    parse_retry_after,
 )
+from worker.adapters.channels.twilio_http import FIND_LIMIT, ErrorCodes, RoutedHttpClient, classify
 from worker.adapters.ratelimit import SenderPool
 
 log = logging.getLogger(__name__)
-
-KEEP_ALIVE_CONNECTIONS = 32   # at least as many as the threads that send alerts in one process
-
-FIND_LIMIT = 50   # a rep's newest messages, searched for one whose answer was lost
 
 # Twilio's documented limits for ValidityPeriod, in seconds.
 MIN_VALIDITY = 1
 MAX_VALIDITY = 36_000
 
-# The number itself is wrong for SMS or refuses us: retrying cannot help, and
-# the rep's SMS channel should be switched off until someone fixes the number.
 # Errors that condemn the recipient's number, not the request or the account: the channel is switched off
 # for that rep. Answered to a send: invalid number, opted out (STOP), not a mobile. Reported later by a
 # status callback: unreachable, unknown destination, landline.
@@ -75,50 +62,7 @@ def read_status(status: str, error_code: str | None = None) -> Report:
 
 # Our sender is wrong: every rep would fail the same way, so alert operators.
 ACCOUNT_CODES = frozenset({20003, 21212, 21606, 21659})  # auth, invalid From, From not SMS-capable / not ours
-
-
-class _RoutedHttpClient(TwilioHttpClient):
-    """The SDK's HTTP client, pointed at ``base_url`` and keeping response headers.
-
-    The SDK has no base-URL setting, so each request URL's scheme and host are
-    swapped for ``base_url``'s (its path, if any, becomes a prefix). And its
-    exceptions drop the response headers, so the headers of the last response
-    on *this thread* are kept for reading ``Retry-After`` after a 429.
-    """
-
-    def __init__(self, base_url: str | None, timeout: float) -> None:
-        super().__init__(timeout=timeout)
-        self._base = urlsplit(base_url.rstrip("/")) if base_url else None
-        self._local = threading.local()
-        # Alerts go out from several threads at once. The SDK keeps cpu_count + 4
-        # connections alive and drops (with a warning) each one beyond that, so a
-        # burst would pay a new TLS handshake per message.
-        if self.session is not None:
-            for scheme in ("https://", "http://"):
-                self.session.mount(scheme, HTTPAdapter(pool_maxsize=KEEP_ALIVE_CONNECTIONS))
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        params: dict[str, object] | None = None,
-        data: dict[str, object] | None = None,
-        headers: dict[str, str] | None = None,
-        auth: tuple[str, str] | None = None,
-        timeout: float | None = None,
-        allow_redirects: bool = False,
-    ) -> Response:
-        self._local.headers = None
-        if self._base is not None:
-            parts = urlsplit(url)
-            url = urlunsplit((self._base.scheme, self._base.netloc, self._base.path + parts.path, parts.query, ""))
-        response = super().request(method, url, params, data, headers, auth, timeout, allow_redirects)
-        self._local.headers = response.headers
-        return response
-
-    def last_response_headers(self) -> Mapping[str, str] | None:
-        headers: Mapping[str, str] | None = getattr(self._local, "headers", None)
-        return headers
+ERROR_CODES = ErrorCodes(RECIPIENT_CODES, ACCOUNT_CODES)
 
 
 class TwilioSmsChannel:
@@ -146,7 +90,7 @@ class TwilioSmsChannel:
         self._pool = pool if len(senders) > 1 or pool is not None else None
         self._messaging_service_sid = messaging_service_sid
         self._status_callback_url = status_callback_url
-        self._http = _RoutedHttpClient(api_base_url, timeout)
+        self._http = RoutedHttpClient(api_base_url, timeout)
         self._client = Client(account_sid, auth_token, http_client=self._http)
         # The SDK imports its resources on first use; pay that here, not on the first alert.
         self._client.messages  # noqa: B018
@@ -208,43 +152,7 @@ class TwilioSmsChannel:
                 and m.direction in (None, "outbound-api") and (ours is None or m.from_ in ours)]
 
     def _classify(self, exc: TwilioException | requests.RequestException) -> TransportError:
-        if isinstance(exc, (TwilioRestException, TwilioServiceException)):
-            status = int(exc.status)
-            code = int(exc.code) if exc.code is not None else None
-            text = exc.msg if isinstance(exc, TwilioRestException) else (exc.detail or exc.title)
-            retry_after = parse_retry_after(self._http.last_response_headers()) if status == 429 else None
-            return TransportError(
-                _kind_for(status, code),
-                f"Twilio {status}: {text}",
-                code=str(code) if code is not None else None,
-                status=status,
-                retry_after=retry_after,
-            )
-        if isinstance(exc, requests.RequestException):
-            # ConnectTimeout and a failed connect (refused, unreachable, DNS)
-            # happen before a byte of the request leaves: safe to retry. Every
-            # other failure, including a connection dropped after sending, may
-            # have reached Twilio.
-            if isinstance(exc, requests.ConnectTimeout) or any(
-                isinstance(e, NewConnectionError) for e in exception_chain(exc)
-            ):
-                return TransportError("transient", f"Twilio unreachable: {type(exc).__name__}")
-            return TransportError("maybe_sent", f"Twilio request failed: {type(exc).__name__}: {exc}")
-        # Any other TwilioException, e.g. an unreadable body on a 2xx: Twilio
-        # answered, so the message may well be out.
-        return TransportError("maybe_sent", f"Twilio answer not understood: {exc}")
-
-
-def _kind_for(status: int, code: int | None) -> ErrorKind:
-    if code in RECIPIENT_CODES:
-        return "recipient"
-    if status in (401, 403) or code in ACCOUNT_CODES:
-        return "account"
-    if status in (429, 503):
-        return "transient"
-    if status >= 500:
-        return "maybe_sent"
-    return "invalid"
+        return classify(exc, self._http, ERROR_CODES)
 
 
 def _with_query(url: str, **extra: str) -> str:

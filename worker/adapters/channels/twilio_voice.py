@@ -20,20 +20,16 @@ from urllib.parse import urlencode
 import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 from twilio.rest import Client
-from urllib3.exceptions import NewConnectionError
 
 from routing.voice import e164
 from worker.adapters.channels.base import (
-    ErrorKind,
     OutboundMessage,
     Report,
     SendResult,
     Sent,
     TransportError,
-    exception_chain,
-    parse_retry_after,
 )
-from worker.adapters.channels.twilio_sms import FIND_LIMIT, _RoutedHttpClient
+from worker.adapters.channels.twilio_http import FIND_LIMIT, ErrorCodes, RoutedHttpClient, classify
 from worker.adapters.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -45,6 +41,7 @@ VOICE_PATH = "/webhooks/twilio/voice"
 RECIPIENT_CODES = frozenset({13223, 13224, 21211, 21217, 21214})
 # Our side: credentials, a caller id that is not ours, no permission to call that country.
 ACCOUNT_CODES = frozenset({20003, 21210, 21212, 21215, 21216, 13214})
+ERROR_CODES = ErrorCodes(RECIPIENT_CODES, ACCOUNT_CODES)
 
 
 def read_call_status(status: str) -> Report:
@@ -86,7 +83,7 @@ class TwilioVoiceChannel:
         self._bucket = bucket
         self._turn = itertools.count()
         self._lock = threading.Lock()
-        self._http = _RoutedHttpClient(api_base_url, timeout)
+        self._http = RoutedHttpClient(api_base_url, timeout)
         self._client = Client(account_sid, auth_token, http_client=self._http)
         self._client.calls  # noqa: B018  (the SDK imports its resources on first use: pay it here)
 
@@ -153,28 +150,4 @@ class TwilioVoiceChannel:
                 and c._from in ours and c.direction in (None, "outbound-api")]
 
     def _classify(self, exc: TwilioException | requests.RequestException) -> TransportError:
-        if isinstance(exc, (TwilioRestException, TwilioServiceException)):
-            status = int(exc.status)
-            code = int(exc.code) if exc.code is not None else None
-            text = exc.msg if isinstance(exc, TwilioRestException) else (exc.detail or exc.title)
-            retry_after = parse_retry_after(self._http.last_response_headers()) if status == 429 else None
-            return TransportError(_kind_for(status, code), f"Twilio {status}: {text}",
-                                  code=str(code) if code is not None else None, status=status, retry_after=retry_after)
-        if isinstance(exc, requests.RequestException):
-            if isinstance(exc, requests.ConnectTimeout) or any(
-                    isinstance(e, NewConnectionError) for e in exception_chain(exc)):
-                return TransportError("transient", f"Twilio unreachable: {type(exc).__name__}")
-            return TransportError("maybe_sent", f"Twilio request failed: {type(exc).__name__}: {exc}")
-        return TransportError("maybe_sent", f"Twilio answer not understood: {exc}")
-
-
-def _kind_for(status: int, code: int | None) -> ErrorKind:
-    if code in RECIPIENT_CODES:
-        return "recipient"
-    if status in (401, 403) or code in ACCOUNT_CODES:
-        return "account"
-    if status in (429, 503):
-        return "transient"
-    if status >= 500:
-        return "maybe_sent"
-    return "invalid"
+        return classify(exc, self._http, ERROR_CODES)
