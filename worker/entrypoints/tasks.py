@@ -178,18 +178,19 @@ def drain(lane: str = stream.NORMAL) -> int:
     """Drain a few batches; re-kick when there is more, so other lanes' tasks interleave."""
     from worker.services.publish import kick_drain
 
+    rt = get_runtime()
     total = 0
     try:
         for _ in range(4):
-            n, _result = drain_once(lane)
+            n, _result = drain_once(lane, rt)
             total += n
-            if n < get_runtime().settings.batch_size:
+            if n < rt.settings.batch_size:
                 sweep_later(lane)
                 return total
     except BaseException:
         sweep_later(lane)
         raise
-    kick_drain(get_runtime().redis, lane)
+    kick_drain(rt.redis, lane)
     return total
 
 
