@@ -51,16 +51,37 @@ def test_claims_waiting_on_a_stalled_database_hold_up_no_ingestion(
 
     wait_until(healthy, timeout=30, message="the API to be healthy")
     usual = max(_timed_track(url, n) for n in range(10))
-
-    pg.proxy.hold()                     # the database stops answering; nothing is closed
     expires = int((datetime.now(UTC) + timedelta(hours=1)).timestamp())
     answers: list[int] = []
 
-    def claim(n: int) -> None:
+    def claim(n: int, into: list[int] = answers) -> None:
         token = sign(SECRET_KEY, ClaimToken("bob", f"u-claim-{n}", n + 1, expires))
         r = httpx.post(f"{url}/claim/{token}", data={"action": "claim"}, timeout=120)
-        answers.append(r.status_code)
+        into.append(r.status_code)
 
+    def three_pooled_connections() -> bool:
+        # A stall hits connections that are open. A claim that had to open a connection while the
+        # database stalls gets a 503 once libpq's connect timeout (5 s) passes, which a slow machine
+        # reaches before the test is done timing ingestion; so the pool holds three open
+        # connections first. Three claims are held at the proxy together, then let through at once.
+        if pg.proxy.open >= 3:
+            return True
+        before, warm = pg.proxy.held, []
+        pg.proxy.hold()
+        burst = [threading.Thread(target=claim, args=(50 + n, warm), daemon=True) for n in range(3)]
+        for t in burst:
+            t.start()
+        try:
+            wait_until(lambda: pg.proxy.held >= before + 3, timeout=20, message="three warm-up claims at the proxy")
+        finally:
+            pg.proxy.release()
+        for t in burst:
+            t.join(30)
+        return pg.proxy.open >= 3
+
+    wait_until(three_pooled_connections, timeout=90, message="the API to hold three open database connections")
+
+    pg.proxy.hold()                     # the database stops answering; nothing is closed
     claims = [threading.Thread(target=claim, args=(n,), daemon=True) for n in range(3)]
     for t in claims:
         t.start()

@@ -245,6 +245,12 @@ class TcpProxy:
                 s.listen(128)
                 self._listener = s
 
+    @property
+    def open(self) -> int:
+        """Connections open through the proxy right now."""
+        with self._lock:
+            return len(self._conns) // 2
+
     def hold(self) -> None:
         self._flowing.clear()
 
