@@ -48,6 +48,13 @@ class Applied:
     outcome: Outcome
     contacted: bool
 
+    def routing_traits(self) -> dict[str, Any]:
+        """The traits a route reads: the lead's as of its newest event, where the episode was decided
+        (SPEC §3). Not as of the event that opened it: a late event can turn the lead hot only because
+        an identify stamped after it is counted, and routing without that identify's traits would
+        pick a team the lead does not belong to."""
+        return self.lead.history.traits()
+
 
 def from_public(history: LeadHistory, event: Event) -> tuple[Event, list[str]]:
     """``event`` as a public source may apply it: without the traits it may not overwrite (a contact

@@ -115,7 +115,7 @@ def simulate(raw_events: Iterable[Any], rules: Rules, *, as_of: datetime | None 
         if applied.contacted:
             ledger.contacted(lead_id, event.timestamp)
         if applied.outcome.action == ROUTE:
-            traits = applied.lead.history.traits(event.timestamp)
+            traits = applied.routing_traits()
             decision = choose_rep(traits, rules, ledger.state(rules, event.timestamp), event.timestamp)
             if decision.rep_id is not None:
                 ledger.record(lead_id, decision.rep_id, decision.team_id,

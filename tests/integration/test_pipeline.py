@@ -157,6 +157,26 @@ def test_a_late_event_is_scored_by_its_own_timestamp(pipeline: Pipeline) -> None
     assert lead.score == 25
 
 
+def test_a_late_event_that_turns_the_lead_hot_routes_it_with_the_traits_of_a_newer_identify(
+        pipeline: Pipeline) -> None:
+    # As a browser client's requests land under load: the identify (stamped last) and one track
+    # first, then the other track, late, stamped before the identify. Only the identify's fit
+    # makes the lead hot, so its traits decide the team (na: US, 1,200 employees), not the
+    # default team's fallback that the traits as of the late track alone would pick.
+    traits = {"role": "decision_maker", "address": {"country": "US"},
+              "company": {"name": "Acme", "industry": "software", "employee_count": 1200}}
+    pipeline.worker()
+    pipeline.publish([identify("t-1", traits, 1, user="u-t"), track("t-2", "Pricing Page Viewed", 3, user="u-t")])
+    pipeline.wait_events(2)
+    assert pipeline.count(db.Assignment, db.Assignment.lead_id == "u-t") == 0
+    pipeline.publish([track("t-3", "Demo Requested", 2, user="u-t")])
+    pipeline.wait_events(3)
+    wait_until(lambda: pipeline.count(db.Assignment, db.Assignment.lead_id == "u-t") == 1,
+               message="the lead's assignment")
+    [assignment] = pipeline.rows(db.Assignment, db.Assignment.lead_id == "u-t")
+    assert assignment.team_id == "na" and assignment.rep_id in ("alice", "bob"), assignment.reasons
+
+
 # ---------------------------------------------------------------- 2. idempotency under concurrency
 
 

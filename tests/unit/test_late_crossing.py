@@ -191,3 +191,22 @@ def test_an_alert_only_when_the_arrival_turns_the_lead_hot_and_one_episode_when_
         assert actions(applied).count(ROUTE) <= 1
         assert FYI not in actions(applied)
         assert actions(applied).count(ROUTE) == (lead.episode.hot_at is not None)
+
+
+def test_a_late_event_that_turns_the_lead_hot_is_routed_with_the_traits_of_a_newer_identify():
+    """Arrival: the identify (stamped at +2 min) and a pricing view (at 0), then a demo request stamped
+    at +1 min. Only the identify's fit makes the lead hot, so the route reads its traits: team na
+    (US, 1,200 employees), bob for software; the traits as of +1 min alone would fall to the
+    default team."""
+    from routing.simulate import simulate
+
+    stamp = {m: (T0 + timedelta(minutes=m)).isoformat() for m in (0, 1, 2)}
+    events = [{"type": "identify", "messageId": "i", "userId": "u", "timestamp": stamp[2], "traits": TRAITS},
+              {"type": "track", "messageId": "p", "userId": "u", "event": "Pricing Page Viewed", "timestamp": stamp[0]},
+              {"type": "track", "messageId": "d", "userId": "u", "event": "Demo Requested", "timestamp": stamp[1]}]
+    [lead] = simulate(events, RULES).leads
+    assert (lead.tier, lead.route, lead.rep) == ("hot", "team", "bob"), lead.reasons
+    lead_now, applied = arrive([ev(TRAITS, 2, "i"), ev("Pricing Page Viewed", 0, "p"), ev("Demo Requested", 1, "d")])
+    assert applied[-1].outcome.action == ROUTE
+    assert applied[-1].routing_traits() == lead_now.history.traits()
+    assert lead_now.history.traits(T0 + timedelta(minutes=1)) == {}     # what the old route read

@@ -337,7 +337,7 @@ def process_batch(session: Session, entries: list[Entry], rules: Rules, now: dat
         if action is None:
             continue
         result.crossings += 1
-        traits = applied.lead.history.traits(ev.timestamp)
+        traits = applied.routing_traits()
         flush_events()
         if action == ROUTE:
             result.due_steps += router.route(session, row, traits, applied, ev, new_id, now)
