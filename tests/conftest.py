@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.providers import FakeProviderServer
-from tests.support.alerting import alert_environment, webhooks_client
+from tests.support.alerting import alert_environment, wait_for_inline_sends, webhooks_client
 from tests.support.stack import (
     CONFIG,
     SECRET_KEY,
@@ -126,8 +126,9 @@ def providers() -> Iterator[FakeProviderServer]:
 
 @pytest.fixture
 def alert_env(service_env: dict[str, str], providers: FakeProviderServer,
-              monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    return alert_environment(service_env, providers, monkeypatch)
+              monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    yield alert_environment(service_env, providers, monkeypatch)
+    wait_for_inline_sends()
 
 
 @pytest.fixture

@@ -155,13 +155,35 @@ def drop_database(server_url: Any, name: str) -> None:
         admin.dispose()
 
 
-def truncate_all(url: str) -> None:
+DEADLOCK = "40P01"
+
+
+def truncate_all(url: str, timeout: float = 30.0) -> None:
+    """Every table emptied. TRUNCATE locks the tables one by one, so a straggler of the test before
+    (a transaction that was still finishing when that test ended) can deadlock with it; PostgreSQL
+    then cancels the TRUNCATE, and it is tried again once the straggler is done. Past ``timeout``
+    the error names who is still connected."""
     import sqlalchemy as sa
+    from sqlalchemy.exc import OperationalError
 
     from worker.adapters.db import Base
 
     eng = sa.create_engine(url)
     names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    with eng.begin() as c:
-        c.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-    eng.dispose()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                with eng.begin() as c:
+                    c.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+                return
+            except OperationalError as exc:
+                if getattr(exc.orig, "sqlstate", None) != DEADLOCK or time.monotonic() > deadline:
+                    with eng.connect() as c:
+                        others = c.execute(sa.text(
+                            "SELECT pid, application_name, state, left(query, 200) FROM pg_stat_activity"
+                            " WHERE datname = current_database() AND pid <> pg_backend_pid()")).all()
+                    raise AssertionError(f"the tables could not be emptied; connected: {others}") from exc
+                time.sleep(0.2)
+    finally:
+        eng.dispose()
