@@ -178,7 +178,9 @@ def truncate_all(url: str, timeout: float = 30.0) -> None:
                     c.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
                 return
             except OperationalError as exc:
-                if getattr(exc.orig, "sqlstate", None) != DEADLOCK or time.monotonic() > deadline:
+                if getattr(exc.orig, "sqlstate", None) != DEADLOCK:
+                    raise
+                if time.monotonic() > deadline:
                     with eng.connect() as c:
                         others = c.execute(sa.text(
                             "SELECT pid, application_name, state, left(query, 200) FROM pg_stat_activity"
