@@ -164,6 +164,19 @@ def late_firsts(steps: Iterable[Step], now: datetime) -> dict[int, timedelta]:
             if s.kind in OPENING and s.step == 0 and s.assignment_id is not None and now - s.due_at > LATE_FIRST}
 
 
+def reassign_after(last_alert_at: datetime | None, sla: timedelta, now: datetime) -> datetime | None:
+    """When a cadence's reassignment, due now, may take the lead from its rep: ``None`` for now, else
+    ``first_contact_sla`` after the last alert of the cadence that went out.
+
+    Its planned time assumes every reminder went out on time. After a pause or an outage the overdue
+    reminders collapse into one that goes out late, often in the very batch that holds the
+    reassignment: a rep must never be reminded of a lead that leaves them in the same breath, so
+    the rep gets the SLA to answer that reminder. A cadence that sent nothing waits for nothing."""
+    if last_alert_at is None or last_alert_at + sla <= now:
+        return None
+    return last_alert_at + sla
+
+
 def all_failed(outcomes: Iterable[tuple[str, DeliveryStatus]], rep_id: str | None) -> bool:
     """Whether every delivery of a step to the rep failed: then the escalation comes now, not later."""
     if rep_id is None:

@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.support.alerting import db, deliveries, fast_rules, make_due, make_hot, sms_to, steps_of
 from worker.adapters.runtime import get_runtime
@@ -144,6 +144,54 @@ def test_a_retry_that_fires_collapses_the_earlier_retries_still_waiting(alert_en
     assert "collapsed" in (by_step[1].note or "")
     assert deliveries(alert_env, retries[1]) == [] and deliveries(alert_env, retries[2]) == []
     assert len(sms_to(providers, "+14155550102")) == 2     # the first alert and one reminder
+
+
+def test_a_reassignment_overdue_with_the_whole_cadence_waits_the_sla_after_the_one_reminder(
+        alert_env, providers, queued):
+    """After a pause or an outage the whole cadence is overdue: the rep gets one reminder and the SLA to
+    answer it before the lead leaves them, never a reminder of a lead that is taken away in the same breath."""
+    from worker.adapters import db as models
+    from worker.adapters.db import now_utc
+    from worker.services.alerts import fire_steps
+
+    def owner() -> str | None:
+        with db(alert_env) as s:
+            return s.scalar(select(models.Assignment.rep_id).where(models.Assignment.lead_id == "resumed-1",
+                                                                   models.Assignment.current.is_(True)))
+
+    make_hot("resumed-1")
+    cadence = steps_of(alert_env, "resumed-1")
+    assert [s.kind for s in cadence] == ["first", "retry", "retry", "retry", "reassign"]
+    make_due(alert_env, *(s.id for s in cadence), ago=5)
+    before = now_utc()
+    fired = fire_steps(get_runtime(), [s.id for s in cadence])
+    after = now_utc()
+    bobs = cadence[0].assignment_id
+    by_step = {s.step: s for s in steps_of(alert_env, "resumed-1") if s.assignment_id == bobs}
+    assert [by_step[n].status for n in range(4)] == ["skipped", "skipped", "skipped", "done"]
+    assert len(sms_to(providers, "+14155550102")) == 1
+    assert owner() == "bob"
+    reassign = by_step[4]
+    assert reassign.status == "pending" and reassign.claimed_by is None and deliveries(alert_env, reassign.id) == []
+    # the SLA (1 h here) counts from when that reminder was taken to be sent
+    assert by_step[3].claimed_at + timedelta(hours=1) == reassign.due_at
+    assert before + timedelta(hours=1) <= reassign.due_at <= after + timedelta(hours=1)
+    assert [step_id for step_id, _ in fired.early] == [reassign.id] and fired.follow_up == []
+
+    # handed over again before then, it waits again
+    make_due(alert_env, reassign.id)
+    fire_steps(get_runtime(), [reassign.id])
+    assert steps_of(alert_env, "resumed-1", 4)[0].status == "pending" and owner() == "bob"
+
+    # once the SLA has passed since that reminder, the lead goes to the next best rep
+    with db(alert_env) as s, s.begin():
+        s.execute(update(models.AlertStep).where(models.AlertStep.id == by_step[3].id)
+                  .values(fired_at=now_utc() - timedelta(hours=1, seconds=1)))
+    make_due(alert_env, reassign.id)
+    fired = fire_steps(get_runtime(), [reassign.id])
+    assert steps_of(alert_env, "resumed-1", 4)[0].status == "done" and owner() == "alice"
+    assert len(fired.follow_up) == 1     # alice's first alert
+    assert len(sms_to(providers, "+14155550102")) == 1
 
 
 def test_a_claim_that_commits_first_leaves_the_step_nothing_to_send(alert_env, providers, queued):

@@ -22,6 +22,7 @@ from routing.alerting import (
     called_off,
     held_by_cap,
     late_firsts,
+    reassign_after,
     recipients,
 )
 from routing.config import Rules, load_rules
@@ -247,6 +248,26 @@ def test_late_reminders_notes_and_notices_move_nothing():
     now = T0 + timedelta(minutes=5)
     assert late_firsts([step(StepKind.RETRY, 1), step(StepKind.FYI, 0), step(StepKind.ESCALATION, 100),
                         step(StepKind.UNROUTED, 0, assignment_id=None)], now) == {}
+
+
+# ---------------------------------------------------------------- a reassignment after a late reminder
+
+SLA = timedelta(seconds=90)
+
+
+def test_a_reassignment_right_after_the_last_reminder_waits_the_sla_after_it():
+    # a pause or an outage: the collapsed reminder goes out now, in the reassignment's own batch
+    assert reassign_after(T0, SLA, T0) == T0 + SLA
+    assert reassign_after(T0, SLA, T0 + timedelta(seconds=30)) == T0 + SLA
+
+
+def test_a_reassignment_the_sla_after_the_last_reminder_goes_ahead():
+    assert reassign_after(T0, SLA, T0 + SLA) is None
+    assert reassign_after(T0, SLA, T0 + timedelta(hours=2)) is None
+
+
+def test_a_cadence_that_sent_nothing_holds_its_reassignment_back_for_nothing():
+    assert reassign_after(None, SLA, T0) is None
 
 
 # ---------------------------------------------------------------- every channel failed

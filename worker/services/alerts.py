@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from routing import alerting
 from routing.cadence import collapse_overdue, in_cadence
 from routing.config import Rules
-from routing.kinds import OPENING, DeliveryStatus, MessageKind, StepKind, StepStatus
+from routing.kinds import CADENCE, OPENING, DeliveryStatus, MessageKind, StepKind, StepStatus
 from routing.messages import render_summary
 from worker.adapters import db, metrics
 from worker.adapters.channels import OutboundMessage
@@ -216,12 +216,17 @@ def _prepare(session: Session, rules: Rules, batch: Batch) -> None:
     _move_reminders_after_late_first(session, steps, assignments, now)
     leads = {lead.id: lead for lead in session.scalars(select(db.Lead)
                                                        .where(db.Lead.id.in_({s.lead_id for s in steps})))}
+    waits = _reassign_waits(session, rules, steps, now)
     live: list[tuple[db.AlertStep, db.Assignment | None, db.Lead]] = []
     for step in steps:
-        batch.lateness.append(max(0.0, (now - step.due_at).total_seconds()))
         assignment = assignments.get(step.assignment_id) if step.assignment_id is not None else None
         lead = leads.get(step.lead_id)
         why = alerting.called_off(step_facts(step), assignment_facts(assignment), lead_facts(lead))
+        if why is None and lead is not None and step.id in waits:
+            _put_back(step, waits[step.id])
+            batch.early.append((step.id, waits[step.id]))
+            continue
+        batch.lateness.append(max(0.0, (now - step.due_at).total_seconds()))
         if why is not None or lead is None:
             _finish(step, StepStatus.CANCELLED, now, why or "lead closed")
         elif step.kind == StepKind.REASSIGN:
@@ -299,6 +304,43 @@ def _move_reminders_after_late_first(session: Session, steps: list[db.AlertStep]
             assignment.start_at = assignment.start_at + by
         log.info("assignment %s: first alert %.1f s late; its reminders move as much", assignment_id,
                  by.total_seconds())
+
+
+def _reassign_waits(session: Session, rules: Rules, steps: list[db.AlertStep], now: datetime
+                    ) -> dict[int, datetime]:
+    """The reassignment steps among ``steps`` that came too soon, and when they may fire
+    (:func:`routing.alerting.reassign_after`): the last alert of their cadence went out (or is
+    going out in this batch) less than ``first_contact_sla`` ago."""
+    reassigns = {s.assignment_id: s for s in steps if s.kind == StepKind.REASSIGN and s.assignment_id is not None}
+    if not reassigns:
+        return {}
+    last: dict[int, datetime] = {}
+    for assignment_id, status, claimed_at, fired_at in session.execute(
+            select(db.AlertStep.assignment_id, db.AlertStep.status, db.AlertStep.claimed_at, db.AlertStep.fired_at)
+            .where(db.AlertStep.assignment_id.in_(reassigns), db.AlertStep.kind.in_(sorted(CADENCE)),
+                   db.AlertStep.step < alerting.EXTRA_STEPS,
+                   db.AlertStep.status.in_([StepStatus.DONE, StepStatus.FIRING]))):
+        # firing: claimed (in this batch, or by a worker still sending it) and going out about now
+        at = fired_at if status == StepStatus.DONE else claimed_at
+        if at is not None and assignment_id is not None:   # in_(reassigns): never NULL
+            last[assignment_id] = max(at, last.get(assignment_id, at))
+    sla = rules.alerts.first_contact_sla
+    out: dict[int, datetime] = {}
+    for assignment_id, step in reassigns.items():
+        at = alerting.reassign_after(last.get(assignment_id), sla, now)
+        if at is not None:
+            out[step.id] = at
+    return out
+
+
+def _put_back(step: db.AlertStep, due_at: datetime) -> None:
+    """Unclaim a step and make it due later; the tick (or the caller, if that is soon) hands it over then."""
+    log.info("lead %s: reassignment waits until %s, first_contact_sla after the cadence's last alert",
+             step.lead_id, due_at.isoformat())
+    step.status = StepStatus.PENDING
+    step.claimed_by = None
+    step.claimed_at = None
+    step.due_at = due_at
 
 
 def _collapse_earlier(session: Session, steps: list[db.AlertStep], now: datetime) -> None:
