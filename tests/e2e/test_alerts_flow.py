@@ -17,13 +17,21 @@ from tests.support.stack import wait_until
 
 
 @pytest.fixture
-def stack(alert_env, processes):
+def stack(alert_env, processes, request):
+    """A worker and ``beat`` on the fast rules; a test may change their ``alerts`` (indirect parameter)."""
+    from tests.support.stack import reset_process_state
+
+    if getattr(request, "param", None):
+        fast_rules(Path(alert_env["LEADROUTER_CONFIG"]), **request.param)
+        reset_process_state()
     processes.env.update(alert_env)
     processes.celery_worker(queues="events,fast,alerts", concurrency=2)
     processes.leadrouter("beat", name="beat")
     return processes
 
 
+# reminders at 2, 4 and 6 s, and a 30 s SLA after the last: a slow machine never reassigns the lead before bob replies
+@pytest.mark.parametrize("stack", [{"first_contact_sla": "30s"}], indirect=True, ids=["no-early-reassignment"])
 def test_hot_lead_is_alerted_reminded_escalated_and_claimed_by_sms(stack, providers, client, alert_env):
     from worker.adapters import db as models
 
@@ -46,7 +54,7 @@ def test_hot_lead_is_alerted_reminded_escalated_and_claimed_by_sms(stack, provid
                                                      models.Assignment.current.is_(True)))
         assert a.rep_id == "bob" and a.claimed_by == "bob"
     count = len(sms_to(providers, "+14155550102"))
-    time.sleep(6)   # the remaining reminder and the reassignment would be due by now
+    time.sleep(6)   # the remaining reminder would be due by now
     assert len(sms_to(providers, "+14155550102")) == count
     # the same reply again (a replayed webhook) changes nothing and is answered with nothing
     again = signed_sms(client, "+14155550102", "1", "SM" + "1" * 32)
@@ -92,6 +100,7 @@ def test_each_step_fires_once_with_two_schedulers(alert_env, processes, provider
                    for line in lines), log
 
 
+@pytest.mark.parametrize("stack", [{"retries": ["30s", "60s"]}], indirect=True, ids=["slow-cadence"])
 def test_claim_page_shows_on_get_and_claims_on_post(stack, providers, client, alert_env):
     send(hot_lead("u-3"))
     first = providers.wait_for(lambda s: sms_to(s, "+14155550102"), timeout=15)[0]

@@ -22,7 +22,8 @@ def test_segment_sdk_to_sms_alert_to_signed_reply_to_report(alert_env, processes
     port = free_port()
     public = f"http://127.0.0.1:{port}"
     alert_env.update({"LEADROUTER_PUBLIC_URL": public, "LEADROUTER_WRITE_KEYS": "web:wk-web"})
-    fast_rules(Path(alert_env["LEADROUTER_CONFIG"]), retries=["30s", "60s"])
+    # a 60 s SLA: the claim below counts as within it however slow the machine
+    fast_rules(Path(alert_env["LEADROUTER_CONFIG"]), retries=["30s", "60s"], first_contact_sla="60s")
     processes.env.update(alert_env)
     processes.celery_worker(queues="events", concurrency=1, name="events")
     processes.celery_worker(queues="fast,alerts", concurrency=2, name="alerts")

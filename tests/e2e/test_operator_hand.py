@@ -89,6 +89,8 @@ def crm_events(receiver: WebhookReceiver, lead: str) -> list[tuple[str, str | No
     return [(r.json["event"], (r.json["rep"] or {}).get("id")) for r in receiver.crm() if r.json["lead"]["id"] == lead]
 
 
+# the reminders it checks at 2, 4 and 6 s, and no reassignment (with a second escalation notice) for a minute
+@pytest.mark.parametrize("running", [{"first_contact_sla": "60s"}], indirect=True, ids=["no-early-reassignment"])
 def test_a_hung_crm_never_delays_the_alert(running: dict[str, str], providers: Any,
                                           receiver: WebhookReceiver) -> None:
     receiver.fail_next(("hang",), path="/crm")

@@ -167,7 +167,7 @@ def start_service(processes: Processes, rules: Path, **env: str) -> tuple[subpro
                                                                           subprocess.Popen[bytes]]:
     """A worker and a scheduler on batches of 20 and a 3 s reclaim, with ``env`` pointing them at the
     Redis or the database a test is about to take away: (worker, beat)."""
-    fast_rules(rules, first_contact_sla="60s")
+    fast_rules(rules, first_contact_sla="1h")   # the 2 s reminder, and no reassignment however long a test takes
     processes.env.update({"LEADROUTER_BATCH_SIZE": "20", "LEADROUTER_RECLAIM_IDLE_SECONDS": "3", **env})
     worker = processes.celery_worker(queues="events,fast,alerts", concurrency=2)
     return worker, processes.leadrouter("beat", name="beat")

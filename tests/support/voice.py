@@ -23,10 +23,12 @@ CAROL = "+4915155550103"        # the default team's rep
 
 
 @pytest.fixture
-def voice_env(alert_env):
+def voice_env(alert_env, request):
+    """The fast rules with calls first; a test may change their ``alerts`` (indirect parameter)."""
     path = Path(alert_env["LEADROUTER_CONFIG"])
     yaml = YAML()
     doc = yaml.load(path.read_text())
+    doc["alerts"].update(getattr(request, "param", {}))
     for rep in doc["reps"]:
         rep["channels"] = ["voice", "sms", "email"]
     doc["alerts"]["channels"] = {"first": ["voice", "sms"], "retry": ["voice", "sms"], "escalation": ["sms"]}
