@@ -171,8 +171,9 @@ def reassign_after(last_alert_at: datetime | None, sla: timedelta, now: datetime
     Its planned time assumes every reminder went out on time. After a pause or an outage the overdue
     reminders collapse into one that goes out late, often in the very batch that holds the
     reassignment: a rep must never be reminded of a lead that leaves them in the same breath, so
-    the rep gets the SLA to answer that reminder. A cadence that sent nothing waits for nothing."""
-    if last_alert_at is None or last_alert_at + sla <= now:
+    the rep gets the SLA to answer that reminder. A cadence that sent nothing waits for nothing, and
+    a wait under ``LATE_FIRST`` (an on-time reminder's own sending time) is not worth a hand-back."""
+    if last_alert_at is None or last_alert_at + sla - now <= LATE_FIRST:
         return None
     return last_alert_at + sla
 

@@ -266,6 +266,12 @@ def test_a_reassignment_the_sla_after_the_last_reminder_goes_ahead():
     assert reassign_after(T0, SLA, T0 + timedelta(hours=2)) is None
 
 
+def test_a_reassignment_less_than_a_second_early_goes_ahead():
+    # an on-time last reminder went out a few milliseconds after its due time: not worth a hand-back
+    assert reassign_after(T0 + timedelta(milliseconds=50), SLA, T0 + SLA) is None
+    assert reassign_after(T0 + LATE_FIRST + timedelta(milliseconds=1), SLA, T0 + SLA) is not None
+
+
 def test_a_cadence_that_sent_nothing_holds_its_reassignment_back_for_nothing():
     assert reassign_after(None, SLA, T0) is None
 
