@@ -3,7 +3,6 @@ SendGrid SDKs at the local provider server, a hot lead, and reads of what was pl
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -58,17 +57,8 @@ def wait_for_inline_sends(timeout: float = 30.0) -> None:
     next test's database (on PostgreSQL its transaction deadlocked with that test's TRUNCATE)."""
     from worker.entrypoints import tasks
 
-    if tasks._inline is None or tasks._inline[0] != os.getpid():
-        return
-    slots, taken = tasks._inline[2], 0
-    try:
-        for _ in range(tasks.INLINE_FIRING):
-            if not slots.acquire(timeout=timeout):
-                raise AssertionError(f"a fast-lane send still running {timeout}s after its test ended")
-            taken += 1
-    finally:
-        for _ in range(taken):
-            slots.release()
+    if not tasks.wait_for_inline_sends(timeout):
+        raise AssertionError(f"a fast-lane send still running {timeout}s after its test ended")
 
 
 def webhooks_client() -> Any:

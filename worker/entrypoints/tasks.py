@@ -82,6 +82,22 @@ def _inline_firing() -> tuple[ThreadPoolExecutor, threading.BoundedSemaphore]:
     return _inline[1], _inline[2]
 
 
+def wait_for_inline_sends(timeout: float) -> bool:
+    """Until no fast-lane send of this process is in flight (False: one still was after ``timeout``)."""
+    if _inline is None or _inline[0] != os.getpid():
+        return True
+    slots, taken = _inline[2], 0
+    try:
+        for _ in range(INLINE_FIRING):
+            if not slots.acquire(timeout=timeout):
+                return False
+            taken += 1
+        return True
+    finally:
+        for _ in range(taken):
+            slots.release()
+
+
 def _send_inline(rt: Runtime, claimed: Batch, slots: threading.BoundedSemaphore) -> None:
     from worker.services.alerts import send_claimed
 
